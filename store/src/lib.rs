@@ -1,1 +1,113 @@
+//! fathom's embedded event log and blob store.
+//!
+//! Every rollout step, web response and gradient update is appended here as a
+//! framed, checksummed [`Event`](fathom_core::Event) (see [`frame`]); large
+//! payloads go to a content-addressed blob tree (see [`blob`]). The log is a
+//! sled database inside the data directory (see [`paths`]); one process, the
+//! writer, holds it (see [`lock`]). `store/README.md` is the on-disk format
+//! specification.
+//!
+//! Neighbours: `core` defines what an event is; `replay`, `trainer` and the
+//! CLI append through [`Store`]; `query` and `web` only read.
+//!
+//! **Architecture Invariant:** nothing outside this crate knows sled, rkyv
+//! framing or (later) Parquet writing. Other crates see [`Store`], events and
+//! [`BlobRef`](fathom_core::BlobRef)s.
 
+pub mod blob;
+pub mod frame;
+mod keys;
+pub mod lock;
+pub mod paths;
+mod stats;
+mod store;
+mod verify;
+pub mod workload;
+
+use std::path::PathBuf;
+
+use fathom_core::{Digest, EventKind, Seq};
+
+pub use paths::DataDir;
+pub use stats::{KindStats, RunStats, Stats};
+pub use store::{Durability, Options, RecoveryReport, SeqRange, Store};
+pub use verify::{Problem, VerifyPhase, VerifyReport};
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another process is the writer.
+    #[error(
+        "data directory {} is in use by another fathom process ({holder}); stop that process, or pass --data (or FATHOM_DATA) with another directory",
+        dir.display()
+    )]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+    /// A file-system operation failed.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// sled failed.
+    #[error("the log database failed while trying to {action}: {source}")]
+    Sled {
+        /// What we were doing.
+        action: &'static str,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// A stored event does not decode.
+    #[error("event {seq} is corrupt: {reason}; run 'fathom verify' for a full report")]
+    CorruptEvent {
+        /// Its sequence number.
+        seq: Seq,
+        /// What is wrong with it.
+        reason: frame::FrameError,
+    },
+    /// A stored blob does not match its digest.
+    #[error("blob {digest} is corrupt: {reason}; run 'fathom verify' for a full report")]
+    CorruptBlob {
+        /// Its key.
+        digest: Digest,
+        /// What is wrong with it.
+        reason: blob::BlobError,
+    },
+    /// An event is larger than a frame can hold.
+    #[error("a {kind} event of {len} bytes exceeds the 4 GiB frame limit; put large payloads in blobs")]
+    TooLarge {
+        /// The event's kind.
+        kind: EventKind,
+        /// Its encoded size.
+        len: usize,
+    },
+    /// Recovery found more damage at the tail than it will cut on its own.
+    #[error(
+        "the last {count} events of the log in {} are all corrupt; recovery stops rather than cut that much. Run 'fathom verify' to see the damage",
+        dir.display()
+    )]
+    TooMuchDamage {
+        /// The data directory.
+        dir: PathBuf,
+        /// How many corrupt frames were found before giving up.
+        count: usize,
+    },
+    /// A broken invariant: a bug in fathom, not bad input.
+    #[error("internal error (a bug in fathom, please report it): {0}")]
+    Internal(String),
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn sled_err(action: &'static str) -> impl FnOnce(sled::Error) -> Error {
+    move |source| Error::Sled { action, source }
+}

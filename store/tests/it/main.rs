@@ -1,1 +1,31 @@
+//! Integration tests of the store: one binary, modules by topic.
 
+mod golden;
+mod log;
+
+use fathom_store::{Options, Store};
+
+/// A store in a fresh temporary directory.
+pub fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    (dir, store)
+}
+
+/// The core fixtures with their (made-up) blob references removed, for tests
+/// that verify the whole store and would otherwise see missing blobs.
+pub fn events_without_blobs() -> Vec<fathom_core::Event> {
+    use fathom_core::Payload;
+    let mut events = fathom_core::event::fixtures::events();
+    for e in &mut events {
+        match &mut e.payload {
+            Payload::TurnGenerated(t) => {
+                t.token_ids = None;
+                t.logprobs = None;
+            }
+            Payload::WebExchange(w) => w.body = None,
+            _ => {}
+        }
+    }
+    events
+}

@@ -1,0 +1,125 @@
+//! What is in a data directory: `fathom log stats`.
+
+use std::collections::BTreeMap;
+
+use fathom_core::{EventKind, RunId, Seq};
+
+use crate::blob;
+use crate::frame;
+use crate::keys;
+use crate::{Result, Store, sled_err};
+
+/// Counts for one event kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindStats {
+    /// Events of this kind.
+    pub events: u64,
+    /// Their frame bytes (header and payload).
+    pub bytes: u64,
+}
+
+/// Counts for one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Events in the run.
+    pub events: u64,
+    /// Their frame bytes.
+    pub bytes: u64,
+    /// First sequence number.
+    pub first_seq: u64,
+    /// Last sequence number.
+    pub last_seq: u64,
+}
+
+/// A summary of the whole store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Events in the log.
+    pub events: u64,
+    /// Last sequence number.
+    pub last_seq: Seq,
+    /// Frame bytes of all events.
+    pub event_bytes: u64,
+    /// Events that failed to decode (see `fathom verify`).
+    pub corrupt_events: u64,
+    /// Per kind.
+    pub by_kind: BTreeMap<EventKind, KindStats>,
+    /// Per run.
+    pub by_run: BTreeMap<RunId, RunStats>,
+    /// Distinct blobs stored.
+    pub blobs: u64,
+    /// Their uncompressed bytes.
+    pub blob_raw_bytes: u64,
+    /// Their stored (compressed) bytes, headers included.
+    pub blob_stored_bytes: u64,
+    /// References from events to blobs.
+    pub blob_refs: u64,
+    /// Bytes those references name: what would be stored without dedupe.
+    pub blob_referenced_bytes: u64,
+    /// Size of the database on disk.
+    pub disk_bytes: u64,
+}
+
+impl Stats {
+    /// Referenced bytes per unique byte stored (1.0 means no duplicates).
+    pub fn dedupe_ratio(&self) -> f64 {
+        if self.blob_raw_bytes == 0 {
+            1.0
+        } else {
+            self.blob_referenced_bytes as f64 / self.blob_raw_bytes as f64
+        }
+    }
+
+    /// Uncompressed per stored blob byte.
+    pub fn compression_ratio(&self) -> f64 {
+        if self.blob_stored_bytes == 0 {
+            1.0
+        } else {
+            self.blob_raw_bytes as f64 / self.blob_stored_bytes as f64
+        }
+    }
+}
+
+impl Store {
+    /// Scans the log and the blob tree.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut s = Stats {
+            last_seq: self.last_seq(),
+            ..Stats::default()
+        };
+        let lo = keys::event(Seq(0));
+        let hi = keys::event(Seq(u64::MAX));
+        for item in self.events_tree().range(lo..=hi) {
+            let (key, value) = item.map_err(sled_err("scan the log"))?;
+            let Some(seq) = keys::seq_of_event_key(&key) else { continue };
+            s.events += 1;
+            s.event_bytes += value.len() as u64;
+            let Ok((header, event)) = frame::decode(seq, &value) else {
+                s.corrupt_events += 1;
+                continue;
+            };
+            let k = s.by_kind.entry(header.kind).or_default();
+            k.events += 1;
+            k.bytes += value.len() as u64;
+            let r = s.by_run.entry(header.run).or_insert(RunStats {
+                first_seq: seq.0,
+                ..RunStats::default()
+            });
+            r.events += 1;
+            r.bytes += value.len() as u64;
+            r.last_seq = seq.0;
+            for blob in event.payload.blob_refs() {
+                s.blob_refs += 1;
+                s.blob_referenced_bytes += blob.len;
+            }
+        }
+        for item in self.blobs_tree().iter() {
+            let (_, value) = item.map_err(sled_err("scan the blobs"))?;
+            s.blobs += 1;
+            s.blob_stored_bytes += value.len() as u64;
+            s.blob_raw_bytes += blob::stored_len(&value).unwrap_or(0);
+        }
+        s.disk_bytes = self.size_on_disk()?;
+        Ok(s)
+    }
+}

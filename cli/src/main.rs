@@ -1,1 +1,109 @@
-fn main(){}
+//! The `fathom` command: thin subcommands over fathom's crates.
+//!
+//! Each subcommand parses its arguments, opens what it needs (usually the
+//! [`Store`](fathom_store::Store) of the `--data` directory), calls into a
+//! library crate, and renders the result. Logic that is worth testing without
+//! a process lives in the libraries, not here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod log;
+mod verify;
+
+/// fathom: train, record, replay and query deep-research agents.
+#[derive(Debug, Parser)]
+#[command(name = "fathom", version, about, long_about = None)]
+struct Cli {
+    /// The data directory: the event log, blobs, and later snapshots and checkpoints.
+    #[arg(
+        long,
+        global = true,
+        env = "FATHOM_DATA",
+        default_value = "./fathom-data"
+    )]
+    data: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect or exercise the event log.
+    #[command(subcommand)]
+    Log(log::LogCommand),
+    /// Check every event frame, index entry and blob; exit 0 only when all is well.
+    Verify(verify::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Log(cmd) => log::run(&cli.data, cmd),
+        Command::Verify(args) => verify::run(&cli.data, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A progress bar on stderr that draws only on a terminal, so piped output
+/// and tests stay clean.
+pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
+        )
+        .expect("static template is valid")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Opens the store for a command, adding what to do when it is in use.
+pub(crate) fn open_store(
+    data: &std::path::Path,
+    opts: fathom_store::Options,
+) -> anyhow::Result<fathom_store::Store> {
+    let store = fathom_store::Store::open(data, opts)?;
+    let rec = store.recovery();
+    if !rec.cut.is_empty() {
+        eprintln!(
+            "warning: recovery cut {} corrupt event(s) from the end of the log (kept in quarantine); the log now ends at {}",
+            rec.cut.len(),
+            rec.last_seq
+        );
+        for (seq, why) in &rec.cut {
+            eprintln!("  event {seq}: {why}");
+        }
+    }
+    Ok(store)
+}
+
+/// Human-readable bytes.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

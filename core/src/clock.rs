@@ -71,8 +71,9 @@ impl serde::Serialize for Timestamp {
 impl<'de> serde::Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_rfc3339(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("'{text}' is not an RFC 3339 UTC time")))
+        parse_rfc3339(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("'{text}' is not an RFC 3339 UTC time"))
+        })
     }
 }
 
@@ -195,7 +196,10 @@ mod tests {
         assert_eq!(parse_rfc3339(&text), Some(t));
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999999Z");
-        assert_eq!(parse_rfc3339("2000-02-29T12:00:00Z"), Some(Timestamp::from_secs(951_825_600)));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T12:00:00Z"),
+            Some(Timestamp::from_secs(951_825_600))
+        );
         assert_eq!(parse_rfc3339("2000-13-01T00:00:00Z"), None);
     }
 

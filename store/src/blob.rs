@@ -123,7 +123,9 @@ pub fn decode(key: &Digest, value: &[u8]) -> Result<Vec<u8>, BlobError> {
 
 /// The uncompressed length recorded in a stored value's header.
 pub fn stored_len(value: &[u8]) -> Option<u64> {
-    value.get(8..16).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    value
+        .get(8..16)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// A blob ready to be written: its reference and its encoded value.

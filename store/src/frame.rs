@@ -52,7 +52,9 @@ pub enum FrameError {
         found: [u8; 4],
     },
     /// Written by a newer fathom.
-    #[error("frame format version {0} is not supported by this build (it reads version {FORMAT_VERSION}); upgrade fathom")]
+    #[error(
+        "frame format version {0} is not supported by this build (it reads version {FORMAT_VERSION}); upgrade fathom"
+    )]
     UnsupportedFormat(u16),
     /// A kind code this build does not know.
     #[error("unknown event kind code {0}; the log was written by a newer fathom")]
@@ -286,7 +288,10 @@ mod tests {
             for bit in [0u8, 3, 7] {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(decode(Seq(9), &bad).is_err(), "flip of bit {bit} in byte {i} went unnoticed");
+                assert!(
+                    decode(Seq(9), &bad).is_err(),
+                    "flip of bit {bit} in byte {i} went unnoticed"
+                );
             }
         }
     }
@@ -313,7 +318,10 @@ mod tests {
         bytes[6..8].copy_from_slice(&999u16.to_le_bytes());
         let c = crc(&bytes, &bytes[HEADER_LEN..].to_vec());
         bytes[44..48].copy_from_slice(&c.to_le_bytes());
-        assert_eq!(decode(Seq(1), &bytes).unwrap_err(), FrameError::UnknownKind(999));
+        assert_eq!(
+            decode(Seq(1), &bytes).unwrap_err(),
+            FrameError::UnknownKind(999)
+        );
         bytes[6..8].copy_from_slice(&1u16.to_le_bytes());
         bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
         let c = crc(&bytes, &bytes[HEADER_LEN..].to_vec());

@@ -82,7 +82,9 @@ pub enum Error {
         reason: blob::BlobError,
     },
     /// An event is larger than a frame can hold.
-    #[error("a {kind} event of {len} bytes exceeds the 4 GiB frame limit; put large payloads in blobs")]
+    #[error(
+        "a {kind} event of {len} bytes exceeds the 4 GiB frame limit; put large payloads in blobs"
+    )]
     TooLarge {
         /// The event's kind.
         kind: EventKind,

@@ -91,7 +91,9 @@ impl Store {
         let hi = keys::event(Seq(u64::MAX));
         for item in self.events_tree().range(lo..=hi) {
             let (key, value) = item.map_err(sled_err("scan the log"))?;
-            let Some(seq) = keys::seq_of_event_key(&key) else { continue };
+            let Some(seq) = keys::seq_of_event_key(&key) else {
+                continue;
+            };
             s.events += 1;
             s.event_bytes += value.len() as u64;
             let Ok((header, event)) = frame::decode(seq, &value) else {

@@ -4,7 +4,9 @@ use std::ops::RangeInclusive;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fathom_core::{BlobRef, Clock, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq, SystemClock};
+use fathom_core::{
+    BlobRef, Clock, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq, SystemClock,
+};
 
 use crate::blob::{self, Prepared};
 use crate::frame;
@@ -151,8 +153,12 @@ impl Store {
             .flush_every_ms(Some(opts.relaxed_flush_ms.max(1)))
             .open()
             .map_err(sled_err("open the log"))?;
-        let events = db.open_tree("events").map_err(sled_err("open the events tree"))?;
-        let blobs = db.open_tree("blobs").map_err(sled_err("open the blob tree"))?;
+        let events = db
+            .open_tree("events")
+            .map_err(sled_err("open the events tree"))?;
+        let blobs = db
+            .open_tree("blobs")
+            .map_err(sled_err("open the blob tree"))?;
         let recovery = recover(&dir, &events)?;
         if !recovery.cut.is_empty() {
             db.flush().map_err(sled_err("flush after recovery"))?;
@@ -165,7 +171,9 @@ impl Store {
             events,
             blobs,
             opts,
-            writer: Mutex::new(Writer { next_seq: last.0 + 1 }),
+            writer: Mutex::new(Writer {
+                next_seq: last.0 + 1,
+            }),
             visible: Visible {
                 last: Mutex::new(last),
                 changed: Condvar::new(),
@@ -199,7 +207,11 @@ impl Store {
     /// Appends a batch atomically: after a crash either every event of the
     /// batch is present or none is. Returns the assigned sequence numbers
     /// (`None` for an empty batch) once the batch is as durable as asked.
-    pub fn append_with(&self, events: &[Event], durability: Durability) -> Result<Option<SeqRange>> {
+    pub fn append_with(
+        &self,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<Option<SeqRange>> {
         if events.is_empty() {
             return Ok(None);
         }
@@ -215,7 +227,9 @@ impl Store {
                     batch.insert(&keys::episode_index(episode, seq)[..], &[][..]);
                 }
             }
-            self.events.apply_batch(batch).map_err(sled_err("append a batch"))?;
+            self.events
+                .apply_batch(batch)
+                .map_err(sled_err("append a batch"))?;
             writer.next_seq = first + events.len() as u64;
             SeqRange {
                 first: Seq(first),
@@ -265,7 +279,10 @@ impl Store {
         let value = self
             .events
             .update_and_fetch(keys::counter(kind), |old| {
-                let n = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                let n = old
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
                 Some((n + 1).to_be_bytes().to_vec())
             })
             .map_err(sled_err("allocate an id"))?
@@ -317,14 +334,18 @@ impl Store {
                 value: fresh.then(Vec::new),
             });
         }
-        let todo: Vec<usize> = (0..items.len()).filter(|&i| prepared[i].value.is_some()).collect();
+        let todo: Vec<usize> = (0..items.len())
+            .filter(|&i| prepared[i].value.is_some())
+            .collect();
         let level = self.opts.blob_level;
         let encoded = compress_all(items, &todo, level);
         let mut batch = sled::Batch::default();
         for (i, value) in todo.iter().zip(encoded) {
             batch.insert(&prepared[*i].blob.digest.0[..], value);
         }
-        self.blobs.apply_batch(batch).map_err(sled_err("store blobs"))?;
+        self.blobs
+            .apply_batch(batch)
+            .map_err(sled_err("store blobs"))?;
         Ok(prepared.into_iter().map(|p| p.blob).collect())
     }
 
@@ -343,7 +364,9 @@ impl Store {
 
     /// Whether a blob is stored.
     pub fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        self.blobs.contains_key(digest.0).map_err(sled_err("look up a blob"))
+        self.blobs
+            .contains_key(digest.0)
+            .map_err(sled_err("look up a blob"))
     }
 
     // ----- reads -----
@@ -355,7 +378,11 @@ impl Store {
 
     /// One event.
     pub fn get(&self, seq: Seq) -> Result<Option<Record>> {
-        match self.events.get(keys::event(seq)).map_err(sled_err("read an event"))? {
+        match self
+            .events
+            .get(keys::event(seq))
+            .map_err(sled_err("read an event"))?
+        {
             None => Ok(None),
             Some(bytes) => decode_record(seq, &bytes).map(Some),
         }
@@ -368,8 +395,9 @@ impl Store {
             .range(keys::event(*range.start())..=keys::event(*range.end()))
             .map(|item| {
                 let (key, value) = item.map_err(sled_err("scan the log"))?;
-                let seq = keys::seq_of_event_key(&key)
-                    .ok_or_else(|| Error::Internal("event range returned a non-event key".into()))?;
+                let seq = keys::seq_of_event_key(&key).ok_or_else(|| {
+                    Error::Internal("event range returned a non-event key".into())
+                })?;
                 decode_record(seq, &value)
             })
     }
@@ -427,7 +455,9 @@ impl Store {
                 .transpose()
                 .map_err(sled_err("scan the run index"))?;
             let Some((key, _)) = next else { break };
-            let Some((run, _)) = keys::parts_of_index_key(&key) else { break };
+            let Some((run, _)) = keys::parts_of_index_key(&key) else {
+                break;
+            };
             runs.push(RunId(run));
             if run == u64::MAX {
                 break;
@@ -469,7 +499,9 @@ impl Store {
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        self.db.size_on_disk().map_err(sled_err("measure the database"))
+        self.db
+            .size_on_disk()
+            .map_err(sled_err("measure the database"))
     }
 
     /// The stored bytes of one frame, unvalidated: for forensics and for
@@ -545,9 +577,14 @@ fn index_seqs(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<Seq>> {
 /// there is enough of it to pay for the threads.
 fn compress_all(items: &[&[u8]], todo: &[usize], level: i32) -> Vec<Vec<u8>> {
     let total: usize = todo.iter().map(|&i| items[i].len()).sum();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
     if threads < 2 || todo.len() < 2 || total < 256 * 1024 {
-        return todo.iter().map(|&i| blob::encode(items[i], level)).collect();
+        return todo
+            .iter()
+            .map(|&i| blob::encode(items[i], level))
+            .collect();
     }
     let mut out: Vec<Vec<u8>> = vec![Vec::new(); todo.len()];
     let chunk = todo.len().div_ceil(threads);
@@ -597,7 +634,9 @@ fn recover(dir: &DataDir, events: &sled::Tree) -> Result<RecoveryReport> {
                 let mut batch = sled::Batch::default();
                 batch.insert(&keys::quarantine(seq, found_at)[..], value);
                 batch.remove(&key[..]);
-                events.apply_batch(batch).map_err(sled_err("cut a corrupt tail"))?;
+                events
+                    .apply_batch(batch)
+                    .map_err(sled_err("cut a corrupt tail"))?;
                 report.cut.push((seq, reason.to_string()));
             }
         }
@@ -616,7 +655,9 @@ fn recover(dir: &DataDir, events: &sled::Tree) -> Result<RecoveryReport> {
                 }
             }
         }
-        events.apply_batch(batch).map_err(sled_err("trim the indexes"))?;
+        events
+            .apply_batch(batch)
+            .map_err(sled_err("trim the indexes"))?;
     }
     Ok(report)
 }

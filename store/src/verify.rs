@@ -68,11 +68,19 @@ impl std::fmt::Display for Problem {
                 write!(f, "event {seq} is missing from the {index} index")
             }
             Problem::DanglingIndexEntry { seq, index } => {
-                write!(f, "the {index} index names event {seq}, which the log does not hold")
+                write!(
+                    f,
+                    "the {index} index names event {seq}, which the log does not hold"
+                )
             }
-            Problem::CorruptBlob { digest, reason } => write!(f, "blob {digest} is corrupt: {reason}"),
+            Problem::CorruptBlob { digest, reason } => {
+                write!(f, "blob {digest} is corrupt: {reason}")
+            }
             Problem::MissingBlob { seq, digest } => {
-                write!(f, "event {seq} refers to blob {digest}, which is not stored")
+                write!(
+                    f,
+                    "event {seq} refers to blob {digest}, which is not stored"
+                )
             }
         }
     }
@@ -135,7 +143,9 @@ impl Store {
         let hi = keys::event(Seq(u64::MAX));
         for item in events.range(lo..=hi) {
             let (key, value) = item.map_err(sled_err("scan the log"))?;
-            let Some(seq) = keys::seq_of_event_key(&key) else { continue };
+            let Some(seq) = keys::seq_of_event_key(&key) else {
+                continue;
+            };
             if seq.0 != expected_next {
                 report.problems.push(Problem::Gap {
                     after: Seq(expected_next - 1),
@@ -149,7 +159,9 @@ impl Store {
                 Ok((_, event)) => {
                     let has = |k: &[u8]| events.contains_key(k).map_err(sled_err("read an index"));
                     if !has(&keys::run_index(event.run, seq))? {
-                        report.problems.push(Problem::MissingIndexEntry { seq, index: "run" });
+                        report
+                            .problems
+                            .push(Problem::MissingIndexEntry { seq, index: "run" });
                     }
                     if let Some(ep) = event.payload.episode_id()
                         && !has(&keys::episode_index(ep, seq))?
@@ -176,7 +188,9 @@ impl Store {
                         .contains_key(keys::event(seq))
                         .map_err(sled_err("read an event"))?
                 {
-                    report.problems.push(Problem::DanglingIndexEntry { seq, index });
+                    report
+                        .problems
+                        .push(Problem::DanglingIndexEntry { seq, index });
                 }
             }
         }
@@ -196,7 +210,9 @@ impl Store {
             };
             let digest = Digest(raw);
             if let Err(reason) = blob::decode(&digest, &value) {
-                report.problems.push(Problem::CorruptBlob { digest, reason });
+                report
+                    .problems
+                    .push(Problem::CorruptBlob { digest, reason });
             }
             referenced.remove(&digest);
             if report.blobs.is_multiple_of(256) {
@@ -206,9 +222,11 @@ impl Store {
         progress(VerifyPhase::Blobs, report.blobs, total_blobs);
         let mut missing: Vec<(Seq, Digest)> = referenced.into_iter().map(|(d, s)| (s, d)).collect();
         missing.sort();
-        report
-            .problems
-            .extend(missing.into_iter().map(|(seq, digest)| Problem::MissingBlob { seq, digest }));
+        report.problems.extend(
+            missing
+                .into_iter()
+                .map(|(seq, digest)| Problem::MissingBlob { seq, digest }),
+        );
         Ok(report)
     }
 }

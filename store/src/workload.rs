@@ -95,24 +95,148 @@ impl Item {
             digest: crate::blob::digest(self.blob_bytes()),
             len: self.blob_bytes().len() as u64,
         };
-        let mut out = frame::encode(Seq(0), &self.event_with(blob)).expect("synthetic events fit a frame");
+        let mut out =
+            frame::encode(Seq(0), &self.event_with(blob)).expect("synthetic events fit a frame");
         out.extend_from_slice(self.blob_bytes());
         out
     }
 }
 
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "a", "is", "was", "for", "on", "as", "with", "by", "that", "from", "at", "his",
-    "her", "it", "an", "were", "which", "are", "this", "also", "be", "has", "had", "first", "one", "their", "its",
-    "after", "new", "who", "they", "two", "she", "he", "been", "other", "when", "there", "all", "during", "into",
-    "school", "time", "may", "years", "more", "most", "only", "over", "city", "some", "world", "would", "where",
-    "later", "up", "such", "used", "many", "can", "state", "about", "national", "out", "known", "university",
-    "united", "then", "made", "between", "several", "team", "born", "river", "album", "series", "film", "company",
-    "founded", "population", "county", "season", "government", "century", "released", "village", "district",
-    "church", "league", "football", "station", "record", "history", "published", "award", "war", "music", "game",
-    "family", "island", "named", "party", "since", "members", "early", "became", "north", "south", "located",
-    "region", "election", "under", "built", "career", "served", "species", "novel", "director", "television",
-    "research", "question", "answer", "evidence", "search", "result", "source", "article", "according", "report",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "a",
+    "is",
+    "was",
+    "for",
+    "on",
+    "as",
+    "with",
+    "by",
+    "that",
+    "from",
+    "at",
+    "his",
+    "her",
+    "it",
+    "an",
+    "were",
+    "which",
+    "are",
+    "this",
+    "also",
+    "be",
+    "has",
+    "had",
+    "first",
+    "one",
+    "their",
+    "its",
+    "after",
+    "new",
+    "who",
+    "they",
+    "two",
+    "she",
+    "he",
+    "been",
+    "other",
+    "when",
+    "there",
+    "all",
+    "during",
+    "into",
+    "school",
+    "time",
+    "may",
+    "years",
+    "more",
+    "most",
+    "only",
+    "over",
+    "city",
+    "some",
+    "world",
+    "would",
+    "where",
+    "later",
+    "up",
+    "such",
+    "used",
+    "many",
+    "can",
+    "state",
+    "about",
+    "national",
+    "out",
+    "known",
+    "university",
+    "united",
+    "then",
+    "made",
+    "between",
+    "several",
+    "team",
+    "born",
+    "river",
+    "album",
+    "series",
+    "film",
+    "company",
+    "founded",
+    "population",
+    "county",
+    "season",
+    "government",
+    "century",
+    "released",
+    "village",
+    "district",
+    "church",
+    "league",
+    "football",
+    "station",
+    "record",
+    "history",
+    "published",
+    "award",
+    "war",
+    "music",
+    "game",
+    "family",
+    "island",
+    "named",
+    "party",
+    "since",
+    "members",
+    "early",
+    "became",
+    "north",
+    "south",
+    "located",
+    "region",
+    "election",
+    "under",
+    "built",
+    "career",
+    "served",
+    "species",
+    "novel",
+    "director",
+    "television",
+    "research",
+    "question",
+    "answer",
+    "evidence",
+    "search",
+    "result",
+    "source",
+    "article",
+    "according",
+    "report",
 ];
 
 fn prose(rng: &mut SeededRng, bytes: usize, out: &mut String) {
@@ -145,7 +269,9 @@ fn page(rng: &mut SeededRng, bytes: usize) -> Vec<u8> {
     let mut s = String::with_capacity(bytes + 512);
     s.push_str("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>");
     prose(rng, 40, &mut s);
-    s.push_str("</title><style>body{font-family:sans-serif}nav a{margin:0 4px}</style></head><body><nav>");
+    s.push_str(
+        "</title><style>body{font-family:sans-serif}nav a{margin:0 4px}</style></head><body><nav>",
+    );
     for _ in 0..12 {
         s.push_str("<a href=\"/wiki/");
         s.push_str(*rng.choose(WORDS));
@@ -205,8 +331,14 @@ impl Workload {
         if n % per_cycle != per_cycle - 1 {
             let mut text = String::with_capacity(self.spec.turn_bytes + 128);
             text.push_str("<think>");
-            prose(&mut self.rng, self.spec.turn_bytes.saturating_sub(120), &mut text);
-            text.push_str("</think>\n<tool_call>{\"name\": \"web_search\", \"arguments\": {\"query\": [\"");
+            prose(
+                &mut self.rng,
+                self.spec.turn_bytes.saturating_sub(120),
+                &mut text,
+            );
+            text.push_str(
+                "</think>\n<tool_call>{\"name\": \"web_search\", \"arguments\": {\"query\": [\"",
+            );
             prose(&mut self.rng, 30, &mut text);
             text.push_str("\"]}}</tool_call>");
             let n_tokens = (text.len() / 4) as u32;
@@ -234,7 +366,9 @@ impl Workload {
             let body = if repeat {
                 self.rng.choose(&self.pages).clone()
             } else {
-                let len = self.rng.range_inclusive(self.spec.body_min as u64, self.spec.body_max as u64);
+                let len = self
+                    .rng
+                    .range_inclusive(self.spec.body_min as u64, self.spec.body_max as u64);
                 let p = page(&mut self.rng, len as usize);
                 if self.spec.repeat_fraction > 0.0 {
                     self.pages.push(p.clone());
@@ -244,7 +378,11 @@ impl Workload {
                 }
                 p
             };
-            let url = format!("http://127.0.0.1:8931/wiki/{}_{}", *self.rng.choose(WORDS), n);
+            let url = format!(
+                "http://127.0.0.1:8931/wiki/{}_{}",
+                *self.rng.choose(WORDS),
+                n
+            );
             let event = Event::new(
                 self.run,
                 ts,
@@ -284,6 +422,10 @@ impl Workload {
 pub fn append(store: &Store, items: &[Item], durability: Durability) -> Result<Option<SeqRange>> {
     let bodies: Vec<&[u8]> = items.iter().map(Item::blob_bytes).collect();
     let refs = store.put_blobs(&bodies)?;
-    let events: Vec<Event> = items.iter().zip(refs).map(|(item, r)| item.event_with(r)).collect();
+    let events: Vec<Event> = items
+        .iter()
+        .zip(refs)
+        .map(|(item, r)| item.event_with(r))
+        .collect();
     store.append_with(&events, durability)
 }

@@ -3,15 +3,20 @@
 //! If one of these fails, a shipped layout changed. That is never allowed:
 //! add a new layout version with a migration instead (store/README.md).
 
-use fathom_core::event::fixtures;
 use fathom_core::Seq;
+use fathom_core::event::fixtures;
 use fathom_store::frame;
 
 fn frames() -> Vec<(String, Vec<u8>)> {
     fixtures::events()
         .iter()
         .enumerate()
-        .map(|(i, e)| (e.kind().name().to_string(), frame::encode(Seq(i as u64 + 1), e).unwrap()))
+        .map(|(i, e)| {
+            (
+                e.kind().name().to_string(),
+                frame::encode(Seq(i as u64 + 1), e).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -45,7 +50,11 @@ fn v1_fixture_log_still_decodes_to_the_same_events() {
         assert_eq!(header.kind.name(), name);
         decoded.push(event);
     }
-    assert_eq!(decoded, fixtures::events(), "old frames must decode to the same events");
+    assert_eq!(
+        decoded,
+        fixtures::events(),
+        "old frames must decode to the same events"
+    );
     assert_eq!(committed, rendered, "encoding of a shipped layout changed");
 }
 
@@ -79,5 +88,6 @@ fn frame_bytes_of_every_kind_are_pinned() {
         checkpoint_saved       248 bytes  crc 8c7ac08c
         eval_result            120 bytes  crc ca2ca5a3
         snapshot_committed     168 bytes  crc 9e665268
-    "#]].assert_eq(&summary);
+    "#]]
+    .assert_eq(&summary);
 }

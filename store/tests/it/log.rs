@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fathom_core::event::{fixtures, RunFinished, RunStatus};
+use fathom_core::event::{RunFinished, RunStatus, fixtures};
 use fathom_core::{EpisodeId, Event, EventKind, IdKind, Payload, RunId, Seq, Timestamp};
 use fathom_store::workload::{self, Workload, WorkloadSpec};
 use fathom_store::{Durability, Error, Options, Store};
@@ -34,10 +34,23 @@ fn appends_get_dense_sequence_numbers_and_read_back() {
 
     let all: Vec<_> = store.iter().collect::<Result<_, _>>().unwrap();
     assert_eq!(all.len(), 16);
-    assert!(all.iter().enumerate().all(|(i, r)| r.seq == Seq(i as u64 + 1)));
-    assert_eq!(all[..15].iter().map(|r| r.event.clone()).collect::<Vec<_>>(), fixtures::events());
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, r)| r.seq == Seq(i as u64 + 1))
+    );
+    assert_eq!(
+        all[..15]
+            .iter()
+            .map(|r| r.event.clone())
+            .collect::<Vec<_>>(),
+        fixtures::events()
+    );
 
-    let middle: Vec<_> = store.range(Seq(5)..=Seq(7)).map(|r| r.unwrap().seq).collect();
+    let middle: Vec<_> = store
+        .range(Seq(5)..=Seq(7))
+        .map(|r| r.unwrap().seq)
+        .collect();
     assert_eq!(middle, vec![Seq(5), Seq(6), Seq(7)]);
     assert_eq!(store.get(Seq(16)).unwrap().unwrap().event, finished(8, 1));
     assert_eq!(store.get(Seq(17)).unwrap(), None);
@@ -47,14 +60,28 @@ fn appends_get_dense_sequence_numbers_and_read_back() {
 fn run_and_episode_indexes_find_their_events() {
     let (_dir, store) = temp_store();
     store.append(&fixtures::events()).unwrap();
-    store.append(&[finished(3, 1), finished(9, 2), finished(3, 3)]).unwrap();
-    assert_eq!(store.runs().unwrap(), vec![RunId(3), fixtures::RUN, RunId(9)]);
-    let run3: Vec<u64> = store.run_events(RunId(3)).unwrap().iter().map(|r| r.seq.0).collect();
+    store
+        .append(&[finished(3, 1), finished(9, 2), finished(3, 3)])
+        .unwrap();
+    assert_eq!(
+        store.runs().unwrap(),
+        vec![RunId(3), fixtures::RUN, RunId(9)]
+    );
+    let run3: Vec<u64> = store
+        .run_events(RunId(3))
+        .unwrap()
+        .iter()
+        .map(|r| r.seq.0)
+        .collect();
     assert_eq!(run3, vec![16, 18]);
     assert_eq!(store.run_seqs(fixtures::RUN).unwrap().len(), 15);
     let episode = store.episode_events(EpisodeId(42)).unwrap();
     assert_eq!(episode.len(), 8);
-    assert!(episode.iter().all(|r| r.event.payload.episode_id() == Some(EpisodeId(42))));
+    assert!(
+        episode
+            .iter()
+            .all(|r| r.event.payload.episode_id() == Some(EpisodeId(42)))
+    );
     assert_eq!(episode[0].event.kind(), EventKind::EpisodeStarted);
     assert!(store.episode_events(EpisodeId(43)).unwrap().is_empty());
 }
@@ -75,7 +102,11 @@ fn reopening_continues_the_sequence_and_keeps_everything() {
     assert_eq!(store.recovery().last_seq, Seq(15));
     let r = store.append(&[finished(1, 1)]).unwrap().unwrap();
     assert_eq!(r.first, Seq(16));
-    assert_eq!(store.next_id(IdKind::Episode).unwrap(), 3, "ids are never handed out twice");
+    assert_eq!(
+        store.next_id(IdKind::Episode).unwrap(),
+        3,
+        "ids are never handed out twice"
+    );
     assert_eq!(store.iter().count(), 16);
 }
 
@@ -86,7 +117,10 @@ fn a_second_opener_is_told_who_holds_the_directory() {
     assert!(matches!(err, Error::InUse { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
-    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
     assert!(msg.contains("--data"), "{msg}");
 }
 
@@ -106,7 +140,10 @@ fn blobs_are_stored_once_and_verified_on_read() {
     assert!(store.has_blob(&many[1].digest).unwrap());
     let stats = store.stats().unwrap();
     assert_eq!(stats.blobs, 2);
-    assert!(stats.blob_stored_bytes < stats.blob_raw_bytes / 10, "{stats:?}");
+    assert!(
+        stats.blob_stored_bytes < stats.blob_raw_bytes / 10,
+        "{stats:?}"
+    );
 
     // A corrupted blob is reported on read, with its digest.
     let mut raw = store.raw_blob(&a.digest).unwrap().unwrap();
@@ -164,7 +201,9 @@ async fn an_async_subscriber_is_woken_by_an_append() {
     let mut rx = store.subscribe();
     let writer = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.append(&[finished(1, 1), finished(1, 2)]).unwrap())
+        tokio::task::spawn_blocking(move || {
+            store.append(&[finished(1, 1), finished(1, 2)]).unwrap()
+        })
     };
     tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| *s >= Seq(2)))
         .await
@@ -196,7 +235,10 @@ fn a_corrupt_tail_is_cut_and_quarantined_at_open_and_middle_damage_is_left_for_v
     // The run index no longer names the cut events.
     assert_eq!(store.run_seqs(fixtures::RUN).unwrap().len(), 13);
     // The next append continues after the last good event.
-    assert_eq!(store.append(&[finished(1, 1)]).unwrap().unwrap().first, Seq(14));
+    assert_eq!(
+        store.append(&[finished(1, 1)]).unwrap().unwrap().first,
+        Seq(14)
+    );
     // Damage in the middle is not cut: it is reported, and the rest reads.
     let report = store.verify(&mut |_, _, _| {}).unwrap();
     assert_eq!(report.first_bad_seq(), Some(Seq(3)));
@@ -227,12 +269,23 @@ fn verify_passes_on_a_healthy_store_and_stats_count_kinds_runs_and_dedupe() {
     assert_eq!(stats.by_run[&RunId(4)].events, 300);
     assert_eq!(stats.by_kind[&EventKind::WebExchange].events, 101);
     assert_eq!(stats.by_kind[&EventKind::TurnGenerated].events, 201);
-    assert!(stats.dedupe_ratio() > 1.2, "repeated pages are stored once: {}", stats.dedupe_ratio());
-    assert!(stats.compression_ratio() > 1.5, "{}", stats.compression_ratio());
-    let web = store.iter().map(Result::unwrap).find_map(|r| match r.event.payload {
-        Payload::WebExchange(w) => w.body,
-        _ => None,
-    });
+    assert!(
+        stats.dedupe_ratio() > 1.2,
+        "repeated pages are stored once: {}",
+        stats.dedupe_ratio()
+    );
+    assert!(
+        stats.compression_ratio() > 1.5,
+        "{}",
+        stats.compression_ratio()
+    );
+    let web = store
+        .iter()
+        .map(Result::unwrap)
+        .find_map(|r| match r.event.payload {
+            Payload::WebExchange(w) => w.body,
+            _ => None,
+        });
     let body = store.get_blob(&web.unwrap().digest).unwrap().unwrap();
     assert!(body.starts_with(b"<!DOCTYPE html>"));
 }
@@ -245,6 +298,9 @@ fn verify_names_blobs_that_events_refer_to_but_the_store_lacks() {
     let report = store.verify(&mut |_, _, _| {}).unwrap();
     let missing: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     assert_eq!(missing.len(), 3, "{missing:?}");
-    assert!(missing[0].starts_with("event 5 refers to blob 1111"), "{missing:?}");
+    assert!(
+        missing[0].starts_with("event 5 refers to blob 1111"),
+        "{missing:?}"
+    );
     assert_eq!(report.first_bad_seq(), Some(Seq(5)));
 }

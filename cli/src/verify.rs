@@ -1,0 +1,63 @@
+//! `fathom verify`: check the whole data directory.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use fathom_store::{Options, VerifyPhase};
+
+/// Arguments of `fathom verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Print at most this many problems (all are counted).
+    #[arg(long, default_value_t = 20)]
+    pub max_problems: usize,
+}
+
+pub fn run(data: &Path, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    if !data.join("log").exists() {
+        anyhow::bail!(
+            "{} holds no fathom log; pass --data (or FATHOM_DATA) with the data directory to check",
+            data.display()
+        );
+    }
+    let store = crate::open_store(data, Options::default())?;
+    let events_bar = crate::progress_bar(store.last_seq().0, "events");
+    let mut blobs_bar: Option<indicatif::ProgressBar> = None;
+    let report = store.verify(&mut |phase, done, total| match phase {
+        VerifyPhase::Events => events_bar.set_position(done),
+        VerifyPhase::Blobs => {
+            let bar = blobs_bar.get_or_insert_with(|| {
+                events_bar.finish_and_clear();
+                crate::progress_bar(total, "blobs")
+            });
+            bar.set_position(done);
+        }
+    })?;
+    events_bar.finish_and_clear();
+    if let Some(bar) = blobs_bar {
+        bar.finish_and_clear();
+    }
+    if report.is_ok() {
+        println!(
+            "ok: {} events and {} blobs verified",
+            report.events, report.blobs
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "FAILED: {} problem(s) in {} events and {} blobs",
+        report.problems.len(),
+        report.events,
+        report.blobs
+    );
+    if let Some(seq) = report.first_bad_seq() {
+        println!("first bad sequence number: {seq}");
+    }
+    for p in report.problems.iter().take(args.max_problems) {
+        println!("  {p}");
+    }
+    if report.problems.len() > args.max_problems {
+        println!("  … and {} more", report.problems.len() - args.max_problems);
+    }
+    Ok(ExitCode::FAILURE)
+}

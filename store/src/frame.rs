@@ -316,7 +316,7 @@ mod tests {
         // Rewrite the kind to an unknown code and fix the CRC, as a newer
         // fathom would have written it.
         bytes[6..8].copy_from_slice(&999u16.to_le_bytes());
-        let c = crc(&bytes, &bytes[HEADER_LEN..].to_vec());
+        let c = crc(&bytes, &bytes[HEADER_LEN..]);
         bytes[44..48].copy_from_slice(&c.to_le_bytes());
         assert_eq!(
             decode(Seq(1), &bytes).unwrap_err(),
@@ -324,7 +324,7 @@ mod tests {
         );
         bytes[6..8].copy_from_slice(&1u16.to_le_bytes());
         bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
-        let c = crc(&bytes, &bytes[HEADER_LEN..].to_vec());
+        let c = crc(&bytes, &bytes[HEADER_LEN..]);
         bytes[44..48].copy_from_slice(&c.to_le_bytes());
         assert_eq!(
             decode(Seq(1), &bytes).unwrap_err().to_string(),

@@ -274,9 +274,9 @@ fn page(rng: &mut SeededRng, bytes: usize) -> Vec<u8> {
     );
     for _ in 0..12 {
         s.push_str("<a href=\"/wiki/");
-        s.push_str(*rng.choose(WORDS));
+        s.push_str(rng.choose(WORDS).as_ref());
         s.push_str("\">");
-        s.push_str(*rng.choose(WORDS));
+        s.push_str(rng.choose(WORDS).as_ref());
         s.push_str("</a>");
     }
     s.push_str("</nav><main><h1>");

@@ -48,10 +48,7 @@ pub struct TailArgs {
 fn parse_kind(s: &str) -> Result<EventKind, String> {
     EventKind::from_name(s).ok_or_else(|| {
         let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
-        format!(
-            "unknown event kind '{s}'; the kinds are: {}",
-            names.join(", ")
-        )
+        format!("unknown event kind '{s}'; the kinds are: {}", names.join(", "))
     })
 }
 
@@ -200,8 +197,7 @@ fn tail(data: &Path, args: TailArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let matches = |r: &fathom_core::Record| {
-        args.run.is_none_or(|run| r.event.run == run)
-            && args.kind.is_none_or(|k| r.event.kind() == k)
+        args.run.is_none_or(|run| r.event.run == run) && args.kind.is_none_or(|k| r.event.kind() == k)
     };
     let last = store.last_seq();
     let mut next = match args.from {
@@ -309,12 +305,8 @@ fn load(data: &Path, args: LoadArgs) -> anyhow::Result<ExitCode> {
             args.batch.min((args.events - appended) as usize)
         };
         let items = generator.batch(n);
-        logical += items
-            .iter()
-            .map(|i| i.blob_bytes().len() as u64)
-            .sum::<u64>();
-        let range = workload::append(&store, &items, durability)?
-            .context("a non-empty batch returns its range")?;
+        logical += items.iter().map(|i| i.blob_bytes().len() as u64).sum::<u64>();
+        let range = workload::append(&store, &items, durability)?.context("a non-empty batch returns its range")?;
         appended += n as u64;
         if args.print_acks {
             let mut out = stdout.lock();

@@ -18,12 +18,7 @@ mod verify;
 #[command(name = "fathom", version, about, long_about = None)]
 struct Cli {
     /// The data directory: the event log, blobs, and later snapshots and checkpoints.
-    #[arg(
-        long,
-        global = true,
-        env = "FATHOM_DATA",
-        default_value = "./fathom-data"
-    )]
+    #[arg(long, global = true, env = "FATHOM_DATA", default_value = "./fathom-data")]
     data: PathBuf,
 
     #[command(subcommand)]
@@ -57,26 +52,18 @@ fn main() -> ExitCode {
 /// A progress bar on stderr that draws only on a terminal, so piped output
 /// and tests stay clean.
 pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta})",
-        )
-        .expect("static template is valid")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+            .expect("static template is valid")
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar
 }
 
 /// Opens the store for a command, adding what to do when it is in use.
-pub(crate) fn open_store(
-    data: &std::path::Path,
-    opts: fathom_store::Options,
-) -> anyhow::Result<fathom_store::Store> {
+pub(crate) fn open_store(data: &std::path::Path, opts: fathom_store::Options) -> anyhow::Result<fathom_store::Store> {
     let store = fathom_store::Store::open(data, opts)?;
     let rec = store.recovery();
     if !rec.cut.is_empty() {

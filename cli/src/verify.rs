@@ -38,10 +38,7 @@ pub fn run(data: &Path, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     if report.is_ok() {
-        println!(
-            "ok: {} events and {} blobs verified",
-            report.events, report.blobs
-        );
+        println!("ok: {} events and {} blobs verified", report.events, report.blobs);
         return Ok(ExitCode::SUCCESS);
     }
     println!(

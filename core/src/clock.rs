@@ -12,18 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Nanoseconds since the Unix epoch, UTC.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct Timestamp(pub i64);
 
@@ -71,9 +60,7 @@ impl serde::Serialize for Timestamp {
 impl<'de> serde::Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_rfc3339(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!("'{text}' is not an RFC 3339 UTC time"))
-        })
+        parse_rfc3339(&text).ok_or_else(|| serde::de::Error::custom(format!("'{text}' is not an RFC 3339 UTC time")))
     }
 }
 

@@ -17,17 +17,7 @@ use std::fmt;
 
 /// A 32-byte content digest (BLAKE3), shown as 64 hex digits.
 #[derive(
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub struct Digest(pub [u8; 32]);
@@ -72,9 +62,8 @@ impl serde::Serialize for Digest {
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Digest::from_hex(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!("'{text}' is not a 64-digit hex digest"))
-        })
+        Digest::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("'{text}' is not a 64-digit hex digest")))
     }
 }
 
@@ -232,14 +221,7 @@ vocabulary_enum!(
 
 /// One HTTP header of a recorded exchange.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct Header {
     /// Header name, lowercase.
@@ -250,14 +232,7 @@ pub struct Header {
 
 /// A run began (or resumed: `attempt` > 0 on each `--resume`).
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct RunStarted {
     /// A human label for the run.
@@ -280,14 +255,7 @@ pub struct RunStarted {
 
 /// A run ended.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct RunFinished {
     /// How it ended.
@@ -300,14 +268,7 @@ pub struct RunFinished {
 
 /// The data loader handed out a question for a training step or evaluation.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct QuestionSampled {
     /// Training step (or evaluation batch) the question belongs to.
@@ -328,14 +289,7 @@ pub struct QuestionSampled {
 
 /// An episode (one rollout of one question) began.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct EpisodeStarted {
     /// The new episode.
@@ -360,14 +314,7 @@ pub struct EpisodeStarted {
 
 /// The policy generated one assistant turn.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct TurnGenerated {
     /// The episode.
@@ -393,14 +340,7 @@ pub struct TurnGenerated {
 
 /// The policy's turn called a tool.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct ToolCalled {
     /// The episode.
@@ -415,14 +355,7 @@ pub struct ToolCalled {
 
 /// One request to the web and its response, as the gateway saw it.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct WebExchange {
     /// Unique id of the request.
@@ -459,14 +392,7 @@ pub struct WebExchange {
 
 /// The browsing agent read one segment of a page.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct PageSegmentRead {
     /// The episode.
@@ -491,14 +417,7 @@ pub struct PageSegmentRead {
 
 /// What a tool call returned to the policy (the `<tool_response>` text).
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct ToolResult {
     /// The episode.
@@ -523,14 +442,7 @@ pub struct ToolResult {
 
 /// An episode ended, with its score.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct EpisodeFinished {
     /// The episode.
@@ -565,14 +477,7 @@ pub struct EpisodeFinished {
 
 /// A behaviour detector fired on a finished episode.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct BehaviourTagged {
     /// The episode.
@@ -593,14 +498,7 @@ pub struct BehaviourTagged {
 
 /// One optimizer step.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct GradientUpdate {
     /// Training step.
@@ -633,14 +531,7 @@ pub struct GradientUpdate {
 
 /// A checkpoint was written (atomically) and can be resumed from.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct CheckpointSaved {
     /// The checkpoint.
@@ -667,14 +558,7 @@ pub struct CheckpointSaved {
 
 /// One evaluation figure.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct EvalResult {
     /// Training step evaluated (0 for a model never trained here).
@@ -693,14 +577,7 @@ pub struct EvalResult {
 
 /// A Parquet snapshot file was committed to the manifest.
 #[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct SnapshotCommitted {
     /// The snapshot.
@@ -845,12 +722,7 @@ impl Payload {
     /// `stats` can measure deduplication.
     pub fn blob_refs(&self) -> Vec<BlobRef> {
         match self {
-            Payload::TurnGenerated(p) => p
-                .token_ids
-                .iter()
-                .chain(p.logprobs.iter())
-                .copied()
-                .collect(),
+            Payload::TurnGenerated(p) => p.token_ids.iter().chain(p.logprobs.iter()).copied().collect(),
             Payload::WebExchange(p) => p.body.iter().copied().collect(),
             _ => Vec::new(),
         }

@@ -150,10 +150,7 @@ mod tests {
         .assert_debug_eq(&first);
         assert_eq!(derive_seed(42, "episode", 3), derive_seed(42, "episode", 3));
         assert_ne!(derive_seed(42, "episode", 3), derive_seed(42, "episode", 4));
-        assert_ne!(
-            derive_seed(42, "episode", 3),
-            derive_seed(42, "question", 3)
-        );
+        assert_ne!(derive_seed(42, "episode", 3), derive_seed(42, "question", 3));
     }
 
     #[test]

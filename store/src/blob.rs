@@ -6,15 +6,20 @@
 //! the BLAKE3 digest of their uncompressed bytes; an event carries a
 //! [`BlobRef`]. Putting a blob that is already present writes nothing.
 //!
-//! Value layout:
+//! Value layout (the logical value; see below for how it is split):
 //!
 //! ```text
 //! offset size field
 //!   0     1   codec: 0 = stored as is, 1 = zstd
-//!   1     7   reserved, 0
+//!   1     3   reserved, 0
+//!   4     4   number of parts the value is split into (u32 LE), at least 1
 //!   8     8   uncompressed length (u64 LE)
 //!  16     n   stored bytes
 //! ```
+//!
+//! The value is cut into parts of at most [`MAX_PART_BYTES`], stored under
+//! the digest followed by the part number, so that no sled item is large
+//! enough for sled to move it into its unsynced blob files.
 //!
 //! A blob is verified by decompressing it and recomputing its digest; the
 //! digest is its key, so a flipped bit anywhere is caught.
@@ -23,6 +28,8 @@ use fathom_core::{BlobRef, Digest};
 
 /// Bytes before the stored data.
 pub const HEADER_LEN: usize = 16;
+/// Largest stored part (see [`crate::chunk::MAX_CHUNK_BYTES`] for why).
+pub const MAX_PART_BYTES: usize = crate::chunk::MAX_CHUNK_BYTES;
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 
@@ -36,6 +43,14 @@ pub enum BlobError {
     /// Shorter than the header.
     #[error("stored value is {0} bytes, shorter than the {HEADER_LEN}-byte blob header")]
     TooShort(usize),
+    /// The part count in the header does not match the parts present.
+    #[error("header says {declared} part(s), {actual} present")]
+    PartsMismatch {
+        /// From the header.
+        declared: u32,
+        /// Present.
+        actual: u32,
+    },
     /// Reserved header bytes are not zero.
     #[error("reserved header bytes are not zero")]
     Reserved,
@@ -71,16 +86,50 @@ pub fn encode(bytes: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + bytes.len() / 2);
     out.extend_from_slice(&[CODEC_RAW; 8]);
     out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    if bytes.len() >= COMPRESS_MIN
-        && let Ok(compressed) = zstd::bulk::compress(bytes, level)
-        && compressed.len() < bytes.len()
-    {
-        out[0] = CODEC_ZSTD;
-        out.extend_from_slice(&compressed);
-        return out;
+    let compressed = (bytes.len() >= COMPRESS_MIN)
+        .then(|| compress(bytes, level).ok())
+        .flatten()
+        .filter(|c| c.len() < bytes.len());
+    match compressed {
+        Some(c) => {
+            out[0] = CODEC_ZSTD;
+            out.extend_from_slice(&c);
+        }
+        None => out.extend_from_slice(bytes),
     }
-    out.extend_from_slice(bytes);
+    let parts = out.len().div_ceil(MAX_PART_BYTES) as u32;
+    out[4..8].copy_from_slice(&parts.to_le_bytes());
     out
+}
+
+/// The parts a value is stored as.
+pub fn split(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.chunks(MAX_PART_BYTES)
+}
+
+/// The part count recorded in a first part's header.
+pub fn parts(first_part: &[u8]) -> Option<u32> {
+    first_part
+        .get(4..8)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+}
+
+thread_local! {
+    /// One zstd context per thread and level: creating a context costs more
+    /// than compressing a 2 KB token-id array.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(bytes: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, c) = slot.as_mut().expect("set above");
+        c.compress(bytes)
+    })
 }
 
 /// Decodes a stored blob value and checks it against its key.
@@ -88,8 +137,16 @@ pub fn decode(key: &Digest, value: &[u8]) -> Result<Vec<u8>, BlobError> {
     if value.len() < HEADER_LEN {
         return Err(BlobError::TooShort(value.len()));
     }
-    if value[1..8] != [0u8; 7] {
+    if value[1..4] != [0u8; 3] {
         return Err(BlobError::Reserved);
+    }
+    let declared_parts = parts(value).unwrap_or(0);
+    let actual_parts = value.len().div_ceil(MAX_PART_BYTES) as u32;
+    if declared_parts != actual_parts {
+        return Err(BlobError::PartsMismatch {
+            declared: declared_parts,
+            actual: actual_parts,
+        });
     }
     let declared = u64::from_le_bytes(value[8..16].try_into().expect("8 bytes"));
     let data = &value[HEADER_LEN..];
@@ -130,7 +187,7 @@ pub fn stored_len(value: &[u8]) -> Option<u64> {
 
 /// A blob ready to be written: its reference and its encoded value.
 #[derive(Debug)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The reference events will carry.
     pub blob: BlobRef,
     /// The encoded value, `None` if the blob is already stored.
@@ -152,6 +209,27 @@ mod tests {
         }
         assert_eq!(encode(text.as_bytes(), 3)[0], CODEC_ZSTD);
         assert_eq!(encode(b"tiny", 3)[0], CODEC_RAW);
+    }
+
+    #[test]
+    fn large_values_split_into_bounded_parts() {
+        let mut rng = fathom_core::SeededRng::new(3);
+        let mut noise = vec![0u8; MAX_PART_BYTES * 2 + 10];
+        rng.fill_bytes(&mut noise);
+        let value = encode(&noise, 1);
+        assert_eq!(value[0], CODEC_RAW, "noise does not compress");
+        let parts: Vec<&[u8]> = split(&value).collect();
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.len() <= MAX_PART_BYTES));
+        assert_eq!(super::parts(parts[0]), Some(3));
+        let whole: Vec<u8> = parts.concat();
+        assert_eq!(decode(&digest(&noise), &whole).unwrap(), noise);
+        // A missing last part is caught before decompression.
+        let short = &whole[..MAX_PART_BYTES * 2];
+        assert!(matches!(
+            decode(&digest(&noise), short),
+            Err(BlobError::PartsMismatch { .. })
+        ));
     }
 
     #[test]

@@ -318,10 +318,7 @@ mod tests {
         bytes[6..8].copy_from_slice(&999u16.to_le_bytes());
         let c = crc(&bytes, &bytes[HEADER_LEN..]);
         bytes[44..48].copy_from_slice(&c.to_le_bytes());
-        assert_eq!(
-            decode(Seq(1), &bytes).unwrap_err(),
-            FrameError::UnknownKind(999)
-        );
+        assert_eq!(decode(Seq(1), &bytes).unwrap_err(), FrameError::UnknownKind(999));
         bytes[6..8].copy_from_slice(&1u16.to_le_bytes());
         bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
         let c = crc(&bytes, &bytes[HEADER_LEN..]);

@@ -7,11 +7,15 @@
 //!
 //! | tag | key                          | value                    |
 //! |-----|------------------------------|--------------------------|
-//! | `e` | `e` seq:u64                  | the event frame          |
-//! | `r` | `r` run:u64 seq:u64          | empty (run index)        |
-//! | `p` | `p` episode:u64 seq:u64      | empty (episode index)    |
-//! | `c` | `c` id-kind:u8               | next id:u64 (counters)   |
-//! | `q` | `q` seq:u64 found_at:i64     | quarantined frame bytes  |
+//! | `e` | `e` first-seq:u64            | a chunk of frames        |
+//! | `r` | `r` run:u64 first-seq:u64    | empty (run index)        |
+//! | `p` | `p` episode:u64 first-seq:u64| empty (episode index)    |
+//! | `c` | `c` id-kind:u8               | last id:u64 (counters)   |
+//! | `q` | `q` first-seq:u64 found:i64  | quarantined chunk bytes  |
+//!
+//! Index entries name chunks, not events: "the chunk starting at this
+//! sequence number holds events of this run". The blob tree's keys are the
+//! 32-byte digest followed by a part number (u32 BE).
 
 use fathom_core::{EpisodeId, IdKind, RunId, Seq};
 
@@ -36,6 +40,7 @@ fn tagged_u64_u64(tag: u8, a: u64, b: u64) -> [u8; 17] {
     k
 }
 
+/// The key of the chunk whose first frame is `seq`.
 pub fn event(seq: Seq) -> [u8; 9] {
     tagged_u64(EVENT, seq.0)
 }
@@ -82,4 +87,21 @@ pub fn parts_of_index_key(key: &[u8]) -> Option<(u64, Seq)> {
     } else {
         None
     }
+}
+
+/// The key of part `part` of the blob `digest`.
+pub fn blob_part(digest: &fathom_core::Digest, part: u32) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(&digest.0);
+    k[32..].copy_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// The (digest, part) of a blob-tree key.
+pub fn parts_of_blob_key(key: &[u8]) -> Option<(fathom_core::Digest, u32)> {
+    if key.len() != 36 {
+        return None;
+    }
+    let digest = fathom_core::Digest(key[..32].try_into().ok()?);
+    Some((digest, u32::from_be_bytes(key[32..].try_into().ok()?)))
 }

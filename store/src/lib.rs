@@ -15,6 +15,7 @@
 //! [`BlobRef`](fathom_core::BlobRef)s.
 
 pub mod blob;
+pub mod chunk;
 pub mod frame;
 mod keys;
 pub mod lock;
@@ -82,9 +83,7 @@ pub enum Error {
         reason: blob::BlobError,
     },
     /// An event is larger than a frame can hold.
-    #[error(
-        "a {kind} event of {len} bytes exceeds the 4 GiB frame limit; put large payloads in blobs"
-    )]
+    #[error("a {kind} event of {len} bytes exceeds the 4 GiB frame limit; put large payloads in blobs")]
     TooLarge {
         /// The event's kind.
         kind: EventKind,

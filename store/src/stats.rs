@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use fathom_core::{EventKind, RunId, Seq};
 
 use crate::blob;
+use crate::chunk;
 use crate::frame;
 use crate::keys;
 use crate::{Result, Store, sled_err};
@@ -38,7 +39,7 @@ pub struct Stats {
     pub events: u64,
     /// Last sequence number.
     pub last_seq: Seq,
-    /// Frame bytes of all events.
+    /// Frame bytes of all readable events.
     pub event_bytes: u64,
     /// Events that failed to decode (see `fathom verify`).
     pub corrupt_events: u64,
@@ -91,35 +92,43 @@ impl Store {
         let hi = keys::event(Seq(u64::MAX));
         for item in self.events_tree().range(lo..=hi) {
             let (key, value) = item.map_err(sled_err("scan the log"))?;
-            let Some(seq) = keys::seq_of_event_key(&key) else {
+            let Some(first) = keys::seq_of_event_key(&key) else {
                 continue;
             };
-            s.events += 1;
-            s.event_bytes += value.len() as u64;
-            let Ok((header, event)) = frame::decode(seq, &value) else {
-                s.corrupt_events += 1;
-                continue;
-            };
-            let k = s.by_kind.entry(header.kind).or_default();
-            k.events += 1;
-            k.bytes += value.len() as u64;
-            let r = s.by_run.entry(header.run).or_insert(RunStats {
-                first_seq: seq.0,
-                ..RunStats::default()
-            });
-            r.events += 1;
-            r.bytes += value.len() as u64;
-            r.last_seq = seq.0;
-            for blob in event.payload.blob_refs() {
-                s.blob_refs += 1;
-                s.blob_referenced_bytes += blob.len;
+            for slot in chunk::layout(first, &value).slots {
+                s.events += 1;
+                let decoded = slot.frame.and_then(|r| {
+                    let len = r.len() as u64;
+                    frame::decode(slot.seq, &value[r]).map(|(h, e)| (h, e, len))
+                });
+                let Ok((header, event, len)) = decoded else {
+                    s.corrupt_events += 1;
+                    continue;
+                };
+                s.event_bytes += len;
+                let k = s.by_kind.entry(header.kind).or_default();
+                k.events += 1;
+                k.bytes += len;
+                let r = s.by_run.entry(header.run).or_insert(RunStats {
+                    first_seq: slot.seq.0,
+                    ..RunStats::default()
+                });
+                r.events += 1;
+                r.bytes += len;
+                r.last_seq = slot.seq.0;
+                for blob in event.payload.blob_refs() {
+                    s.blob_refs += 1;
+                    s.blob_referenced_bytes += blob.len;
+                }
             }
         }
         for item in self.blobs_tree().iter() {
-            let (_, value) = item.map_err(sled_err("scan the blobs"))?;
-            s.blobs += 1;
+            let (key, value) = item.map_err(sled_err("scan the blobs"))?;
             s.blob_stored_bytes += value.len() as u64;
-            s.blob_raw_bytes += blob::stored_len(&value).unwrap_or(0);
+            if keys::parts_of_blob_key(&key).is_some_and(|(_, part)| part == 0) {
+                s.blobs += 1;
+                s.blob_raw_bytes += blob::stored_len(&value).unwrap_or(0);
+            }
         }
         s.disk_bytes = self.size_on_disk()?;
         Ok(s)

@@ -4,11 +4,10 @@ use std::ops::RangeInclusive;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fathom_core::{
-    BlobRef, Clock, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq, SystemClock,
-};
+use fathom_core::{BlobRef, Clock, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq, SystemClock};
 
 use crate::blob::{self, Prepared};
+use crate::chunk::{self, MAX_CHUNK_BYTES};
 use crate::frame;
 use crate::keys;
 use crate::lock::DirLock;
@@ -37,7 +36,7 @@ pub struct Options {
     /// Interval of sled's background flush, which bounds relaxed mode's
     /// loss window.
     pub relaxed_flush_ms: u64,
-    /// zstd level for blobs (1 fast … 19 small; 3 is zstd's default).
+    /// zstd level for blobs (negative: fastest, 1: fast, the default, 19: small).
     pub blob_level: i32,
     /// sled page-cache size in bytes.
     pub cache_bytes: u64,
@@ -48,7 +47,7 @@ impl Default for Options {
         Options {
             durability: Durability::Durable,
             relaxed_flush_ms: 200,
-            blob_level: 3,
+            blob_level: 1,
             cache_bytes: 256 << 20,
         }
     }
@@ -89,6 +88,9 @@ pub struct RecoveryReport {
     /// first, with what was wrong with each.
     pub cut: Vec<(Seq, String)>,
 }
+
+/// sled's segment size; see [`chunk::MAX_CHUNK_BYTES`].
+const SLED_SEGMENT_BYTES: usize = 16 << 20;
 
 /// How far back recovery walks a corrupt tail before refusing to cut more.
 const MAX_TAIL_CUT: usize = 1024;
@@ -149,16 +151,15 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.log_dir())
             .mode(sled::Mode::HighThroughput)
+            // The largest segment sled allows: items up to a quarter of it
+            // stay in sled's fsynced log (see MAX_CHUNK_BYTES).
+            .segment_size(SLED_SEGMENT_BYTES)
             .cache_capacity(opts.cache_bytes)
             .flush_every_ms(Some(opts.relaxed_flush_ms.max(1)))
             .open()
             .map_err(sled_err("open the log"))?;
-        let events = db
-            .open_tree("events")
-            .map_err(sled_err("open the events tree"))?;
-        let blobs = db
-            .open_tree("blobs")
-            .map_err(sled_err("open the blob tree"))?;
+        let events = db.open_tree("events").map_err(sled_err("open the events tree"))?;
+        let blobs = db.open_tree("blobs").map_err(sled_err("open the blob tree"))?;
         let recovery = recover(&dir, &events)?;
         if !recovery.cut.is_empty() {
             db.flush().map_err(sled_err("flush after recovery"))?;
@@ -171,9 +172,7 @@ impl Store {
             events,
             blobs,
             opts,
-            writer: Mutex::new(Writer {
-                next_seq: last.0 + 1,
-            }),
+            writer: Mutex::new(Writer { next_seq: last.0 + 1 }),
             visible: Visible {
                 last: Mutex::new(last),
                 changed: Condvar::new(),
@@ -207,11 +206,7 @@ impl Store {
     /// Appends a batch atomically: after a crash either every event of the
     /// batch is present or none is. Returns the assigned sequence numbers
     /// (`None` for an empty batch) once the batch is as durable as asked.
-    pub fn append_with(
-        &self,
-        events: &[Event],
-        durability: Durability,
-    ) -> Result<Option<SeqRange>> {
+    pub fn append_with(&self, events: &[Event], durability: Durability) -> Result<Option<SeqRange>> {
         if events.is_empty() {
             return Ok(None);
         }
@@ -219,17 +214,23 @@ impl Store {
             let mut writer = lock(&self.writer);
             let first = writer.next_seq;
             let mut batch = sled::Batch::default();
+            let mut pending = PendingChunk::new(Seq(first));
             for (i, event) in events.iter().enumerate() {
                 let seq = Seq(first + i as u64);
-                batch.insert(&keys::event(seq)[..], frame::encode(seq, event)?);
-                batch.insert(&keys::run_index(event.run, seq)[..], &[][..]);
-                if let Some(episode) = event.payload.episode_id() {
-                    batch.insert(&keys::episode_index(episode, seq)[..], &[][..]);
+                let frame = frame::encode(seq, event)?;
+                if frame.len() > MAX_CHUNK_BYTES - chunk::HEADER_LEN {
+                    return Err(Error::TooLarge {
+                        kind: event.kind(),
+                        len: frame.len(),
+                    });
                 }
+                if pending.bytes + frame.len() > MAX_CHUNK_BYTES - chunk::HEADER_LEN {
+                    std::mem::replace(&mut pending, PendingChunk::new(seq)).write(&mut batch);
+                }
+                pending.push(event, frame);
             }
-            self.events
-                .apply_batch(batch)
-                .map_err(sled_err("append a batch"))?;
+            pending.write(&mut batch);
+            self.events.apply_batch(batch).map_err(sled_err("append a batch"))?;
             writer.next_seq = first + events.len() as u64;
             SeqRange {
                 first: Seq(first),
@@ -279,10 +280,7 @@ impl Store {
         let value = self
             .events
             .update_and_fetch(keys::counter(kind), |old| {
-                let n = old
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
+                let n = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
                 Some((n + 1).to_be_bytes().to_vec())
             })
             .map_err(sled_err("allocate an id"))?
@@ -314,44 +312,42 @@ impl Store {
         Ok(self.put_blobs(&[bytes])?.remove(0))
     }
 
-    /// Stores many blobs, compressing them on all cores.
+    /// Stores many blobs. Hashing, the presence check and compression run
+    /// on all cores; the writes go to sled in one batch.
     pub fn put_blobs(&self, items: &[&[u8]]) -> Result<Vec<BlobRef>> {
-        let mut prepared: Vec<Prepared> = Vec::with_capacity(items.len());
-        let mut seen = std::collections::HashSet::new();
-        for bytes in items {
-            let digest = blob::digest(bytes);
-            let blob = BlobRef {
-                digest,
-                len: bytes.len() as u64,
-            };
-            let fresh = seen.insert(digest)
-                && !self
-                    .blobs
-                    .contains_key(digest.0)
-                    .map_err(sled_err("look up a blob"))?;
-            prepared.push(Prepared {
-                blob,
-                value: fresh.then(Vec::new),
-            });
-        }
-        let todo: Vec<usize> = (0..items.len())
-            .filter(|&i| prepared[i].value.is_some())
-            .collect();
         let level = self.opts.blob_level;
-        let encoded = compress_all(items, &todo, level);
+        let prepared = prepare_all(items, |bytes| -> Result<Prepared> {
+            let digest = blob::digest(bytes);
+            let stored = self
+                .blobs
+                .contains_key(keys::blob_part(&digest, 0))
+                .map_err(sled_err("look up a blob"))?;
+            Ok(Prepared {
+                blob: BlobRef {
+                    digest,
+                    len: bytes.len() as u64,
+                },
+                value: (!stored).then(|| blob::encode(bytes, level)),
+            })
+        })?;
         let mut batch = sled::Batch::default();
-        for (i, value) in todo.iter().zip(encoded) {
-            batch.insert(&prepared[*i].blob.digest.0[..], value);
+        let mut written = std::collections::HashSet::new();
+        for p in &prepared {
+            if let Some(value) = &p.value
+                && written.insert(p.blob.digest)
+            {
+                for (part, bytes) in blob::split(value).enumerate() {
+                    batch.insert(&keys::blob_part(&p.blob.digest, part as u32)[..], bytes);
+                }
+            }
         }
-        self.blobs
-            .apply_batch(batch)
-            .map_err(sled_err("store blobs"))?;
+        self.blobs.apply_batch(batch).map_err(sled_err("store blobs"))?;
         Ok(prepared.into_iter().map(|p| p.blob).collect())
     }
 
     /// Reads and verifies a blob; `None` if it is not stored.
     pub fn get_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        let Some(value) = self.blobs.get(digest.0).map_err(sled_err("read a blob"))? else {
+        let Some(value) = self.raw_blob(digest)? else {
             return Ok(None);
         };
         blob::decode(digest, &value)
@@ -365,7 +361,7 @@ impl Store {
     /// Whether a blob is stored.
     pub fn has_blob(&self, digest: &Digest) -> Result<bool> {
         self.blobs
-            .contains_key(digest.0)
+            .contains_key(keys::blob_part(digest, 0))
             .map_err(sled_err("look up a blob"))
     }
 
@@ -376,30 +372,58 @@ impl Store {
         *lock(&self.visible.last)
     }
 
+    /// The chunk holding `seq`, if any: its first sequence number and bytes.
+    fn chunk_containing(&self, seq: Seq) -> Result<Option<(Seq, sled::IVec)>> {
+        let found = self
+            .events
+            .range(keys::event(Seq(0))..=keys::event(seq))
+            .next_back()
+            .transpose()
+            .map_err(sled_err("read the log"))?;
+        Ok(found.and_then(|(k, v)| keys::seq_of_event_key(&k).map(|first| (first, v))))
+    }
+
     /// One event.
     pub fn get(&self, seq: Seq) -> Result<Option<Record>> {
-        match self
-            .events
-            .get(keys::event(seq))
-            .map_err(sled_err("read an event"))?
-        {
+        let Some((first, bytes)) = self.chunk_containing(seq)? else {
+            return Ok(None);
+        };
+        let layout = chunk::layout(first, &bytes);
+        match layout.slots.into_iter().find(|s| s.seq == seq) {
             None => Ok(None),
-            Some(bytes) => decode_record(seq, &bytes).map(Some),
+            Some(slot) => decode_slot(&bytes, slot).map(Some),
         }
     }
 
     /// Events with sequence numbers in `range`, in order. A corrupt event is
     /// an `Err` item; iteration continues past it.
     pub fn range(&self, range: RangeInclusive<Seq>) -> impl Iterator<Item = Result<Record>> + '_ {
-        self.events
-            .range(keys::event(*range.start())..=keys::event(*range.end()))
-            .map(|item| {
-                let (key, value) = item.map_err(sled_err("scan the log"))?;
-                let seq = keys::seq_of_event_key(&key).ok_or_else(|| {
-                    Error::Internal("event range returned a non-event key".into())
-                })?;
-                decode_record(seq, &value)
-            })
+        let (from, to) = (*range.start(), *range.end());
+        let start = match self.chunk_containing(from) {
+            Ok(Some((first, _))) => Ok(first),
+            Ok(None) => Ok(from),
+            Err(e) => Err(e),
+        };
+        let (start, error) = match start {
+            Ok(s) => (s, None),
+            Err(e) => (Seq(u64::MAX), Some(Err(e))),
+        };
+        let chunks = self.events.range(keys::event(start)..=keys::event(to.max(start)));
+        error.into_iter().chain(chunks.flat_map(move |item| {
+            let records: Vec<Result<Record>> = match item.map_err(sled_err("scan the log")) {
+                Err(e) => vec![Err(e)],
+                Ok((key, bytes)) => match keys::seq_of_event_key(&key) {
+                    None => vec![Err(Error::Internal("event range returned a non-event key".into()))],
+                    Some(first) => chunk::layout(first, &bytes)
+                        .slots
+                        .into_iter()
+                        .filter(|s| s.seq >= from && s.seq <= to)
+                        .map(|slot| decode_slot(&bytes, slot))
+                        .collect(),
+                },
+            };
+            records
+        }))
     }
 
     /// Every event, in order.
@@ -407,39 +431,51 @@ impl Store {
         self.range(Seq(0)..=Seq(u64::MAX))
     }
 
-    /// The sequence numbers of one run's events, from its index.
-    pub fn run_seqs(&self, run: RunId) -> Result<Vec<Seq>> {
-        index_seqs(&self.events, &keys::run_prefix(run))
+    /// One run's events, in order, found through the run index. A corrupt
+    /// frame in one of the run's chunks is an `Err` item (its owner cannot be
+    /// known); iteration continues past it.
+    pub fn run_events(&self, run: RunId) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.indexed(keys::run_prefix(run), move |r| r.event.run == run)
     }
 
-    /// The sequence numbers of one episode's events, from its index.
-    pub fn episode_seqs(&self, episode: EpisodeId) -> Result<Vec<Seq>> {
-        index_seqs(&self.events, &keys::episode_prefix(episode))
+    /// One episode's events, in order, with the same rule as `run_events`.
+    pub fn episode_events(&self, episode: EpisodeId) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.indexed(keys::episode_prefix(episode), move |r| {
+            r.event.payload.episode_id() == Some(episode)
+        })
     }
 
-    /// One run's events, in order.
-    pub fn run_events(&self, run: RunId) -> Result<Vec<Record>> {
-        self.collect(self.run_seqs(run)?)
-    }
-
-    /// One episode's events, in order.
-    pub fn episode_events(&self, episode: EpisodeId) -> Result<Vec<Record>> {
-        self.collect(self.episode_seqs(episode)?)
-    }
-
-    fn collect(&self, seqs: Vec<Seq>) -> Result<Vec<Record>> {
-        let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            match self.get(seq)? {
-                Some(record) => out.push(record),
-                None => {
-                    return Err(Error::Internal(format!(
-                        "index names event {seq} but the log does not hold it; run 'fathom verify'"
-                    )));
-                }
+    fn indexed(
+        &self,
+        prefix: [u8; 9],
+        keep: impl Fn(&Record) -> bool + 'static,
+    ) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.events.scan_prefix(prefix).keys().flat_map(move |key| {
+            let chunk_records = || -> Result<Vec<Result<Record>>> {
+                let key = key.map_err(sled_err("scan an index"))?;
+                let (_, first) = keys::parts_of_index_key(&key)
+                    .ok_or_else(|| Error::Internal("index scan returned a malformed key".into()))?;
+                let bytes = self
+                    .events
+                    .get(keys::event(first))
+                    .map_err(sled_err("read the log"))?
+                    .ok_or_else(|| {
+                        Error::Internal(format!(
+                            "an index names the chunk at event {first}, which the log does not hold; run 'fathom verify'"
+                        ))
+                    })?;
+                Ok(chunk::layout(first, &bytes)
+                    .slots
+                    .into_iter()
+                    .map(|slot| decode_slot(&bytes, slot))
+                    .filter(|r| r.as_ref().map_or(true, &keep))
+                    .collect())
+            };
+            match chunk_records() {
+                Ok(records) => records,
+                Err(e) => vec![Err(e)],
             }
-        }
-        Ok(out)
+        })
     }
 
     /// Every run that has events, in id order.
@@ -499,47 +535,130 @@ impl Store {
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        self.db
-            .size_on_disk()
-            .map_err(sled_err("measure the database"))
+        self.db.size_on_disk().map_err(sled_err("measure the database"))
     }
 
     /// The stored bytes of one frame, unvalidated: for forensics and for
-    /// fault-injection tests.
+    /// fault-injection tests. `None` if the frame cannot be located.
     pub fn raw_event(&self, seq: Seq) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .events
-            .get(keys::event(seq))
-            .map_err(sled_err("read an event"))?
-            .map(|v| v.to_vec()))
+        let Some((first, bytes)) = self.chunk_containing(seq)? else {
+            return Ok(None);
+        };
+        Ok(chunk::layout(first, &bytes)
+            .slots
+            .into_iter()
+            .find(|s| s.seq == seq)
+            .and_then(|s| s.frame.ok())
+            .map(|r| bytes[r].to_vec()))
     }
 
-    /// The stored bytes of one blob value, unvalidated.
+    /// The stored bytes of one blob value (all parts joined), unvalidated.
     pub fn raw_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        Ok(self
+        let Some(first) = self
             .blobs
-            .get(digest.0)
+            .get(keys::blob_part(digest, 0))
             .map_err(sled_err("read a blob"))?
-            .map(|v| v.to_vec()))
+        else {
+            return Ok(None);
+        };
+        let mut value = first.to_vec();
+        for part in 1..blob::parts(&first).unwrap_or(1) {
+            match self
+                .blobs
+                .get(keys::blob_part(digest, part))
+                .map_err(sled_err("read a blob"))?
+            {
+                Some(bytes) => value.extend_from_slice(&bytes),
+                // A missing part leaves the value short; decode reports it.
+                None => break,
+            }
+        }
+        Ok(Some(value))
     }
 
-    /// Fault injection: replaces a stored frame's bytes without framing them,
+    /// Fault injection: replaces a stored frame's bytes inside its chunk,
     /// as bit rot or a buggy writer would. Only tests should call this.
     #[doc(hidden)]
-    pub fn inject_raw_event(&self, seq: Seq, bytes: &[u8]) -> Result<()> {
+    pub fn inject_raw_event(&self, seq: Seq, frame_bytes: &[u8]) -> Result<()> {
+        let (first, bytes) = self
+            .chunk_containing(seq)?
+            .ok_or_else(|| Error::Internal(format!("no chunk holds event {seq}")))?;
+        let range = chunk::layout(first, &bytes)
+            .slots
+            .into_iter()
+            .find(|s| s.seq == seq)
+            .and_then(|s| s.frame.ok())
+            .ok_or_else(|| Error::Internal(format!("event {seq} cannot be located in its chunk")))?;
+        let mut value = bytes.to_vec();
+        value.splice(range, frame_bytes.iter().copied());
         self.events
-            .insert(keys::event(seq), bytes)
-            .map_err(sled_err("overwrite an event"))?;
+            .insert(keys::event(first), value)
+            .map_err(sled_err("overwrite a chunk"))?;
         self.flush()
     }
 
-    /// Fault injection: replaces a stored blob value. Only tests should call this.
+    /// Fault injection: replaces a stored blob value (all parts). Only tests
+    /// should call this.
     #[doc(hidden)]
-    pub fn inject_raw_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
-        self.blobs
-            .insert(digest.0, bytes)
-            .map_err(sled_err("overwrite a blob"))?;
+    pub fn inject_raw_blob(&self, digest: &Digest, value: &[u8]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (part, bytes) in blob::split(value).enumerate() {
+            batch.insert(&keys::blob_part(digest, part as u32)[..], bytes);
+        }
+        self.blobs.apply_batch(batch).map_err(sled_err("overwrite a blob"))?;
         self.flush()
+    }
+}
+
+/// The frames of one chunk being built by an append, and the runs and
+/// episodes they belong to (for the index).
+struct PendingChunk {
+    first: Seq,
+    frames: Vec<Vec<u8>>,
+    bytes: usize,
+    runs: std::collections::BTreeSet<RunId>,
+    episodes: std::collections::BTreeSet<EpisodeId>,
+}
+
+impl PendingChunk {
+    fn new(first: Seq) -> Self {
+        PendingChunk {
+            first,
+            frames: Vec::new(),
+            bytes: 0,
+            runs: Default::default(),
+            episodes: Default::default(),
+        }
+    }
+
+    fn note(&mut self, event: &Event) {
+        self.runs.insert(event.run);
+        if let Some(e) = event.payload.episode_id() {
+            self.episodes.insert(e);
+        }
+    }
+
+    fn push(&mut self, event: &Event, frame: Vec<u8>) {
+        self.note(event);
+        self.bytes += frame.len();
+        self.frames.push(frame);
+    }
+
+    fn write(self, batch: &mut sled::Batch) {
+        if self.frames.is_empty() {
+            return;
+        }
+        batch.insert(&keys::event(self.first)[..], chunk::encode(self.first, &self.frames));
+        self.write_index(batch);
+    }
+
+    fn write_index(self, batch: &mut sled::Batch) {
+        for run in self.runs {
+            batch.insert(&keys::run_index(run, self.first)[..], &[][..]);
+        }
+        for episode in self.episodes {
+            batch.insert(&keys::episode_index(episode, self.first)[..], &[][..]);
+        }
     }
 }
 
@@ -555,53 +674,56 @@ impl From<std::path::PathBuf> for DataDir {
     }
 }
 
-fn decode_record(seq: Seq, bytes: &[u8]) -> Result<Record> {
-    frame::decode(seq, bytes)
+fn decode_slot(chunk_bytes: &[u8], slot: chunk::Slot) -> Result<Record> {
+    let seq = slot.seq;
+    let range = slot.frame.map_err(|reason| Error::CorruptEvent { seq, reason })?;
+    frame::decode(seq, &chunk_bytes[range])
         .map(|(_, event)| Record { seq, event })
         .map_err(|reason| Error::CorruptEvent { seq, reason })
 }
 
-fn index_seqs(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<Seq>> {
-    tree.scan_prefix(prefix)
-        .keys()
-        .map(|k| {
-            let k = k.map_err(sled_err("scan an index"))?;
-            keys::parts_of_index_key(&k)
-                .map(|(_, seq)| seq)
-                .ok_or_else(|| Error::Internal("index scan returned a malformed key".into()))
-        })
-        .collect()
-}
-
-/// Compresses the selected items, spreading the work over the cores when
-/// there is enough of it to pay for the threads.
-fn compress_all(items: &[&[u8]], todo: &[usize], level: i32) -> Vec<Vec<u8>> {
-    let total: usize = todo.iter().map(|&i| items[i].len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    if threads < 2 || todo.len() < 2 || total < 256 * 1024 {
-        return todo
-            .iter()
-            .map(|&i| blob::encode(items[i], level))
-            .collect();
+/// Maps `work` over the items, spreading them over the cores when there are
+/// enough bytes to pay for the threads (two 2 KB token arrays are not).
+fn prepare_all<T: Send>(items: &[&[u8]], work: impl Fn(&[u8]) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let total: usize = items.iter().map(|i| i.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads < 2 || items.len() < 2 || total < PARALLEL_MIN_BYTES {
+        return items.iter().map(|i| work(i)).collect();
     }
-    let mut out: Vec<Vec<u8>> = vec![Vec::new(); todo.len()];
-    let chunk = todo.len().div_ceil(threads);
+    // Hand out items in an interleaved order so that large pages spread
+    // over the threads rather than landing on one.
+    let work = &work;
+    let mut slots: Vec<Option<Result<T>>> = (0..items.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
-        for (slots, indices) in out.chunks_mut(chunk).zip(todo.chunks(chunk)) {
-            scope.spawn(move || {
-                for (slot, &i) in slots.iter_mut().zip(indices) {
-                    *slot = blob::encode(items[i], level);
-                }
-            });
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..items.len())
+                        .step_by(threads)
+                        .map(|i| (i, work(items[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("a blob worker panicked") {
+                slots[i] = Some(r);
+            }
         }
     });
-    out
+    slots.into_iter().map(|s| s.expect("every item was prepared")).collect()
 }
 
+/// Below this many blob bytes in one call, preparing on one thread is faster
+/// than starting workers.
+const PARALLEL_MIN_BYTES: usize = 64 * 1024;
+
+/// A frame of the tail chunk: where it is and what it says, or why not.
+type CheckedFrame = Result<(std::ops::Range<usize>, Event), String>;
+
 /// Checks the tail of the log and cuts frames that fail validation, moving
-/// their bytes to the quarantine keys so that nothing is destroyed.
+/// the damaged chunk's bytes to the quarantine keys so that nothing is
+/// destroyed.
 fn recover(dir: &DataDir, events: &sled::Tree) -> Result<RecoveryReport> {
     let mut report = RecoveryReport::default();
     let lo = keys::event(Seq(0));
@@ -617,47 +739,74 @@ fn recover(dir: &DataDir, events: &sled::Tree) -> Result<RecoveryReport> {
             report.last_seq = Seq(0);
             break;
         };
-        let seq = keys::seq_of_event_key(&key)
+        let first = keys::seq_of_event_key(&key)
             .ok_or_else(|| Error::Internal("event range returned a non-event key".into()))?;
-        match frame::decode(seq, &value) {
-            Ok(_) => {
-                report.last_seq = seq;
-                break;
-            }
-            Err(reason) => {
-                if report.cut.len() >= MAX_TAIL_CUT {
-                    return Err(Error::TooMuchDamage {
-                        dir: dir.root().to_path_buf(),
-                        count: report.cut.len(),
-                    });
-                }
-                let mut batch = sled::Batch::default();
-                batch.insert(&keys::quarantine(seq, found_at)[..], value);
-                batch.remove(&key[..]);
-                events
-                    .apply_batch(batch)
-                    .map_err(sled_err("cut a corrupt tail"))?;
-                report.cut.push((seq, reason.to_string()));
-            }
+        let layout = chunk::layout(first, &value);
+        // Check payloads too: the tail is small, and a frame whose checksum
+        // matches but whose archive is invalid is as unreadable as a torn one.
+        let slots: Vec<(Seq, CheckedFrame)> = layout
+            .slots
+            .into_iter()
+            .map(|slot| {
+                let checked = slot
+                    .frame
+                    .and_then(|r| frame::decode(slot.seq, &value[r.clone()]).map(|(_, e)| (r, e)))
+                    .map_err(|e| e.to_string());
+                (slot.seq, checked)
+            })
+            .collect();
+        // Only a damaged suffix is cut: a bad frame followed by good ones is
+        // damage in the middle of the log, left in place for verify.
+        let last_good = slots.iter().rposition(|s| s.1.is_ok());
+        let cut_from = last_good.map_or(0, |i| i + 1);
+        if cut_from == slots.len() && layout.header_error.is_none() && !slots.is_empty() {
+            report.last_seq = slots[slots.len() - 1].0;
+            break;
         }
-    }
-    if !report.cut.is_empty() {
-        // Index entries of cut frames would point past the end of the log.
-        let last = report.last_seq;
+        let cut: Vec<(Seq, String)> = slots[cut_from..]
+            .iter()
+            .rev()
+            .map(|(seq, r)| (*seq, r.as_ref().err().cloned().unwrap_or_default()))
+            .collect();
+        if report.cut.len() + cut.len() > MAX_TAIL_CUT {
+            return Err(Error::TooMuchDamage {
+                dir: dir.root().to_path_buf(),
+                count: report.cut.len() + cut.len(),
+            });
+        }
+        // Quarantine the chunk as found, then write back the kept prefix
+        // byte for byte under a fresh header, and re-index it.
         let mut batch = sled::Batch::default();
+        batch.insert(&keys::quarantine(first, found_at)[..], value.to_vec());
+        batch.remove(&key[..]);
         for tag in [keys::RUN_INDEX, keys::EPISODE_INDEX] {
-            for key in events.scan_prefix([tag]).keys() {
-                let key = key.map_err(sled_err("scan an index"))?;
-                if let Some((_, seq)) = keys::parts_of_index_key(&key)
-                    && seq > last
-                {
-                    batch.remove(key);
+            for k in events.scan_prefix([tag]).keys() {
+                let k = k.map_err(sled_err("scan an index"))?;
+                if keys::parts_of_index_key(&k).is_some_and(|(_, s)| s == first) {
+                    batch.remove(k);
                 }
             }
         }
-        events
-            .apply_batch(batch)
-            .map_err(sled_err("trim the indexes"))?;
+        if let Some(i) = last_good {
+            let Ok((range, _)) = &slots[i].1 else {
+                return Err(Error::Internal("last good slot is not good".into()));
+            };
+            let body = &value[chunk::HEADER_LEN..range.end];
+            batch.insert(&key[..], chunk::with_body(first, i as u32 + 1, body));
+            let mut index = PendingChunk::new(first);
+            for (_, r) in &slots[..=i] {
+                if let Ok((_, e)) = r {
+                    index.note(e);
+                }
+            }
+            index.write_index(&mut batch);
+        }
+        events.apply_batch(batch).map_err(sled_err("cut a corrupt tail"))?;
+        report.cut.extend(cut);
+        if let Some(i) = last_good {
+            report.last_seq = slots[i].0;
+            break;
+        }
     }
     Ok(report)
 }

@@ -1,11 +1,13 @@
-//! Full verification of a data directory: every frame, every index entry,
-//! every blob. `fathom verify` is a thin wrapper over [`Store::verify`].
+//! Full verification of a data directory: every chunk and frame, the
+//! indexes in both directions, every blob. `fathom verify` is a thin wrapper
+//! over [`Store::verify`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use fathom_core::{Digest, Seq};
 
 use crate::blob::{self, BlobError};
+use crate::chunk;
 use crate::frame::{self, FrameError};
 use crate::keys;
 use crate::{Result, Store, sled_err};
@@ -20,6 +22,13 @@ pub enum Problem {
         /// What is wrong.
         reason: FrameError,
     },
+    /// A chunk header is damaged (its frames were still checked one by one).
+    CorruptChunkHeader {
+        /// The chunk's first sequence number.
+        first: Seq,
+        /// What is wrong.
+        reason: String,
+    },
     /// Sequence numbers skip: `after` is followed by `next`.
     Gap {
         /// The last number before the gap (0 at the start).
@@ -27,19 +36,23 @@ pub enum Problem {
         /// The next number present.
         next: Seq,
     },
-    /// An event is missing from the run or episode index.
+    /// A chunk holds events of a run or episode that its index lacks.
     MissingIndexEntry {
-        /// The event.
-        seq: Seq,
+        /// The chunk's first sequence number.
+        first: Seq,
         /// `run` or `episode`.
         index: &'static str,
+        /// The run or episode number.
+        owner: u64,
     },
-    /// An index entry names an event that is not in the log.
+    /// An index entry names a chunk that holds no (readable) event of it.
     DanglingIndexEntry {
-        /// The sequence number named.
-        seq: Seq,
+        /// The chunk's first sequence number.
+        first: Seq,
         /// `run` or `episode`.
         index: &'static str,
+        /// The run or episode number.
+        owner: u64,
     },
     /// A blob does not match its digest.
     CorruptBlob {
@@ -47,6 +60,13 @@ pub enum Problem {
         digest: Digest,
         /// What is wrong.
         reason: BlobError,
+    },
+    /// A blob-tree entry that belongs to no blob.
+    StrayBlobPart {
+        /// The digest in its key.
+        digest: Digest,
+        /// The part number in its key.
+        part: u32,
     },
     /// An event refers to a blob that is not stored.
     MissingBlob {
@@ -57,30 +77,37 @@ pub enum Problem {
     },
 }
 
+fn owner_name(index: &str, owner: u64) -> String {
+    match index {
+        "run" => fathom_core::RunId(owner).to_string(),
+        _ => fathom_core::EpisodeId(owner).to_string(),
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Problem::CorruptEvent { seq, reason } => write!(f, "event {seq} is corrupt: {reason}"),
-            Problem::Gap { after, next } => {
-                write!(f, "sequence numbers jump from {after} to {next}")
+            Problem::CorruptChunkHeader { first, reason } => {
+                write!(f, "the chunk starting at event {first} has a damaged header: {reason}")
             }
-            Problem::MissingIndexEntry { seq, index } => {
-                write!(f, "event {seq} is missing from the {index} index")
-            }
-            Problem::DanglingIndexEntry { seq, index } => {
-                write!(
-                    f,
-                    "the {index} index names event {seq}, which the log does not hold"
-                )
-            }
-            Problem::CorruptBlob { digest, reason } => {
-                write!(f, "blob {digest} is corrupt: {reason}")
+            Problem::Gap { after, next } => write!(f, "sequence numbers jump from {after} to {next}"),
+            Problem::MissingIndexEntry { first, index, owner } => write!(
+                f,
+                "the chunk starting at event {first} holds events of {} but the {index} index does not say so",
+                owner_name(index, *owner)
+            ),
+            Problem::DanglingIndexEntry { first, index, owner } => write!(
+                f,
+                "the {index} index says the chunk starting at event {first} holds events of {}, but it holds none",
+                owner_name(index, *owner)
+            ),
+            Problem::CorruptBlob { digest, reason } => write!(f, "blob {digest} is corrupt: {reason}"),
+            Problem::StrayBlobPart { digest, part } => {
+                write!(f, "part {part} of blob {digest} belongs to no stored blob")
             }
             Problem::MissingBlob { seq, digest } => {
-                write!(
-                    f,
-                    "event {seq} refers to blob {digest}, which is not stored"
-                )
+                write!(f, "event {seq} refers to blob {digest}, which is not stored")
             }
         }
     }
@@ -117,106 +144,115 @@ impl VerifyReport {
         self.problems
             .iter()
             .filter_map(|p| match p {
-                Problem::CorruptEvent { seq, .. }
-                | Problem::MissingIndexEntry { seq, .. }
-                | Problem::DanglingIndexEntry { seq, .. }
-                | Problem::MissingBlob { seq, .. } => Some(*seq),
+                Problem::CorruptEvent { seq, .. } | Problem::MissingBlob { seq, .. } => Some(*seq),
+                Problem::CorruptChunkHeader { first, .. }
+                | Problem::MissingIndexEntry { first, .. }
+                | Problem::DanglingIndexEntry { first, .. } => Some(*first),
                 Problem::Gap { after, .. } => Some(Seq(after.0 + 1)),
-                Problem::CorruptBlob { .. } => None,
+                Problem::CorruptBlob { .. } | Problem::StrayBlobPart { .. } => None,
             })
             .min()
     }
 }
 
 impl Store {
-    /// Checks every frame (checksum, structure, sequence number), the
-    /// indexes in both directions, and every blob (decompressed and
-    /// re-hashed). `progress` is called with the phase, items done and items
-    /// expected.
+    /// Checks every chunk and frame (checksums, structure, dense sequence
+    /// numbers), the indexes in both directions, and every blob
+    /// (decompressed and re-hashed). `progress` is called with the phase,
+    /// items done and items expected.
     pub fn verify(&self, progress: &mut dyn FnMut(VerifyPhase, u64, u64)) -> Result<VerifyReport> {
         let events = self.events_tree();
         let mut report = VerifyReport::default();
         let total = self.last_seq().0;
         let mut expected_next = 1u64;
         let mut referenced: HashMap<Digest, Seq> = HashMap::new();
+        // (tag, owner, chunk) triples the frames say the index must hold.
+        let mut owed: BTreeSet<(u8, u64, Seq)> = BTreeSet::new();
         let lo = keys::event(Seq(0));
         let hi = keys::event(Seq(u64::MAX));
+        let mut last_report = 0;
         for item in events.range(lo..=hi) {
             let (key, value) = item.map_err(sled_err("scan the log"))?;
-            let Some(seq) = keys::seq_of_event_key(&key) else {
+            let Some(first) = keys::seq_of_event_key(&key) else {
                 continue;
             };
-            if seq.0 != expected_next {
+            if first.0 != expected_next {
                 report.problems.push(Problem::Gap {
-                    after: Seq(expected_next - 1),
-                    next: seq,
+                    after: Seq(expected_next.saturating_sub(1)),
+                    next: first,
                 });
             }
-            expected_next = seq.0 + 1;
-            report.events += 1;
-            match frame::decode(seq, &value) {
-                Err(reason) => report.problems.push(Problem::CorruptEvent { seq, reason }),
-                Ok((_, event)) => {
-                    let has = |k: &[u8]| events.contains_key(k).map_err(sled_err("read an index"));
-                    if !has(&keys::run_index(event.run, seq))? {
-                        report
-                            .problems
-                            .push(Problem::MissingIndexEntry { seq, index: "run" });
-                    }
-                    if let Some(ep) = event.payload.episode_id()
-                        && !has(&keys::episode_index(ep, seq))?
-                    {
-                        report.problems.push(Problem::MissingIndexEntry {
-                            seq,
-                            index: "episode",
-                        });
-                    }
-                    for blob in event.payload.blob_refs() {
-                        referenced.entry(blob.digest).or_insert(seq);
+            let layout = chunk::layout(first, &value);
+            if let Some(reason) = layout.header_error.clone() {
+                report.problems.push(Problem::CorruptChunkHeader { first, reason });
+            }
+            expected_next = layout.last_seq().map_or(first.0, |s| s.0) + 1;
+            for slot in layout.slots {
+                report.events += 1;
+                let seq = slot.seq;
+                let decoded = slot.frame.and_then(|r| frame::decode(seq, &value[r]));
+                match decoded {
+                    Err(reason) => report.problems.push(Problem::CorruptEvent { seq, reason }),
+                    Ok((_, event)) => {
+                        owed.insert((keys::RUN_INDEX, event.run.0, first));
+                        if let Some(ep) = event.payload.episode_id() {
+                            owed.insert((keys::EPISODE_INDEX, ep.0, first));
+                        }
+                        for blob in event.payload.blob_refs() {
+                            referenced.entry(blob.digest).or_insert(seq);
+                        }
                     }
                 }
             }
-            if report.events.is_multiple_of(4096) {
+            if report.events - last_report >= 4096 {
+                last_report = report.events;
                 progress(VerifyPhase::Events, report.events, total);
             }
         }
         for (tag, index) in [(keys::RUN_INDEX, "run"), (keys::EPISODE_INDEX, "episode")] {
             for key in events.scan_prefix([tag]).keys() {
                 let key = key.map_err(sled_err("scan an index"))?;
-                if let Some((_, seq)) = keys::parts_of_index_key(&key)
-                    && !events
-                        .contains_key(keys::event(seq))
-                        .map_err(sled_err("read an event"))?
+                if let Some((owner, first)) = keys::parts_of_index_key(&key)
+                    && !owed.remove(&(tag, owner, first))
                 {
                     report
                         .problems
-                        .push(Problem::DanglingIndexEntry { seq, index });
+                        .push(Problem::DanglingIndexEntry { first, index, owner });
                 }
             }
+        }
+        for (tag, owner, first) in owed {
+            let index = if tag == keys::RUN_INDEX { "run" } else { "episode" };
+            report.problems.push(Problem::MissingIndexEntry { first, index, owner });
         }
         progress(VerifyPhase::Events, report.events, total);
 
         let blobs = self.blobs_tree();
         let total_blobs = blobs.len() as u64;
+        let mut declared_parts: HashMap<Digest, u32> = HashMap::new();
         for item in blobs.iter() {
             let (key, value) = item.map_err(sled_err("scan the blobs"))?;
-            report.blobs += 1;
-            let Ok(raw) = <[u8; 32]>::try_from(key.as_ref()) else {
-                report.problems.push(Problem::CorruptBlob {
+            let Some((digest, part)) = keys::parts_of_blob_key(&key) else {
+                report.problems.push(Problem::StrayBlobPart {
                     digest: Digest::default(),
-                    reason: BlobError::TooShort(key.len()),
+                    part: u32::MAX,
                 });
                 continue;
             };
-            let digest = Digest(raw);
-            if let Err(reason) = blob::decode(&digest, &value) {
-                report
-                    .problems
-                    .push(Problem::CorruptBlob { digest, reason });
-            }
-            referenced.remove(&digest);
-            if report.blobs.is_multiple_of(256) {
-                progress(VerifyPhase::Blobs, report.blobs, total_blobs);
+            if part == 0 {
+                report.blobs += 1;
+                declared_parts.insert(digest, blob::parts(&value).unwrap_or(1));
+                let whole = self.raw_blob(&digest)?.unwrap_or_default();
+                if let Err(reason) = blob::decode(&digest, &whole) {
+                    report.problems.push(Problem::CorruptBlob { digest, reason });
+                }
+                referenced.remove(&digest);
+                if report.blobs.is_multiple_of(256) {
+                    progress(VerifyPhase::Blobs, report.blobs, total_blobs);
+                }
+            } else if declared_parts.get(&digest).is_none_or(|&n| part >= n) {
+                // Keys sort by digest then part, so part 0 came first if it exists.
+                report.problems.push(Problem::StrayBlobPart { digest, part });
             }
         }
         progress(VerifyPhase::Blobs, report.blobs, total_blobs);

@@ -60,6 +60,15 @@ pub enum Item {
 }
 
 impl Item {
+    /// The blob bytes of the item, mutable so benchmarks can make a reused
+    /// item unique (blobs are deduplicated by content).
+    pub fn blob_bytes_mut(&mut self) -> &mut Vec<u8> {
+        match self {
+            Item::Turn { token_ids, .. } => token_ids,
+            Item::Exchange { body, .. } => body,
+        }
+    }
+
     /// The blob bytes of the item.
     pub fn blob_bytes(&self) -> &[u8] {
         match self {
@@ -95,8 +104,7 @@ impl Item {
             digest: crate::blob::digest(self.blob_bytes()),
             len: self.blob_bytes().len() as u64,
         };
-        let mut out =
-            frame::encode(Seq(0), &self.event_with(blob)).expect("synthetic events fit a frame");
+        let mut out = frame::encode(Seq(0), &self.event_with(blob)).expect("synthetic events fit a frame");
         out.extend_from_slice(self.blob_bytes());
         out
     }
@@ -269,9 +277,7 @@ fn page(rng: &mut SeededRng, bytes: usize) -> Vec<u8> {
     let mut s = String::with_capacity(bytes + 512);
     s.push_str("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>");
     prose(rng, 40, &mut s);
-    s.push_str(
-        "</title><style>body{font-family:sans-serif}nav a{margin:0 4px}</style></head><body><nav>",
-    );
+    s.push_str("</title><style>body{font-family:sans-serif}nav a{margin:0 4px}</style></head><body><nav>");
     for _ in 0..12 {
         s.push_str("<a href=\"/wiki/");
         s.push_str(rng.choose(WORDS).as_ref());
@@ -319,96 +325,103 @@ impl Workload {
         }
     }
 
-    /// The next item.
+    /// The next item: `turns_per_exchange` model turns, then a web exchange.
     pub fn next_item(&mut self) -> Item {
+        let per_cycle = u64::from(self.spec.turns_per_exchange) + 1;
+        if self.items % per_cycle != per_cycle - 1 {
+            self.next_turn()
+        } else {
+            self.next_exchange()
+        }
+    }
+
+    /// Position-derived fields shared by both item kinds.
+    fn advance(&mut self) -> (u64, EpisodeId, u32, Timestamp) {
         let n = self.items;
         self.items += 1;
-        let per_cycle = u64::from(self.spec.turns_per_exchange) + 1;
         // About ten items per episode, as in a DeepResearcher rollout.
         let episode = EpisodeId(n / 10 + 1);
-        let turn = ((n % 10) / per_cycle) as u32;
+        let turn = ((n % 10) / 2) as u32;
         let ts = Timestamp(1_795_262_400_000_000_000 + n as i64 * 1_000_000);
-        if n % per_cycle != per_cycle - 1 {
-            let mut text = String::with_capacity(self.spec.turn_bytes + 128);
-            text.push_str("<think>");
-            prose(
-                &mut self.rng,
-                self.spec.turn_bytes.saturating_sub(120),
-                &mut text,
-            );
-            text.push_str(
-                "</think>\n<tool_call>{\"name\": \"web_search\", \"arguments\": {\"query\": [\"",
-            );
-            prose(&mut self.rng, 30, &mut text);
-            text.push_str("\"]}}</tool_call>");
-            let n_tokens = (text.len() / 4) as u32;
-            let token_ids: Vec<u8> = (0..n_tokens)
-                .flat_map(|_| (self.rng.below(151_000) as u32).to_le_bytes())
-                .collect();
-            let event = Event::new(
-                self.run,
-                ts,
-                TurnGenerated {
-                    episode_id: episode,
-                    turn,
-                    text,
-                    token_ids: None,
-                    logprobs: None,
-                    n_context_tokens: 300 + turn * 900,
-                    n_tokens,
-                    latency_ns: 50_000_000 + self.rng.below(100_000_000),
-                    finish: FinishReason::Stop,
-                },
-            );
-            Item::Turn { event, token_ids }
+        (n, episode, turn, ts)
+    }
+
+    /// A model turn of about `turn_bytes` of text.
+    pub fn next_turn(&mut self) -> Item {
+        let (_, episode, turn, ts) = self.advance();
+        let mut text = String::with_capacity(self.spec.turn_bytes + 128);
+        text.push_str("<think>");
+        prose(&mut self.rng, self.spec.turn_bytes.saturating_sub(120), &mut text);
+        text.push_str("</think>\n<tool_call>{\"name\": \"web_search\", \"arguments\": {\"query\": [\"");
+        prose(&mut self.rng, 30, &mut text);
+        text.push_str("\"]}}</tool_call>");
+        let n_tokens = (text.len() / 4) as u32;
+        let token_ids: Vec<u8> = (0..n_tokens)
+            .flat_map(|_| (self.rng.below(151_000) as u32).to_le_bytes())
+            .collect();
+        let event = Event::new(
+            self.run,
+            ts,
+            TurnGenerated {
+                episode_id: episode,
+                turn,
+                text,
+                token_ids: None,
+                logprobs: None,
+                n_context_tokens: 300 + turn * 900,
+                n_tokens,
+                latency_ns: 50_000_000 + self.rng.below(100_000_000),
+                finish: FinishReason::Stop,
+            },
+        );
+        Item::Turn { event, token_ids }
+    }
+
+    /// A page fetch with a body of `body_min..=body_max` bytes.
+    pub fn next_exchange(&mut self) -> Item {
+        let (n, episode, turn, ts) = self.advance();
+        let repeat = !self.pages.is_empty() && self.rng.next_f64() < self.spec.repeat_fraction;
+        let body = if repeat {
+            self.rng.choose(&self.pages).clone()
         } else {
-            let repeat = !self.pages.is_empty() && self.rng.next_f64() < self.spec.repeat_fraction;
-            let body = if repeat {
-                self.rng.choose(&self.pages).clone()
-            } else {
-                let len = self
-                    .rng
-                    .range_inclusive(self.spec.body_min as u64, self.spec.body_max as u64);
-                let p = page(&mut self.rng, len as usize);
-                if self.spec.repeat_fraction > 0.0 {
-                    self.pages.push(p.clone());
-                    if self.pages.len() > 64 {
-                        self.pages.remove(0);
-                    }
+            let len = self
+                .rng
+                .range_inclusive(self.spec.body_min as u64, self.spec.body_max as u64);
+            let p = page(&mut self.rng, len as usize);
+            if self.spec.repeat_fraction > 0.0 {
+                self.pages.push(p.clone());
+                if self.pages.len() > 64 {
+                    self.pages.remove(0);
                 }
-                p
-            };
-            let url = format!(
-                "http://127.0.0.1:8931/wiki/{}_{}",
-                *self.rng.choose(WORDS),
-                n
-            );
-            let event = Event::new(
-                self.run,
-                ts,
-                WebExchange {
-                    request_id: RequestId(n + 1),
-                    episode_id: Some(episode),
-                    turn: Some(turn),
-                    request_kind: WebKind::Fetch,
-                    target: url.clone(),
-                    canonical: format!("GET {url}"),
-                    backend: "sandbox".into(),
-                    status: 200,
-                    headers: vec![Header {
-                        name: "content-type".into(),
-                        value: "text/html; charset=utf-8".into(),
-                    }],
-                    body: None,
-                    body_truncated: false,
-                    latency_ns: 2_000_000 + self.rng.below(50_000_000),
-                    source: WebSource::Sandbox,
-                    attempt: 1,
-                    error: None,
-                },
-            );
-            Item::Exchange { event, body }
-        }
+            }
+            p
+        };
+        let url = format!("http://127.0.0.1:8931/wiki/{}_{}", self.rng.choose(WORDS), n);
+        let event = Event::new(
+            self.run,
+            ts,
+            WebExchange {
+                request_id: RequestId(n + 1),
+                episode_id: Some(episode),
+                turn: Some(turn),
+                request_kind: WebKind::Fetch,
+                target: url.clone(),
+                canonical: format!("GET {url}"),
+                backend: "sandbox".into(),
+                status: 200,
+                headers: vec![Header {
+                    name: "content-type".into(),
+                    value: "text/html; charset=utf-8".into(),
+                }],
+                body: None,
+                body_truncated: false,
+                latency_ns: 2_000_000 + self.rng.below(50_000_000),
+                source: WebSource::Sandbox,
+                attempt: 1,
+                error: None,
+            },
+        );
+        Item::Exchange { event, body }
     }
 
     /// The next `n` items.
@@ -422,10 +435,6 @@ impl Workload {
 pub fn append(store: &Store, items: &[Item], durability: Durability) -> Result<Option<SeqRange>> {
     let bodies: Vec<&[u8]> = items.iter().map(Item::blob_bytes).collect();
     let refs = store.put_blobs(&bodies)?;
-    let events: Vec<Event> = items
-        .iter()
-        .zip(refs)
-        .map(|(item, r)| item.event_with(r))
-        .collect();
+    let events: Vec<Event> = items.iter().zip(refs).map(|(item, r)| item.event_with(r)).collect();
     store.append_with(&events, durability)
 }

@@ -1,1 +1,2 @@
-//! placeholder
+//! fathom's end-to-end tests that cross library crates live in
+//! `tests/it/`; this library is empty on purpose.

@@ -34,22 +34,11 @@ fn commands_on_a_directory_without_a_log_say_what_to_do() {
         assert!(err.contains("holds no fathom log"), "{args:?}: {err}");
         assert!(err.contains("--data"), "{args:?}: {err}");
     }
-    assert!(
-        !missing.exists(),
-        "a read command must not create the directory"
-    );
+    assert!(!missing.exists(), "a read command must not create the directory");
     let out = run(dir.path(), &["log", "tail", "--kind", "nope"]);
-    assert!(
-        stderr(&out).contains("unknown event kind 'nope'"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("unknown event kind 'nope'"), "{}", stderr(&out));
     let out = run(dir.path(), &["log", "tail", "--run", "e-1"]);
-    assert!(
-        stderr(&out).contains("not a valid run id"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("not a valid run id"), "{}", stderr(&out));
 }
 
 #[test]
@@ -58,28 +47,11 @@ fn load_then_stats_tail_and_verify_agree() {
     let data = dir.path();
     let out = run(
         data,
-        &[
-            "log",
-            "load",
-            "--events",
-            "300",
-            "--batch",
-            "64",
-            "--body-max",
-            "40000",
-        ],
+        &["log", "load", "--events", "300", "--batch", "64", "--body-max", "40000"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("appended 300 events"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stdout(&out).contains("verify ok: 302 events"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("appended 300 events"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("verify ok: 302 events"), "{}", stdout(&out));
 
     let out = run(data, &["log", "stats", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -93,28 +65,18 @@ fn load_then_stats_tail_and_verify_agree() {
     assert!(text.contains("dedupe ratio"), "{text}");
 
     let out = run(data, &["log", "tail", "-n", "3"]);
-    let lines: Vec<serde_json::Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2]["seq"], 302);
     assert_eq!(lines[2]["kind"], "run_finished");
-    let out = run(
-        data,
-        &["log", "tail", "--kind", "run_started", "--run", "r-1"],
-    );
+    let out = run(data, &["log", "tail", "--kind", "run_started", "--run", "r-1"]);
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("\"seq\":1,"));
 
     let out = run(data, &["verify"]);
     assert!(out.status.success());
-    assert!(
-        stdout(&out).starts_with("ok: 302 events"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).starts_with("ok: 302 events"), "{}", stdout(&out));
 }
 
 #[test]
@@ -122,15 +84,7 @@ fn a_second_process_is_told_which_process_holds_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let mut writer = fathom(data)
-        .args([
-            "log",
-            "load",
-            "--events",
-            "0",
-            "--print-acks",
-            "--body-max",
-            "20000",
-        ])
+        .args(["log", "load", "--events", "0", "--print-acks", "--body-max", "20000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -144,10 +98,7 @@ fn a_second_process_is_told_which_process_holds_the_directory() {
     let err = stderr(&out);
     assert!(err.contains("is in use by another fathom process"), "{err}");
     assert!(err.contains(&format!("pid {}", writer.id())), "{err}");
-    assert!(
-        err.contains("log load"),
-        "the holder's command is named: {err}"
-    );
+    assert!(err.contains("log load"), "the holder's command is named: {err}");
 }
 
 #[test]
@@ -212,14 +163,6 @@ fn verify_names_a_flipped_frame_and_blob_while_other_events_stay_readable() {
     // Every other event is still readable.
     let out = run(data, &["log", "tail", "--from", "1"]);
     assert!(out.status.success());
-    assert_eq!(
-        stdout(&out).lines().count(),
-        121,
-        "122 events less the corrupt one"
-    );
-    assert!(
-        stderr(&out).contains("event 57 is corrupt"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(stdout(&out).lines().count(), 121, "122 events less the corrupt one");
+    assert!(stderr(&out).contains("event 57 is corrupt"), "{}", stderr(&out));
 }

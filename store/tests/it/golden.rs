@@ -21,11 +21,7 @@ fn frames() -> Vec<(String, Vec<u8>)> {
 }
 
 fn hex_dump(bytes: &[u8]) -> String {
-    bytes
-        .chunks(32)
-        .map(hex::encode)
-        .collect::<Vec<_>>()
-        .join("\n")
+    bytes.chunks(32).map(hex::encode).collect::<Vec<_>>().join("\n")
 }
 
 /// The committed fixture: every kind as written by format version 1. It is
@@ -50,11 +46,7 @@ fn v1_fixture_log_still_decodes_to_the_same_events() {
         assert_eq!(header.kind.name(), name);
         decoded.push(event);
     }
-    assert_eq!(
-        decoded,
-        fixtures::events(),
-        "old frames must decode to the same events"
-    );
+    assert_eq!(decoded, fixtures::events(), "old frames must decode to the same events");
     assert_eq!(committed, rendered, "encoding of a shipped layout changed");
 }
 

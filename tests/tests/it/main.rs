@@ -1,0 +1,3 @@
+//! End-to-end tests across library crates, in one process.
+
+mod rollout_log;

@@ -103,7 +103,9 @@ fn open_existing(data: &Path) -> anyhow::Result<Store> {
 
 fn stats(data: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let store = open_existing(data)?;
-    let s = store.stats()?;
+    let bar = crate::progress_bar(store.last_seq().0, "scanning");
+    let s = store.stats_with(&mut |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
     if json {
         let by_kind: serde_json::Map<String, serde_json::Value> = s
             .by_kind
@@ -293,7 +295,7 @@ fn load(data: &Path, args: LoadArgs) -> anyhow::Result<ExitCode> {
         repeat_fraction: args.repeat,
         ..WorkloadSpec::default()
     };
-    let mut generator = Workload::new(args.seed, run, spec);
+    let mut generator = Workload::new(args.seed, run, spec).starting_at(clock.now());
     let bar = crate::progress_bar(args.events, "appending");
     let stdout = std::io::stdout();
     let start = clock.now();

@@ -84,6 +84,12 @@ impl Stats {
 impl Store {
     /// Scans the log and the blob tree.
     pub fn stats(&self) -> Result<Stats> {
+        self.stats_with(&mut |_, _| {})
+    }
+
+    /// [`Store::stats`], calling `progress` with events scanned and the
+    /// number expected.
+    pub fn stats_with(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Stats> {
         let mut s = Stats {
             last_seq: self.last_seq(),
             ..Stats::default()
@@ -95,6 +101,7 @@ impl Store {
             let Some(first) = keys::seq_of_event_key(&key) else {
                 continue;
             };
+            progress(s.events, s.last_seq.0);
             for slot in chunk::layout(first, &value).slots {
                 s.events += 1;
                 let decoded = slot.frame.and_then(|r| {

@@ -311,6 +311,8 @@ pub struct Workload {
     run: RunId,
     items: u64,
     pages: Vec<Vec<u8>>,
+    /// Timestamp of the first item; each next one is 1 ms later.
+    start: Timestamp,
 }
 
 impl Workload {
@@ -322,7 +324,14 @@ impl Workload {
             run,
             items: 0,
             pages: Vec::new(),
+            start: Timestamp(1_795_262_400_000_000_000),
         }
+    }
+
+    /// Stamps items from `start` on instead of a fixed date.
+    pub fn starting_at(mut self, start: Timestamp) -> Self {
+        self.start = start;
+        self
     }
 
     /// The next item: `turns_per_exchange` model turns, then a web exchange.
@@ -342,7 +351,7 @@ impl Workload {
         // About ten items per episode, as in a DeepResearcher rollout.
         let episode = EpisodeId(n / 10 + 1);
         let turn = ((n % 10) / 2) as u32;
-        let ts = Timestamp(1_795_262_400_000_000_000 + n as i64 * 1_000_000);
+        let ts = Timestamp(self.start.0 + n as i64 * 1_000_000);
         (n, episode, turn, ts)
     }
 

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod log;
+mod score;
 mod verify;
 
 /// fathom: train, record, replay and query deep-research agents.
@@ -32,6 +33,8 @@ enum Command {
     Log(log::LogCommand),
     /// Check every event frame, index entry and blob; exit 0 only when all is well.
     Verify(verify::VerifyArgs),
+    /// Score responses with the DeepResearcher reward (format, F1, EM).
+    Score(score::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Log(cmd) => log::run(&cli.data, cmd),
         Command::Verify(args) => verify::run(&cli.data, args),
+        Command::Score(args) => score::run(args),
     };
     match result {
         Ok(code) => code,

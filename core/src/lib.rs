@@ -11,6 +11,8 @@
 pub mod clock;
 pub mod event;
 pub mod id;
+pub mod protocol;
+pub mod reward;
 pub mod rng;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

@@ -4,6 +4,7 @@
 
 mod crash;
 mod log;
+mod score;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,204 @@
+//! The reward and the evaluation scores, exactly as DESIGN section 2 states
+//! them.
+//!
+//! Normalisation: lowercase, every punctuation character (ASCII and the
+//! common Unicode quotes, dashes and marks) becomes a space, whitespace is
+//! collapsed. F1 compares **sets** of words (not multisets) and articles are
+//! kept. EM is equality of the normalised strings. The training reward is
+//! −1 for a format failure (any malformed model turn, or no answer at all)
+//! and otherwise the best F1 over the ground truths; evaluation scores a
+//! format failure as 0.
+
+use std::collections::BTreeSet;
+
+use crate::protocol::{self, Action};
+
+/// Separates alternative ground truths in verl data.
+pub const ANSWER_SPLIT: &str = "<|answer_split|>";
+
+/// Whether `c` counts as punctuation for normalisation.
+fn is_punctuation(c: char) -> bool {
+    c.is_ascii_punctuation()
+        || matches!(
+            c,
+            '‘' | '’'
+                | '‚'
+                | '‛'
+                | '“'
+                | '”'
+                | '„'
+                | '‟'
+                | '«'
+                | '»'
+                | '‹'
+                | '›'
+                | '–'
+                | '—'
+                | '―'
+                | '‐'
+                | '‑'
+                | '…'
+                | '·'
+                | '•'
+                | '¡'
+                | '¿'
+                | '§'
+                | '¶'
+                | '†'
+                | '‡'
+                | '′'
+                | '″'
+                | '、'
+                | '。'
+                | '，'
+                | '：'
+                | '；'
+                | '！'
+                | '？'
+                | '（'
+                | '）'
+                | '【'
+                | '】'
+                | '「'
+                | '」'
+        )
+}
+
+/// Lowercases, turns punctuation into spaces and collapses whitespace.
+pub fn normalize(text: &str) -> String {
+    let spaced: String = text
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if is_punctuation(c) { ' ' } else { c })
+        .collect();
+    spaced.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The set of normalised words.
+pub fn word_set(text: &str) -> BTreeSet<String> {
+    normalize(text)
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Set-based word F1 between a prediction and one ground truth.
+pub fn f1(prediction: &str, truth: &str) -> f64 {
+    let p = word_set(prediction);
+    let t = word_set(truth);
+    let common = p.intersection(&t).count();
+    if common == 0 {
+        return 0.0;
+    }
+    let precision = common as f64 / p.len() as f64;
+    let recall = common as f64 / t.len() as f64;
+    2.0 * precision * recall / (precision + recall)
+}
+
+/// Exact match after normalisation.
+pub fn exact_match(prediction: &str, truth: &str) -> bool {
+    normalize(prediction) == normalize(truth)
+}
+
+/// Splits verl's joined ground truths, dropping empty alternatives.
+pub fn split_ground_truths(joined: &str) -> Vec<String> {
+    joined
+        .split(ANSWER_SPLIT)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The verdict on one episode.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Score {
+    /// Every model turn well formed, and an answer given.
+    pub format_ok: bool,
+    /// What was wrong, when not.
+    pub format_error: Option<String>,
+    /// The final answer, when there is one.
+    pub answer: Option<String>,
+    /// Training reward: −1 on format failure, else `f1`.
+    pub reward: f64,
+    /// Best F1 over the ground truths (0 on format failure).
+    pub f1: f64,
+    /// Best exact match over the ground truths, 0 or 1 (0 on format failure).
+    pub em: f64,
+}
+
+impl Score {
+    /// A format failure.
+    pub fn failure(error: impl Into<String>, answer: Option<String>) -> Score {
+        Score {
+            format_ok: false,
+            format_error: Some(error.into()),
+            answer,
+            reward: -1.0,
+            f1: 0.0,
+            em: 0.0,
+        }
+    }
+
+    /// Scores a well-formed answer.
+    pub fn answered(answer: &str, truths: &[String]) -> Score {
+        let f1 = truths.iter().map(|t| f1(answer, t)).fold(0.0, f64::max);
+        let em = if truths.iter().any(|t| exact_match(answer, t)) {
+            1.0
+        } else {
+            0.0
+        };
+        Score {
+            format_ok: true,
+            format_error: None,
+            answer: Some(answer.to_string()),
+            reward: f1,
+            f1,
+            em,
+        }
+    }
+}
+
+/// Scores an episode from the model's own turns, in order. Every turn must
+/// parse; the episode must end with an answer (a turn after the answer is
+/// a format failure, as is running out of turns without one).
+pub fn score_turns<S: AsRef<str>>(turns: &[S], truths: &[String]) -> Score {
+    if turns.is_empty() {
+        return Score::failure("no model turns", None);
+    }
+    let mut answer: Option<String> = None;
+    for (i, text) in turns.iter().enumerate() {
+        match protocol::parse_turn(text.as_ref()) {
+            Err(e) => return Score::failure(format!("turn {i}: {e}"), answer),
+            Ok(turn) => match turn.action {
+                Action::Answer(a) => {
+                    if i + 1 != turns.len() {
+                        return Score::failure(format!("turn {i} answered but the episode went on"), Some(a));
+                    }
+                    answer = Some(a);
+                }
+                Action::ToolCall(_) => {}
+            },
+        }
+    }
+    match answer {
+        Some(a) => Score::answered(&a, truths),
+        None => Score::failure("no <answer>: the episode ended on a tool call", None),
+    }
+}
+
+impl Score {
+    /// The F1 evaluation reports: a format failure counts as 0, not −1.
+    pub fn eval_f1(&self) -> f64 {
+        if self.format_ok { self.f1 } else { 0.0 }
+    }
+}
+
+/// Scores a whole response as verl stores it (see [`protocol::model_turns`]).
+pub fn score_response(response: &str, truths: &[String]) -> Score {
+    score_turns(&protocol::model_turns(response), truths)
+}
+
+#[cfg(test)]
+mod tests;

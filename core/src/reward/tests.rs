@@ -1,0 +1,160 @@
+use super::*;
+
+fn truths(s: &str) -> Vec<String> {
+    split_ground_truths(s)
+}
+
+#[test]
+fn answer_scores_table() {
+    // (answer, ground truths joined as in verl)
+    let cases: &[(&str, &str)] = &[
+        ("Ada Lind", "Ada Lind"),
+        ("ada lind.", "Ada Lind"),
+        ("  Ada   Lind ", "Ada Lind"),
+        ("Lind", "Ada Lind"),
+        ("Ada Lind and Bo Lind", "Ada Lind"),
+        ("the the cat", "the cat"),
+        ("The Beatles", "Beatles"),
+        ("NYC", "New York City<|answer_split|>NYC"),
+        ("new york", "New York City<|answer_split|>NYC"),
+        ("", "Ada Lind"),
+        ("Yes", "yes"),
+        ("no", "yes"),
+        ("Jean-Paul Sartre", "jean paul sartre"),
+        ("“Hello”", "hello"),
+        ("1,000", "1000"),
+        ("Paris, France", "Paris"),
+        ("Mount Everest", "K2"),
+        ("It is 1947.", "1947"),
+    ];
+    let rendered: String = cases
+        .iter()
+        .map(|(answer, joined)| {
+            let s = Score::answered(answer, &truths(joined));
+            format!(
+                "{answer:?} vs {joined:?}: f1={:.4} em={} reward={:.4}\n",
+                s.f1, s.em, s.reward
+            )
+        })
+        .collect();
+    expect_test::expect![[r#"
+        "Ada Lind" vs "Ada Lind": f1=1.0000 em=1 reward=1.0000
+        "ada lind." vs "Ada Lind": f1=1.0000 em=1 reward=1.0000
+        "  Ada   Lind " vs "Ada Lind": f1=1.0000 em=1 reward=1.0000
+        "Lind" vs "Ada Lind": f1=0.6667 em=0 reward=0.6667
+        "Ada Lind and Bo Lind" vs "Ada Lind": f1=0.6667 em=0 reward=0.6667
+        "the the cat" vs "the cat": f1=1.0000 em=0 reward=1.0000
+        "The Beatles" vs "Beatles": f1=0.6667 em=0 reward=0.6667
+        "NYC" vs "New York City<|answer_split|>NYC": f1=1.0000 em=1 reward=1.0000
+        "new york" vs "New York City<|answer_split|>NYC": f1=0.8000 em=0 reward=0.8000
+        "" vs "Ada Lind": f1=0.0000 em=0 reward=0.0000
+        "Yes" vs "yes": f1=1.0000 em=1 reward=1.0000
+        "no" vs "yes": f1=0.0000 em=0 reward=0.0000
+        "Jean-Paul Sartre" vs "jean paul sartre": f1=1.0000 em=1 reward=1.0000
+        "“Hello”" vs "hello": f1=1.0000 em=1 reward=1.0000
+        "1,000" vs "1000": f1=0.0000 em=0 reward=0.0000
+        "Paris, France" vs "Paris": f1=0.6667 em=0 reward=0.6667
+        "Mount Everest" vs "K2": f1=0.0000 em=0 reward=0.0000
+        "It is 1947." vs "1947": f1=0.5000 em=0 reward=0.5000
+    "#]]
+    .assert_eq(&rendered);
+}
+
+#[test]
+fn normalisation_and_splitting() {
+    assert_eq!(normalize("  The QUICK, brown—fox!  "), "the quick brown fox");
+    assert_eq!(normalize("a\tb\nc"), "a b c");
+    assert_eq!(word_set("b a b").into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
+    assert_eq!(truths(" a <|answer_split|><|answer_split|> b "), vec!["a", "b"]);
+    assert!(exact_match("The Cat!", "the cat"));
+    assert!(!exact_match("the cat", "cat"));
+}
+
+const SEARCH: &str = r#"<think>Look it up.</think><tool_call>{"name": "web_search", "arguments": {"query": ["zest founder"]}}</tool_call>"#;
+
+#[test]
+fn episode_scores_table() {
+    let t = truths("Ada Lind<|answer_split|>A. Lind");
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "search then answer",
+            vec![SEARCH.into(), "<think>Got it.</think><answer>Ada Lind</answer>".into()],
+        ),
+        (
+            "answer at once",
+            vec!["<think>I know.</think><answer>A. Lind</answer>".into()],
+        ),
+        (
+            "partial answer",
+            vec![SEARCH.into(), "<think>t</think><answer>Lind</answer>".into()],
+        ),
+        (
+            "empty think then a good turn",
+            vec![
+                SEARCH.replace("Look it up.", ""),
+                "<think>t</think><answer>Ada Lind</answer>".into(),
+            ],
+        ),
+        (
+            "malformed middle turn",
+            vec![
+                SEARCH.into(),
+                "<think>oops".into(),
+                "<think>t</think><answer>Ada Lind</answer>".into(),
+            ],
+        ),
+        ("ends on a tool call (out of turns)", vec![SEARCH.into(), SEARCH.into()]),
+        (
+            "turn after the answer",
+            vec!["<answer>Ada Lind</answer>".into(), SEARCH.into()],
+        ),
+        (
+            "truncated last turn",
+            vec![SEARCH.into(), "<think>the founder is".into()],
+        ),
+        ("no turns", vec![]),
+        ("empty answer", vec!["<think>t</think><answer></answer>".into()]),
+    ];
+    let rendered: String = cases
+        .iter()
+        .map(|(name, turns)| {
+            let s = score_turns(turns, &t);
+            format!(
+                "{name}: format_ok={} reward={:.4} f1={:.4} em={} eval_f1={:.4}{}\n",
+                s.format_ok,
+                s.reward,
+                s.f1,
+                s.em,
+                s.eval_f1(),
+                s.format_error.map(|e| format!(" ({e})")).unwrap_or_default()
+            )
+        })
+        .collect();
+    expect_test::expect![[r#"
+        search then answer: format_ok=true reward=1.0000 f1=1.0000 em=1 eval_f1=1.0000
+        answer at once: format_ok=true reward=1.0000 f1=1.0000 em=1 eval_f1=1.0000
+        partial answer: format_ok=true reward=0.6667 f1=0.6667 em=0 eval_f1=0.6667
+        empty think then a good turn: format_ok=true reward=1.0000 f1=1.0000 em=1 eval_f1=1.0000
+        malformed middle turn: format_ok=false reward=-1.0000 f1=0.0000 em=0 eval_f1=0.0000 (turn 1: unbalanced <think> tags (1 opening, 0 closing))
+        ends on a tool call (out of turns): format_ok=false reward=-1.0000 f1=0.0000 em=0 eval_f1=0.0000 (no <answer>: the episode ended on a tool call)
+        turn after the answer: format_ok=false reward=-1.0000 f1=0.0000 em=0 eval_f1=0.0000 (turn 0 answered but the episode went on)
+        truncated last turn: format_ok=false reward=-1.0000 f1=0.0000 em=0 eval_f1=0.0000 (turn 1: unbalanced <think> tags (1 opening, 0 closing))
+        no turns: format_ok=false reward=-1.0000 f1=0.0000 em=0 eval_f1=0.0000 (no model turns)
+        empty answer: format_ok=true reward=0.0000 f1=0.0000 em=0 eval_f1=0.0000
+    "#]]
+    .assert_eq(&rendered);
+}
+
+#[test]
+fn tags_inside_tool_responses_never_count() {
+    let t = truths("Ada Lind");
+    // The web page carries unbalanced protocol tags; the original counted
+    // them and scored this −1.
+    let response = format!(
+        "{SEARCH}<tool_response>\n<think> <answer> </tool_call> spam\n</tool_response>\n<think>Found.</think><answer>Ada Lind</answer>"
+    );
+    let s = score_response(&response, &t);
+    assert!(s.format_ok, "{s:?}");
+    assert_eq!(s.reward, 1.0);
+    assert_eq!(s.em, 1.0);
+}

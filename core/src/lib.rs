@@ -8,6 +8,7 @@
 //! derives here describe each payload's archived layout; the framing around it
 //! (magic, versions, checksums) belongs to the store.
 
+pub mod behaviour;
 pub mod clock;
 pub mod event;
 pub mod id;

@@ -186,10 +186,10 @@ fn capitalise(s: &str) -> String {
 fn syllables(rng: &mut SeededRng, n: usize) -> String {
     let mut s = String::new();
     for _ in 0..n {
-        s.push_str(*rng.choose(ONSETS));
-        s.push_str(*rng.choose(VOWELS));
+        s.push_str(rng.choose(ONSETS).as_ref());
+        s.push_str(rng.choose(VOWELS).as_ref());
     }
-    s.push_str(*rng.choose(CODAS));
+    s.push_str(rng.choose(CODAS).as_ref());
     s
 }
 

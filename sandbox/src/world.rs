@@ -323,7 +323,7 @@ impl World {
                 let facts = Facts::Person {
                     born: 1900 + rng.below(100) as u32,
                     birthplace: *rng.choose(&cities),
-                    occupation: *rng.choose(OCCUPATIONS),
+                    occupation: rng.choose(OCCUPATIONS),
                 };
                 push(&mut entities, Kind::Person, name, aliases, facts)
             })
@@ -349,7 +349,7 @@ impl World {
                     founder,
                     founded: born + 25 + rng.below(30) as u32,
                     headquarters: *rng.choose(&cities),
-                    industry: *rng.choose(INDUSTRIES),
+                    industry: rng.choose(INDUSTRIES),
                 };
                 push(&mut entities, Kind::Company, name, vec![], facts)
             })
@@ -366,7 +366,7 @@ impl World {
                 _ => 1950,
             };
             let facts = Facts::Work {
-                form: *rng.choose(WORK_FORMS),
+                form: rng.choose(WORK_FORMS),
                 year: born + 20 + rng.below(40) as u32,
                 creator,
                 publisher: *rng.choose(&companies),

@@ -114,6 +114,11 @@ impl SeededRng {
         &items[self.below(items.len() as u64) as usize]
     }
 
+    /// Picks one element of a non-empty slice of `Copy` items, by value.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        *self.choose(items)
+    }
+
     /// Shuffles in place (Fisher–Yates).
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

@@ -82,7 +82,7 @@ fn creator_noun(form: &str) -> &'static str {
 fn make(w: &World, rng: &mut SeededRng, hops: u32) -> (String, Vec<String>, Vec<EntityId>) {
     let pick = |rng: &mut SeededRng, kind: Kind| -> EntityId {
         let all: Vec<EntityId> = w.of_kind(kind).map(|e| e.id).collect();
-        *rng.choose(&all)
+        rng.pick(&all)
     };
     let n = |id: EntityId| w.get(id).name.clone();
     match (hops, rng.below(2)) {

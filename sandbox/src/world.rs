@@ -186,10 +186,10 @@ fn capitalise(s: &str) -> String {
 fn syllables(rng: &mut SeededRng, n: usize) -> String {
     let mut s = String::new();
     for _ in 0..n {
-        s.push_str(rng.choose(ONSETS).as_ref());
-        s.push_str(rng.choose(VOWELS).as_ref());
+        s.push_str(rng.pick(ONSETS));
+        s.push_str(rng.pick(VOWELS));
     }
-    s.push_str(rng.choose(CODAS).as_ref());
+    s.push_str(rng.pick(CODAS));
     s
 }
 
@@ -248,10 +248,10 @@ impl World {
             .map(|_| {
                 let name = namer.unique(&mut rng, |r| {
                     let n = 1 + r.below(2) as usize;
-                    capitalise(&(syllables(r, n) + *r.choose(COUNTRY_SUFFIXES)))
+                    capitalise(&(syllables(r, n) + r.pick(COUNTRY_SUFFIXES)))
                 });
                 let currency = format!("{} {}", name.trim_end_matches(|c| "aeiou".contains(c)), "crown");
-                let continent = *rng.choose(CONTINENTS);
+                let continent = rng.pick(CONTINENTS);
                 push(
                     &mut entities,
                     Kind::Country,
@@ -270,13 +270,13 @@ impl World {
             .map(|i| {
                 let name = namer.unique(&mut rng, |r| {
                     let n = 1 + r.below(2) as usize;
-                    capitalise(&(syllables(r, n) + *r.choose(CITY_SUFFIXES)))
+                    capitalise(&(syllables(r, n) + r.pick(CITY_SUFFIXES)))
                 });
                 // Every country gets at least two cities.
                 let country = if i < n_countries * 2 {
                     countries[i % n_countries]
                 } else {
-                    *rng.choose(&countries)
+                    rng.pick(&countries)
                 };
                 let facts = Facts::City {
                     country,
@@ -292,7 +292,7 @@ impl World {
                 .copied()
                 .filter(|&city| matches!(entities[city].facts, Facts::City { country, .. } if country == c))
                 .collect();
-            let capital = *rng.choose(&in_country);
+            let capital = rng.pick(&in_country);
             if let Facts::Country { capital: cap, .. } = &mut entities[c].facts {
                 *cap = capital;
             }
@@ -309,21 +309,21 @@ impl World {
                         twin
                     } else {
                         namer.unique(&mut rng, |r| {
-                            format!("{} {}", *r.choose(FIRST_NAMES), capitalise(&syllables(r, 1)))
+                            format!("{} {}", r.pick(FIRST_NAMES), capitalise(&syllables(r, 1)))
                         })
                     }
                 } else {
                     namer.unique(&mut rng, |r| {
                         let n = 1 + r.below(2) as usize;
-                        format!("{} {}", *r.choose(FIRST_NAMES), capitalise(&syllables(r, n)))
+                        format!("{} {}", r.pick(FIRST_NAMES), capitalise(&syllables(r, n)))
                     })
                 };
                 let (first, last) = name.split_once(' ').expect("two-part name");
                 let aliases = vec![format!("{}. {last}", &first[..1])];
                 let facts = Facts::Person {
                     born: 1900 + rng.below(100) as u32,
-                    birthplace: *rng.choose(&cities),
-                    occupation: rng.choose(OCCUPATIONS),
+                    birthplace: rng.pick(&cities),
+                    occupation: rng.pick(OCCUPATIONS),
                 };
                 push(&mut entities, Kind::Person, name, aliases, facts)
             })
@@ -331,7 +331,7 @@ impl World {
 
         let companies: Vec<EntityId> = (0..n_companies)
             .map(|_| {
-                let founder = *rng.choose(&people);
+                let founder = rng.pick(&people);
                 let surname = entities[founder].name.split(' ').nth(1).unwrap_or("Nova").to_string();
                 let name = namer.unique(&mut rng, |r| {
                     let base = if r.below(2) == 0 {
@@ -339,7 +339,7 @@ impl World {
                     } else {
                         capitalise(&syllables(r, 2))
                     };
-                    format!("{base} {}", *r.choose(COMPANY_SUFFIXES))
+                    format!("{base} {}", r.pick(COMPANY_SUFFIXES))
                 });
                 let born = match entities[founder].facts {
                     Facts::Person { born, .. } => born,
@@ -348,28 +348,26 @@ impl World {
                 let facts = Facts::Company {
                     founder,
                     founded: born + 25 + rng.below(30) as u32,
-                    headquarters: *rng.choose(&cities),
-                    industry: rng.choose(INDUSTRIES),
+                    headquarters: rng.pick(&cities),
+                    industry: rng.pick(INDUSTRIES),
                 };
                 push(&mut entities, Kind::Company, name, vec![], facts)
             })
             .collect();
 
         for _ in 0..n_works {
-            let name = namer.unique(&mut rng, |r| {
-                format!("The {} {}", *r.choose(ADJECTIVES), *r.choose(NOUNS))
-            });
+            let name = namer.unique(&mut rng, |r| format!("The {} {}", r.pick(ADJECTIVES), r.pick(NOUNS)));
             let alias = name.trim_start_matches("The ").to_string();
-            let creator = *rng.choose(&people);
+            let creator = rng.pick(&people);
             let born = match entities[creator].facts {
                 Facts::Person { born, .. } => born,
                 _ => 1950,
             };
             let facts = Facts::Work {
-                form: rng.choose(WORK_FORMS),
+                form: rng.pick(WORK_FORMS),
                 year: born + 20 + rng.below(40) as u32,
                 creator,
-                publisher: *rng.choose(&companies),
+                publisher: rng.pick(&companies),
             };
             push(&mut entities, Kind::Work, name, vec![alias], facts);
         }

@@ -280,9 +280,9 @@ fn page(rng: &mut SeededRng, bytes: usize) -> Vec<u8> {
     s.push_str("</title><style>body{font-family:sans-serif}nav a{margin:0 4px}</style></head><body><nav>");
     for _ in 0..12 {
         s.push_str("<a href=\"/wiki/");
-        s.push_str(rng.choose(WORDS).as_ref());
+        s.push_str(rng.pick(WORDS));
         s.push_str("\">");
-        s.push_str(rng.choose(WORDS).as_ref());
+        s.push_str(rng.pick(WORDS));
         s.push_str("</a>");
     }
     s.push_str("</nav><main><h1>");
@@ -405,7 +405,7 @@ impl Workload {
             }
             p
         };
-        let url = format!("http://127.0.0.1:8931/wiki/{}_{}", self.rng.choose(WORDS), n);
+        let url = format!("http://127.0.0.1:8931/wiki/{}_{}", self.rng.pick(WORDS), n);
         let event = Event::new(
             self.run,
             ts,

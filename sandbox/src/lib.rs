@@ -7,6 +7,7 @@
 
 pub mod pages;
 pub mod questions;
+pub mod search;
 pub mod world;
 
 pub use pages::{Page, Site};

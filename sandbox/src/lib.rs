@@ -5,11 +5,14 @@
 //! Neighbours: uses only `core` (for seeded randomness). The CLI serves it
 //! on loopback; the gateway in `replay` reaches it like any other web.
 
+pub mod faults;
 pub mod pages;
 pub mod questions;
 pub mod search;
+pub mod serve;
 pub mod world;
 
 pub use pages::{Page, Site};
 pub use questions::Question;
+pub use serve::{Sandbox, SandboxWeb, ServeConfig};
 pub use world::{Entity, Kind, World};

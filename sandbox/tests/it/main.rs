@@ -1,0 +1,3 @@
+//! The sandbox served on loopback, exercised over HTTP.
+
+mod serve;

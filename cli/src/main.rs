@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod log;
+mod sandbox;
 mod score;
 mod verify;
 
@@ -35,6 +36,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Score responses with the DeepResearcher reward (format, F1, EM).
     Score(score::ScoreArgs),
+    /// The built-in sandbox web.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Log(cmd) => log::run(&cli.data, cmd),
         Command::Verify(args) => verify::run(&cli.data, args),
         Command::Score(args) => score::run(args),
+        Command::Sandbox(cmd) => sandbox::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 
 mod crash;
 mod log;
+mod sandbox;
 mod score;
 
 use std::path::Path;

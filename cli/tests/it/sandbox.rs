@@ -1,0 +1,71 @@
+//! `fathom sandbox serve` from the outside.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+
+use crate::fathom;
+
+/// A minimal HTTP/1.1 GET over loopback, returning the body.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn serve_prints_its_address_and_answers_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = fathom(dir.path())
+        .args([
+            "sandbox",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--seed",
+            "3",
+            "--entities",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect(&line)
+        .to_string();
+    let about: serde_json::Value = serde_json::from_str(&http_get(&addr, "/")).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert_eq!(about["seed"], 3);
+    assert!(about["pages"].as_u64().unwrap() > 100);
+    assert!(
+        about["sites"]["wiki"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+}
+
+#[test]
+fn a_bad_fault_spec_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::run(dir.path(), &["sandbox", "serve", "--faults", "teapot=0.5"]);
+    assert!(!out.status.success());
+    let err = crate::stderr(&out);
+    assert!(
+        err.contains("unknown fault kind 'teapot'") && err.contains("KIND=RATE"),
+        "{err}"
+    );
+}

@@ -1,0 +1,708 @@
+//! The gateway: every search and page fetch an agent makes goes through
+//! here, in one of three modes.
+//!
+//! - **live**: real HTTP (reqwest): timeouts, retries with backoff on 429
+//!   and 5xx (honouring `Retry-After`), a per-host concurrency limit, a
+//!   response size cap, content-type handling and charset decoding, and the
+//!   SSRF guard of [`crate::policy`].
+//! - **record**: live, plus every exchange (each attempt) appended to the
+//!   log as a `WebExchange` event with its body in the blob store.
+//! - **replay**: answers only from recorded exchanges, matched on the
+//!   canonical request key and consumed in recorded order; no socket is
+//!   opened, and a request the recording does not hold is a divergence
+//!   error naming the run, episode, turn and request.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fathom_core::event::{Header, WebExchange, WebKind, WebSource};
+use fathom_core::{Clock, EpisodeId, Event, IdKind, Payload, Record, RequestId, RunId};
+use fathom_store::Store;
+
+use crate::canonical;
+use crate::html;
+use crate::policy::{AddressPolicy, Refused};
+
+/// How the gateway reaches the web.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Real HTTP, nothing recorded.
+    Live,
+    /// Real HTTP, every exchange recorded.
+    Record,
+    /// Recorded exchanges only; no network.
+    Replay,
+}
+
+/// A search API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchBackend {
+    /// Serper-compatible: `POST {url}` with `{"q", "num"}` and `X-API-KEY`.
+    Serper {
+        /// The endpoint (the sandbox's `/search`, or Serper's).
+        url: String,
+        /// The API key, if the service needs one.
+        key: Option<String>,
+    },
+    /// SearXNG: `GET {url}?q=…&format=json`.
+    Searxng {
+        /// The endpoint.
+        url: String,
+    },
+}
+
+impl SearchBackend {
+    fn name(&self) -> &'static str {
+        match self {
+            SearchBackend::Serper { .. } => "serper",
+            SearchBackend::Searxng { .. } => "searxng",
+        }
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The search API.
+    pub search: SearchBackend,
+    /// Which addresses may be reached.
+    pub policy: AddressPolicy,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Retries after the first attempt, on 429, 5xx, timeouts and transport errors.
+    pub retries: u32,
+    /// First backoff delay; doubles per retry (a `Retry-After` wins, up to 30 s).
+    pub backoff: Duration,
+    /// Bodies are cut at this many bytes (and marked truncated).
+    pub max_body_bytes: usize,
+    /// Concurrent requests per host.
+    pub per_host: usize,
+    /// Results per search query.
+    pub results_per_query: usize,
+    /// What to record as the source of live responses.
+    pub source: WebSource,
+}
+
+impl GatewayConfig {
+    /// Settings for a search backend, with the defaults.
+    pub fn new(search: SearchBackend) -> Self {
+        GatewayConfig {
+            search,
+            policy: AddressPolicy::default(),
+            timeout: Duration::from_secs(15),
+            retries: 3,
+            backoff: Duration::from_millis(250),
+            max_body_bytes: 5 << 20,
+            per_host: 4,
+            results_per_query: fathom_core::protocol::RESULTS_PER_QUERY,
+            source: WebSource::Live,
+        }
+    }
+
+    /// Settings for the sandbox: its addresses allowed, its source label.
+    pub fn sandbox(search_url: String, addrs: Vec<SocketAddr>) -> Self {
+        let mut c = GatewayConfig::new(SearchBackend::Serper {
+            url: search_url,
+            key: None,
+        });
+        c.policy.allowed = addrs;
+        c.source = WebSource::Sandbox;
+        c
+    }
+}
+
+/// On whose behalf a request is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// The run.
+    pub run: RunId,
+    /// The episode, if any.
+    pub episode: Option<EpisodeId>,
+    /// The turn, if any.
+    pub turn: Option<u32>,
+}
+
+/// Why a web request failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WebError {
+    /// The SSRF guard refused it.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// No answer in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection failed.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The server answered with an error status (after retries).
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// The content is neither HTML nor text.
+    #[error("unsupported content type '{0}'")]
+    Unsupported(String),
+    /// The search API's answer could not be read.
+    #[error("search backend answered something unreadable: {0}")]
+    BadSearchResponse(String),
+    /// Replay: the recording does not hold this request.
+    #[error("replay divergence: run {run}, episode {episode}, turn {turn}: request '{request}' was never recorded")]
+    Divergence {
+        /// The run.
+        run: RunId,
+        /// The episode (`-` when none).
+        episode: String,
+        /// The turn (`-` when none).
+        turn: String,
+        /// The canonical request.
+        request: String,
+    },
+    /// Recording to the log failed.
+    #[error("recording the exchange failed: {0}")]
+    Record(String),
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SearchResult {
+    /// Title.
+    pub title: String,
+    /// URL.
+    pub url: String,
+    /// Snippet.
+    pub snippet: String,
+}
+
+/// A fetched page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The URL asked for.
+    pub url: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Declared content type.
+    pub content_type: String,
+    /// The body as received (up to the cap).
+    pub body: Vec<u8>,
+    /// Whether the body was cut at the cap.
+    pub truncated: bool,
+    /// Readable text: HTML converted, plain text decoded.
+    pub text: String,
+}
+
+/// One exchange as seen on the wire (or in the recording).
+#[derive(Debug, Clone, PartialEq)]
+struct Exchange {
+    status: u16,
+    headers: Vec<Header>,
+    body: Vec<u8>,
+    truncated: bool,
+    error: Option<WebError>,
+    latency_ns: u64,
+}
+
+impl Exchange {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|h| h.name == name).map(|h| h.value.as_str())
+    }
+
+    fn retryable(&self) -> bool {
+        matches!(self.error, Some(WebError::Timeout(_)) | Some(WebError::Transport(_)))
+            || self.status == 429
+            || (500..600).contains(&self.status)
+    }
+}
+
+/// Recorded exchanges, by canonical key, in recorded order.
+#[derive(Debug, Default)]
+pub struct Recording {
+    by_key: Mutex<HashMap<String, VecDeque<Exchange>>>,
+}
+
+impl Recording {
+    /// Loads the `WebExchange` events among `records` (with their bodies
+    /// from the store's blobs).
+    pub fn from_records(store: &Store, records: &[Record]) -> Result<Recording, fathom_store::Error> {
+        let mut by_key: HashMap<String, VecDeque<Exchange>> = HashMap::new();
+        for r in records {
+            let Payload::WebExchange(w) = &r.event.payload else {
+                continue;
+            };
+            let body = match &w.body {
+                Some(b) => store.get_blob(&b.digest)?.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let error = w.error.as_ref().map(|e| WebError::Transport(e.clone()));
+            by_key.entry(w.canonical.clone()).or_default().push_back(Exchange {
+                status: w.status,
+                headers: w.headers.clone(),
+                body,
+                truncated: w.body_truncated,
+                error,
+                latency_ns: w.latency_ns,
+            });
+        }
+        Ok(Recording {
+            by_key: Mutex::new(by_key),
+        })
+    }
+
+    fn take(&self, key: &str) -> Option<Exchange> {
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(key)
+            .and_then(VecDeque::pop_front)
+    }
+}
+
+/// The gateway.
+pub struct Gateway {
+    mode: Mode,
+    config: GatewayConfig,
+    http: Option<reqwest::Client>,
+    store: Option<Arc<Store>>,
+    recording: Option<Recording>,
+    clock: Arc<dyn Clock>,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A DNS resolver that refuses names resolving to internal addresses.
+struct GuardedResolver {
+    policy: AddressPolicy,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            // Every address must pass: a name that resolves to one public
+            // and one private address could be steered to the private one.
+            for a in &addrs {
+                if policy.allow_internal {
+                    break;
+                }
+                if crate::policy::is_internal(a.ip()) {
+                    return Err(Box::new(Refused {
+                        target: host.clone(),
+                        reason: format!("{host} resolves to the internal address {}", a.ip()),
+                    }) as Box<dyn std::error::Error + Send + Sync>);
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn build_client(config: &GatewayConfig) -> Result<reqwest::Client, WebError> {
+    let policy = config.policy.clone();
+    let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        match policy.check_url(attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(refused) => attempt.error(refused),
+        }
+    });
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .redirect(redirect)
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: config.policy.clone(),
+        }))
+        .user_agent(concat!("fathom/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| WebError::Transport(e.to_string()))
+}
+
+/// Decodes a body by the charset its content type declares (UTF-8 when
+/// none, or when the label is unknown), replacing bad bytes.
+pub fn decode_body(content_type: &str, body: &[u8]) -> String {
+    let label = content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("charset="))
+        .next()
+        .map(|c| c.trim_matches('"'));
+    let encoding = label
+        .and_then(|l| encoding_rs::Encoding::for_label(l.as_bytes()))
+        .unwrap_or(encoding_rs::UTF_8);
+    encoding.decode(body).0.into_owned()
+}
+
+fn describe(e: &reqwest::Error, timeout: Duration) -> WebError {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return WebError::Refused(r.clone());
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        WebError::Timeout(timeout)
+    } else {
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        WebError::Transport(msg)
+    }
+}
+
+impl Gateway {
+    /// A live gateway (records nothing).
+    pub fn live(config: GatewayConfig, clock: Arc<dyn Clock>) -> Result<Gateway, WebError> {
+        let http = Some(build_client(&config)?);
+        Ok(Gateway {
+            mode: Mode::Live,
+            config,
+            http,
+            store: None,
+            recording: None,
+            clock,
+            hosts: Mutex::default(),
+        })
+    }
+
+    /// A live gateway that records every exchange into `store`.
+    pub fn record(config: GatewayConfig, store: Arc<Store>, clock: Arc<dyn Clock>) -> Result<Gateway, WebError> {
+        let mut g = Gateway::live(config, clock)?;
+        g.mode = Mode::Record;
+        g.store = Some(store);
+        Ok(g)
+    }
+
+    /// A gateway that answers only from `recording` and opens no socket.
+    pub fn replay(config: GatewayConfig, recording: Recording, clock: Arc<dyn Clock>) -> Gateway {
+        Gateway {
+            mode: Mode::Replay,
+            config,
+            http: None,
+            store: None,
+            recording: Some(recording),
+            clock,
+            hosts: Mutex::default(),
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Runs up to three queries (the protocol's limit) and returns each
+    /// query's results or error, in order.
+    pub async fn search(&self, ctx: Context, queries: &[String]) -> Vec<(String, Result<Vec<SearchResult>, WebError>)> {
+        let mut out = Vec::new();
+        for q in queries.iter().take(fathom_core::protocol::MAX_SEARCH_QUERIES) {
+            out.push((q.clone(), self.search_one(ctx, q).await));
+        }
+        out
+    }
+
+    async fn search_one(&self, ctx: Context, query: &str) -> Result<Vec<SearchResult>, WebError> {
+        let n = self.config.results_per_query;
+        let key = canonical::search_key(self.config.search.name(), query, n);
+        let backend = self.config.search.clone();
+        let target_url = match &backend {
+            SearchBackend::Serper { url, .. } | SearchBackend::Searxng { url } => url.clone(),
+        };
+        let ex = self
+            .exchange(ctx, WebKind::Search, query, &key, &target_url, |client| {
+                let q = query.to_string();
+                match &backend {
+                    SearchBackend::Serper { url, key } => {
+                        let mut rb = client.post(url).json(&serde_json::json!({"q": q, "num": n}));
+                        if let Some(k) = key {
+                            rb = rb.header("X-API-KEY", k);
+                        }
+                        rb
+                    }
+                    SearchBackend::Searxng { url } => client.get(url).query(&[("q", q.as_str()), ("format", "json")]),
+                }
+            })
+            .await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&ex.body).map_err(|e| WebError::BadSearchResponse(e.to_string()))?;
+        let (list, url_key, snippet_key) = match self.config.search {
+            SearchBackend::Serper { .. } => ("organic", "link", "snippet"),
+            SearchBackend::Searxng { .. } => ("results", "url", "content"),
+        };
+        let items = value
+            .get(list)
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| WebError::BadSearchResponse(format!("no \"{list}\" list")))?;
+        Ok(items
+            .iter()
+            .take(n)
+            .filter_map(|r| {
+                Some(SearchResult {
+                    title: r.get("title")?.as_str()?.to_string(),
+                    url: r.get(url_key)?.as_str()?.to_string(),
+                    snippet: r
+                        .get(snippet_key)
+                        .and_then(|s| s.as_str())
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+            })
+            .collect())
+    }
+
+    /// Fetches a page and converts it to readable text.
+    pub async fn fetch(&self, ctx: Context, url: &str) -> Result<Page, WebError> {
+        let key = canonical::fetch_key(url);
+        let parsed = url::Url::parse(url.trim()).map_err(|e| WebError::Transport(format!("bad URL '{url}': {e}")))?;
+        if self.mode != Mode::Replay {
+            self.config.policy.check_url(&parsed)?;
+        }
+        let target = parsed.to_string();
+        let ex = self
+            .exchange(ctx, WebKind::Fetch, url, &key, &target, |client| {
+                client.get(parsed.clone())
+            })
+            .await?;
+        let content_type = ex.header("content-type").unwrap_or("text/html").to_string();
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let decoded = decode_body(&content_type, &ex.body);
+        let text = match mime.as_str() {
+            "text/html" | "application/xhtml+xml" | "" => html::to_text(&decoded),
+            "text/plain" | "text/markdown" => decoded,
+            other => return Err(WebError::Unsupported(other.to_string())),
+        };
+        Ok(Page {
+            url: url.to_string(),
+            status: ex.status,
+            content_type,
+            body: ex.body,
+            truncated: ex.truncated,
+            text,
+        })
+    }
+
+    fn host_limit(&self, target: &str) -> Arc<tokio::sync::Semaphore> {
+        let host = url::Url::parse(target)
+            .ok()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+            })
+            .unwrap_or_default();
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.config.per_host.max(1))))
+            .clone()
+    }
+
+    /// One logical request: attempts with retries, each recorded; returns
+    /// the final successful exchange or the error.
+    async fn exchange(
+        &self,
+        ctx: Context,
+        kind: WebKind,
+        target: &str,
+        key: &str,
+        url: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Exchange, WebError> {
+        let attempts = self.config.retries + 1;
+        for attempt in 1..=attempts {
+            let ex = match self.mode {
+                Mode::Replay => {
+                    let recording = self.recording.as_ref().expect("replay gateways hold a recording");
+                    recording.take(key).ok_or_else(|| WebError::Divergence {
+                        run: ctx.run,
+                        episode: ctx.episode.map_or("-".into(), |e| e.to_string()),
+                        turn: ctx.turn.map_or("-".into(), |t| t.to_string()),
+                        request: key.to_string(),
+                    })?
+                }
+                Mode::Live | Mode::Record => {
+                    let ex = self.attempt(url, &build).await;
+                    if self.mode == Mode::Record {
+                        self.record_exchange(ctx, kind, target, key, attempt, &ex).await?;
+                    }
+                    ex
+                }
+            };
+            if ex.retryable() && attempt < attempts {
+                if self.mode != Mode::Replay {
+                    let retry_after = ex
+                        .header("retry-after")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s.min(30)));
+                    let backoff = self.config.backoff * 2u32.saturating_pow(attempt - 1);
+                    tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
+                }
+                continue;
+            }
+            if let Some(e) = ex.error {
+                return Err(e);
+            }
+            if ex.status >= 400 {
+                return Err(WebError::Status(ex.status));
+            }
+            return Ok(ex);
+        }
+        unreachable!("the last attempt always returns")
+    }
+
+    async fn attempt(&self, url: &str, build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder) -> Exchange {
+        let client = self.http.as_ref().expect("live gateways hold a client");
+        let limit = self.host_limit(url);
+        let _permit = limit.acquire().await.expect("semaphores are never closed");
+        let start = self.clock.now();
+        let mut ex = Exchange {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            truncated: false,
+            error: None,
+            latency_ns: 0,
+        };
+        match build(client).send().await {
+            Err(e) => ex.error = Some(describe(&e, self.config.timeout)),
+            Ok(mut resp) => {
+                ex.status = resp.status().as_u16();
+                for name in ["content-type", "retry-after", "content-length", "location"] {
+                    if let Some(v) = resp.headers().get(name) {
+                        ex.headers.push(Header {
+                            name: name.to_string(),
+                            value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        });
+                    }
+                }
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => {
+                            let room = self.config.max_body_bytes.saturating_sub(ex.body.len());
+                            if chunk.len() > room {
+                                ex.body.extend_from_slice(&chunk[..room]);
+                                ex.truncated = true;
+                                break;
+                            }
+                            ex.body.extend_from_slice(&chunk);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            ex.error = Some(describe(&e, self.config.timeout));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        ex.latency_ns = self.clock.now().nanos_since(start);
+        ex
+    }
+
+    async fn record_exchange(
+        &self,
+        ctx: Context,
+        kind: WebKind,
+        target: &str,
+        key: &str,
+        attempt: u32,
+        ex: &Exchange,
+    ) -> Result<(), WebError> {
+        let store = self.store.clone().expect("recording gateways hold a store");
+        let ts = self.clock.now();
+        let backend = match kind {
+            WebKind::Search => self.config.search.name().to_string(),
+            WebKind::Fetch => "http".to_string(),
+        };
+        let (target, key, source) = (target.to_string(), key.to_string(), self.config.source);
+        let ex = ex.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), fathom_store::Error> {
+            let body = if ex.body.is_empty() && ex.status == 0 {
+                None
+            } else {
+                Some(store.put_blob(&ex.body)?)
+            };
+            let request_id = RequestId(store.next_id(IdKind::Request)?);
+            let event = Event::new(
+                ctx.run,
+                ts,
+                WebExchange {
+                    request_id,
+                    episode_id: ctx.episode,
+                    turn: ctx.turn,
+                    request_kind: kind,
+                    target,
+                    canonical: key,
+                    backend,
+                    status: ex.status,
+                    headers: ex.headers,
+                    body,
+                    body_truncated: ex.truncated,
+                    latency_ns: ex.latency_ns,
+                    source,
+                    attempt,
+                    error: ex.error.map(|e| e.to_string()),
+                },
+            );
+            store.append(&[event])?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| WebError::Record(e.to_string()))?
+        .map_err(|e| WebError::Record(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve;
+
+    #[tokio::test]
+    async fn names_that_resolve_to_internal_addresses_are_refused() {
+        // `localhost` stands for any name whose DNS answer is internal (a
+        // rebinding domain, an intranet name): the resolver sees only the
+        // answer, and refuses it.
+        let guarded = GuardedResolver {
+            policy: AddressPolicy::default(),
+        };
+        let err = match guarded.resolve("localhost".parse().unwrap()).await {
+            Ok(_) => panic!("localhost resolved"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("resolves to the internal address"), "{err}");
+        let open = GuardedResolver {
+            policy: AddressPolicy {
+                allowed: vec![],
+                allow_internal: true,
+            },
+        };
+        assert!(open.resolve("localhost".parse().unwrap()).await.is_ok());
+    }
+
+    #[test]
+    fn bodies_decode_by_their_declared_charset() {
+        assert_eq!(decode_body("text/html; charset=ISO-8859-1", b"caf\xe9"), "café");
+        assert_eq!(decode_body("text/html", b"caf\xc3\xa9"), "café");
+        assert_eq!(decode_body("text/plain; charset=\"utf-8\"", b"a\xffb"), "a\u{FFFD}b");
+        assert_eq!(decode_body("text/html; charset=no-such-charset", b"ok"), "ok");
+    }
+}

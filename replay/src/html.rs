@@ -203,11 +203,7 @@ pub fn to_text(html: &str) -> String {
                     out.push_str("- ");
                 }
             }
-            "td" | "th" => {
-                if closing {
-                    out.push_str(" | ");
-                }
-            }
+            "td" | "th" if closing => out.push_str(" | "),
             "p" | "table" | "ul" | "ol" | "dl" | "blockquote" | "pre" | "figure" => blank_line(&mut out),
             _ if BLOCK.contains(&name.as_str()) => newline(&mut out),
             _ => {}

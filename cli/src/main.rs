@@ -14,6 +14,7 @@ mod log;
 mod sandbox;
 mod score;
 mod verify;
+mod web;
 
 /// fathom: train, record, replay and query deep-research agents.
 #[derive(Debug, Parser)]
@@ -39,6 +40,9 @@ enum Command {
     /// The built-in sandbox web.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Search or fetch through the web gateway, recorded, as the agent would.
+    #[command(subcommand)]
+    Web(web::WebCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&cli.data, args),
         Command::Score(args) => score::run(args),
         Command::Sandbox(cmd) => sandbox::run(cmd),
+        Command::Web(cmd) => web::run(&cli.data, cmd),
     };
     match result {
         Ok(code) => code,

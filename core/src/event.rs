@@ -138,6 +138,8 @@ vocabulary_enum!(
         Replay = "replay",
         /// Synthetic load (`fathom log load`), for testing disks and the log.
         Load = "load",
+        /// One-off commands (`fathom web search`, `fathom web fetch`).
+        Manual = "manual",
     }
 );
 

@@ -671,6 +671,37 @@ impl Gateway {
     }
 }
 
+/// Asks a running fathom sandbox (at its search address) where its sites
+/// are, so a gateway can be allowed to reach exactly those addresses.
+pub async fn sandbox_addresses(search_addr: SocketAddr) -> Result<Vec<SocketAddr>, WebError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .map_err(|e| WebError::Transport(e.to_string()))?;
+    let about: serde_json::Value = client
+        .get(format!("http://{search_addr}/"))
+        .send()
+        .await
+        .map_err(|e| describe(&e, Duration::from_secs(5)))?
+        .json()
+        .await
+        .map_err(|e| WebError::BadSearchResponse(format!("{search_addr} is not a fathom sandbox: {e}")))?;
+    let sites = about
+        .get("sites")
+        .and_then(|s| s.as_object())
+        .ok_or_else(|| WebError::BadSearchResponse(format!("{search_addr} is not a fathom sandbox (no \"sites\")")))?;
+    let mut addrs = vec![search_addr];
+    for base in sites.values().filter_map(|v| v.as_str()) {
+        let addr = base
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|_| WebError::BadSearchResponse(format!("site address '{base}' is not host:port")))?;
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

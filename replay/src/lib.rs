@@ -11,5 +11,6 @@ pub mod canonical;
 pub mod gateway;
 pub mod html;
 pub mod policy;
+pub mod render;
 
 pub use gateway::{Context, Gateway, GatewayConfig, Mode, Page, Recording, SearchBackend, SearchResult, WebError};

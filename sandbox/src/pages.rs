@@ -60,6 +60,15 @@ pub struct Page {
     pub entity: EntityId,
 }
 
+/// `a` or `an` before a word.
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -107,7 +116,7 @@ pub fn facts(w: &World, e: &Entity) -> Vec<String> {
             birthplace,
             occupation,
         } => vec![
-            format!("{} is a {occupation}.", e.name),
+            format!("{} is {} {occupation}.", e.name, article(occupation)),
             format!("{} was born in {} in {born}.", e.name, n(*birthplace)),
         ],
         Facts::Company {

@@ -66,7 +66,9 @@ impl SandboxWeb {
 pub struct ServeConfig {
     /// Address to bind (127.0.0.1 by default).
     pub host: IpAddr,
-    /// Port of the search API (0 picks a free one); sites take free ports.
+    /// Port of the search API. 0 picks free ports for everything; any other
+    /// port puts the sites on the next four ports, so URLs stay the same
+    /// from one run to the next.
     pub search_port: u16,
     /// Faults to inject.
     pub faults: FaultSpec,
@@ -117,8 +119,17 @@ impl Sandbox {
     pub async fn start(web: Arc<SandboxWeb>, config: ServeConfig) -> std::io::Result<Sandbox> {
         let search = tokio::net::TcpListener::bind((config.host, config.search_port)).await?;
         let mut site_listeners = Vec::new();
-        for site in Site::ALL {
-            site_listeners.push((site, tokio::net::TcpListener::bind((config.host, 0)).await?));
+        for (i, site) in Site::ALL.into_iter().enumerate() {
+            let port = match config.search_port {
+                0 => 0,
+                p => p.checked_add(1 + i as u16).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "search port too high to fit the sites after it",
+                    )
+                })?,
+            };
+            site_listeners.push((site, tokio::net::TcpListener::bind((config.host, port)).await?));
         }
         let site_addrs: Vec<(Site, SocketAddr)> = site_listeners
             .iter()

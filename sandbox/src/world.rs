@@ -205,9 +205,17 @@ struct Namer {
 }
 
 impl Namer {
+    /// A name from `make` that is not taken yet. When `make`'s space runs
+    /// out (large worlds), a made-up word is appended until the name is new.
     fn unique(&mut self, rng: &mut SeededRng, mut make: impl FnMut(&mut SeededRng) -> String) -> String {
-        loop {
+        for _ in 0..64 {
             let name = make(rng);
+            if self.used.insert(name.to_lowercase()) {
+                return name;
+            }
+        }
+        loop {
+            let name = format!("{} {}", make(rng), capitalise(&syllables(rng, 2)));
             if self.used.insert(name.to_lowercase()) {
                 return name;
             }
@@ -401,6 +409,14 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, World::generate(8, 200));
         assert!(a.entities.len() >= 190, "{}", a.entities.len());
+    }
+
+    #[test]
+    fn large_worlds_do_not_run_out_of_names() {
+        let w = World::generate(1, 5000);
+        assert!(w.entities.len() >= 5000);
+        let names: std::collections::HashSet<String> = w.entities.iter().map(|e| e.name.to_lowercase()).collect();
+        assert_eq!(names.len(), w.entities.len());
     }
 
     #[test]

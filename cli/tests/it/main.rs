@@ -6,6 +6,7 @@ mod crash;
 mod log;
 mod sandbox;
 mod score;
+mod web;
 
 use std::path::Path;
 use std::process::{Command, Output};

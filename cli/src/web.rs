@@ -1,0 +1,238 @@
+//! `fathom web …`: one search or page fetch through the gateway, recorded
+//! in the log, printed as the agent would see it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fathom_core::event::{RunFinished, RunKind, RunStarted, RunStatus};
+use fathom_core::{Clock, Event, SystemClock};
+use fathom_replay::{Context, Gateway, GatewayConfig, SearchBackend};
+use fathom_sandbox::{Sandbox, SandboxWeb, ServeConfig};
+use fathom_store::Options;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum WebCommand {
+    /// Run web searches (at most three queries, as the agent's tool does)
+    /// and print the results as the agent sees them.
+    Search {
+        /// The queries.
+        #[arg(required = true)]
+        queries: Vec<String>,
+        #[command(flatten)]
+        web: WebArgs,
+    },
+    /// Fetch a page and print its readable text, as the agent's reader gets it.
+    Fetch {
+        /// The page URL.
+        url: String,
+        /// Show the reader segments (40,960 characters each) instead of the whole text.
+        #[arg(long)]
+        segments: bool,
+        #[command(flatten)]
+        web: WebArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebArgs {
+    /// A Serper-compatible search endpoint (live web). Without one, the built-in sandbox is used.
+    #[arg(long, env = "FATHOM_SEARCH_URL")]
+    pub search_url: Option<String>,
+    /// The search endpoint's API key.
+    #[arg(long, env = "SERPER_API_KEY", hide_env_values = true)]
+    pub search_key: Option<String>,
+    /// A SearXNG endpoint (live web), instead of a Serper-compatible one.
+    #[arg(long, env = "FATHOM_SEARXNG_URL", conflicts_with = "search_url")]
+    pub searxng_url: Option<String>,
+    /// Where the sandbox listens: a running `fathom sandbox serve` there is used,
+    /// otherwise one is started in-process (sites on the next four ports).
+    #[arg(long, default_value = "127.0.0.1:8930")]
+    pub sandbox: SocketAddr,
+    /// Seed of an in-process sandbox.
+    #[arg(long, default_value_t = 1)]
+    pub sandbox_seed: u64,
+    /// Size of an in-process sandbox.
+    #[arg(long, default_value_t = 2000)]
+    pub sandbox_entities: usize,
+    /// Do not record the exchanges in the log.
+    #[arg(long)]
+    pub no_record: bool,
+}
+
+pub fn run(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(data, cmd))
+}
+
+/// Keeps an in-process sandbox alive for the command's duration.
+struct Web {
+    config: GatewayConfig,
+    _sandbox: Option<Sandbox>,
+}
+
+async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
+    if let Some(url) = &args.search_url {
+        let mut config = GatewayConfig::new(SearchBackend::Serper {
+            url: url.clone(),
+            key: args.search_key.clone(),
+        });
+        allow_endpoint(&mut config, url);
+        return Ok(Web { config, _sandbox: None });
+    }
+    if let Some(url) = &args.searxng_url {
+        let mut config = GatewayConfig::new(SearchBackend::Searxng { url: url.clone() });
+        allow_endpoint(&mut config, url);
+        return Ok(Web { config, _sandbox: None });
+    }
+    // The sandbox: a running one at the address, or a new one in-process.
+    if let Ok(addrs) = fathom_replay::gateway::sandbox_addresses(args.sandbox).await {
+        let config = GatewayConfig::sandbox(format!("http://{}/search", args.sandbox), addrs);
+        return Ok(Web { config, _sandbox: None });
+    }
+    let web =
+        Arc::new(SandboxWeb::generate(args.sandbox_seed, args.sandbox_entities).context("building the sandbox web")?);
+    let sandbox = Sandbox::start(
+        web,
+        ServeConfig {
+            host: args.sandbox.ip(),
+            search_port: args.sandbox.port(),
+            ..ServeConfig::default()
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot start the sandbox on {} (its sites use the next four ports); pass --sandbox with a free address",
+            args.sandbox
+        )
+    })?;
+    let mut addrs: Vec<SocketAddr> = sandbox.site_addrs.iter().map(|(_, a)| *a).collect();
+    addrs.push(sandbox.search_addr);
+    Ok(Web {
+        config: GatewayConfig::sandbox(sandbox.search_url(), addrs),
+        _sandbox: Some(sandbox),
+    })
+}
+
+/// A search endpoint the user named explicitly may be on an internal
+/// address (a SearXNG on loopback); allow exactly that address.
+fn allow_endpoint(config: &mut GatewayConfig, url: &str) {
+    if let Ok(u) = url::Url::parse(url)
+        && let Some(port) = u.port_or_known_default()
+        && let Some(host) = u.host_str()
+        && let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>()
+    {
+        config.policy.allowed.push(SocketAddr::new(ip, port));
+    }
+}
+
+async fn run_async(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
+    let args = match &cmd {
+        WebCommand::Search { web, .. } | WebCommand::Fetch { web, .. } => web,
+    };
+    let web = connect(args).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (gateway, store, run) = if args.no_record {
+        (Gateway::live(web.config, clock.clone())?, None, fathom_core::RunId(0))
+    } else {
+        let store = Arc::new(crate::open_store(data, Options::default())?);
+        let run = store.new_run_id()?;
+        let name = match &cmd {
+            WebCommand::Search { .. } => "web search",
+            WebCommand::Fetch { .. } => "web fetch",
+        };
+        store.append(&[Event::new(
+            run,
+            clock.now(),
+            RunStarted {
+                name: name.into(),
+                run_kind: RunKind::Manual,
+                config_json: serde_json::json!({"search": format!("{:?}", web.config.search)}).to_string(),
+                seed: args.sandbox_seed,
+                policy: String::new(),
+                model: String::new(),
+                code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),
+                attempt: 0,
+            },
+        )])?;
+        (
+            Gateway::record(web.config, store.clone(), clock.clone())?,
+            Some(store),
+            run,
+        )
+    };
+    let ctx = Context {
+        run,
+        episode: None,
+        turn: None,
+    };
+    let (code, message) = match cmd {
+        WebCommand::Search { queries, .. } => {
+            if queries.len() > fathom_core::protocol::MAX_SEARCH_QUERIES {
+                eprintln!(
+                    "note: only the first {} queries run, as in the agent's web_search tool",
+                    fathom_core::protocol::MAX_SEARCH_QUERIES
+                );
+            }
+            let results = gateway.search(ctx, &queries).await;
+            println!("{}", fathom_replay::render::search_results(&results));
+            let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+            (
+                if failed == results.len() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                },
+                format!("{} queries, {failed} failed", results.len()),
+            )
+        }
+        WebCommand::Fetch { url, segments, .. } => match gateway.fetch(ctx, &url).await {
+            Ok(page) => {
+                if segments {
+                    let segs = fathom_replay::html::segment(&page.text, fathom_replay::html::SEGMENT_CHARS);
+                    for (i, s) in segs.iter().enumerate() {
+                        println!(
+                            "=== segment {} of {} ({} characters) ===\n{s}",
+                            i + 1,
+                            segs.len(),
+                            s.chars().count()
+                        );
+                    }
+                } else {
+                    println!("{}", page.text);
+                }
+                if page.truncated {
+                    eprintln!("note: the body was cut at the gateway's size cap");
+                }
+                (ExitCode::SUCCESS, format!("HTTP {}", page.status))
+            }
+            Err(e) => {
+                eprintln!("error: fetching {url} failed: {e}");
+                (ExitCode::FAILURE, e.to_string())
+            }
+        },
+    };
+    if let Some(store) = store {
+        store.append(&[Event::new(
+            run,
+            clock.now(),
+            RunFinished {
+                status: if code == ExitCode::SUCCESS {
+                    RunStatus::Completed
+                } else {
+                    RunStatus::Failed
+                },
+                steps_completed: 1,
+                message,
+            },
+        )])?;
+        eprintln!("recorded as run {run} in {}", data.display());
+    }
+    Ok(code)
+}

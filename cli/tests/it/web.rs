@@ -1,0 +1,105 @@
+//! `fathom web search` and `fathom web fetch` through the gateway.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use crate::{fathom, run, stderr, stdout};
+
+#[test]
+fn search_and_fetch_against_a_running_sandbox_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = fathom(dir.path())
+        .args([
+            "sandbox",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--seed",
+            "5",
+            "--entities",
+            "150",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap().to_string();
+
+    let out = run(&data, &["web", "search", "--sandbox", &addr, "founded company", "born"]);
+    let text = stdout(&out);
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let fetched = run(&data, &["web", "fetch", "--sandbox", &addr, &url]);
+    let refused = run(
+        &data,
+        &["web", "fetch", "--sandbox", &addr, "http://169.254.169.254/latest/"],
+    );
+    let tail = run(&data, &["log", "tail", "--kind", "web_exchange", "-n", "100"]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.starts_with("## Results for \"founded company\"\n\n[1] "), "{text}");
+    assert!(text.contains("## Results for \"born\""), "{text}");
+    assert!(url.starts_with("http://127.0.0.1:"), "{text}");
+    assert!(stderr(&out).contains("recorded as run r-1"), "{}", stderr(&out));
+
+    assert!(fetched.status.success(), "{}", stderr(&fetched));
+    let page = stdout(&fetched);
+    assert!(page.starts_with("# "), "{page}");
+    assert!(
+        !page.contains("<") && !page.contains("Log in"),
+        "chrome is gone: {page}"
+    );
+
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("169.254.169.254 is an internal address"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let exchanges: Vec<serde_json::Value> = stdout(&tail)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        exchanges.len(),
+        3,
+        "two searches and one fetch (the refused fetch never left)"
+    );
+    assert_eq!(exchanges[0]["request_kind"], "search");
+    assert_eq!(exchanges[0]["source"], "sandbox");
+    assert_eq!(exchanges[2]["request_kind"], "fetch");
+    assert_eq!(exchanges[2]["status"], 200);
+    assert!(exchanges[2]["body"]["digest"].as_str().unwrap().len() == 64);
+}
+
+#[test]
+fn without_a_sandbox_running_one_is_started_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "web",
+            "search",
+            "--sandbox",
+            "127.0.0.1:0",
+            "--sandbox-entities",
+            "100",
+            "--no-record",
+            "capital",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("[1] "), "{}", stdout(&out));
+    assert!(!dir.path().join("log").exists(), "--no-record writes nothing");
+}

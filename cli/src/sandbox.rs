@@ -14,6 +14,45 @@ pub enum SandboxCommand {
     /// Serve the sandbox web on loopback until stopped (Ctrl-C): a
     /// Serper/SearXNG-compatible search API and one page server per site.
     Serve(ServeArgs),
+    /// Write a question set over the sandbox world, in verl's Parquet layout.
+    Questions(QuestionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuestionsArgs {
+    /// Seed of the world (the same as the sandbox serving it).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Size of the world (the same as the sandbox serving it).
+    #[arg(long, default_value_t = 2000)]
+    pub entities: usize,
+    /// How many questions.
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    /// Hop counts, `1..4` or a single number; questions cycle through them.
+    #[arg(long, default_value = "1..4", value_parser = parse_hops)]
+    pub hops: (u32, u32),
+    /// Output file (Parquet, verl layout).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+fn parse_hops(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{s}' is not a hop range; use a number from 1 to 4 or a range such as 1..4");
+    let (lo, hi) = match s.split_once("..") {
+        Some((a, b)) => (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim_start_matches('=').trim().parse().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if !(1..=4).contains(&lo) || !(1..=4).contains(&hi) || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,7 +74,47 @@ pub struct ServeArgs {
 pub fn run(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SandboxCommand::Serve(args) => serve(args),
+        SandboxCommand::Questions(args) => questions(args),
     }
+}
+
+fn questions(args: QuestionsArgs) -> anyhow::Result<ExitCode> {
+    if args.count == 0 {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let world = fathom_sandbox::World::generate(args.seed, args.entities);
+    let qs = fathom_sandbox::questions::generate(&world, args.seed, args.count, args.hops.0..=args.hops.1);
+    let rows: Vec<fathom_store::verl::VerlRow> = qs
+        .iter()
+        .map(|q| fathom_store::verl::VerlRow {
+            data_source: format!("sandbox-{}hop", q.hops),
+            prompt: vec![fathom_store::verl::Message {
+                role: "user".into(),
+                content: q.text.clone(),
+            }],
+            ability: "search & question answering".into(),
+            ground_truth: q.answers.join(fathom_store::verl::ANSWER_SPLIT),
+            style: "rule".into(),
+            index: q.id.clone(),
+            split: "sandbox".into(),
+        })
+        .collect();
+    fathom_store::verl::write(&args.out, &rows)?;
+    println!(
+        "wrote {} questions ({} to {} hops) over the seed-{} world to {}",
+        rows.len(),
+        args.hops.0,
+        args.hops.1,
+        args.seed,
+        args.out.display()
+    );
+    if rows.len() < args.count {
+        eprintln!(
+            "note: the world holds only {} distinct questions of these hop counts",
+            rows.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

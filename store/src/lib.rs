@@ -10,8 +10,11 @@
 //! Neighbours: `core` defines what an event is; `replay`, `trainer` and the
 //! CLI append through [`Store`]; `query` and `web` only read.
 //!
+//! Question sets in verl's Parquet layout are read and written here too
+//! ([`verl`]).
+//!
 //! **Architecture Invariant:** nothing outside this crate knows sled, rkyv
-//! framing or (later) Parquet writing. Other crates see [`Store`], events and
+//! framing or Parquet writing. Other crates see [`Store`], events and
 //! [`BlobRef`](fathom_core::BlobRef)s.
 
 pub mod blob;
@@ -23,6 +26,7 @@ pub mod paths;
 mod stats;
 mod store;
 mod verify;
+pub mod verl;
 pub mod workload;
 
 use std::path::PathBuf;

@@ -69,3 +69,48 @@ fn a_bad_fault_spec_is_explained() {
         "{err}"
     );
 }
+
+#[test]
+fn questions_are_written_in_verl_layout_and_are_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+    for out in [&a, &b] {
+        let o = crate::run(
+            dir.path(),
+            &[
+                "sandbox",
+                "questions",
+                "--seed",
+                "9",
+                "--entities",
+                "300",
+                "--count",
+                "40",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", crate::stderr(&o));
+        assert!(crate::stdout(&o).starts_with("wrote 40 questions"));
+    }
+    let rows = fathom_store::verl::read(&a).unwrap();
+    assert_eq!(rows, fathom_store::verl::read(&b).unwrap(), "same seed, same questions");
+    assert_eq!(rows.len(), 40);
+    for h in 1..=4 {
+        assert_eq!(rows.iter().filter(|r| r.hops() == Some(h)).count(), 10);
+    }
+    assert!(
+        rows.iter()
+            .all(|r| r.question().ends_with('?') && !r.ground_truths().is_empty())
+    );
+
+    let o = crate::run(
+        dir.path(),
+        &["sandbox", "questions", "--hops", "3..2", "--out", "x.parquet"],
+    );
+    assert!(
+        crate::stderr(&o).contains("is not a hop range"),
+        "{}",
+        crate::stderr(&o)
+    );
+}

@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// Faults to inject, e.g. `0.1` or `latency=0.1:300ms,404=0.05,429=0.05:2s,500=0.05`.
     #[arg(long, default_value = "none")]
     pub faults: String,
+    /// Also serve your own documents: JSON lines of {"url", "title", "text"}.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
 }
 
 pub fn run(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
@@ -125,7 +128,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.addr.ip()
         );
     }
-    let web = Arc::new(SandboxWeb::generate(args.seed, args.entities).context("building the sandbox web")?);
+    let corpus = match &args.corpus {
+        None => Vec::new(),
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read the corpus {}", path.display()))?;
+            fathom_sandbox::pages::read_corpus(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+    };
+    let web = Arc::new(SandboxWeb::with_corpus(args.seed, args.entities, &corpus).context("building the sandbox web")?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -48,7 +48,7 @@ pub struct WebArgs {
     #[arg(long, env = "FATHOM_SEARXNG_URL", conflicts_with = "search_url")]
     pub searxng_url: Option<String>,
     /// Where the sandbox listens: a running `fathom sandbox serve` there is used,
-    /// otherwise one is started in-process (sites on the next four ports).
+    /// otherwise one is started in-process (sites on the next five ports).
     #[arg(long, default_value = "127.0.0.1:8930")]
     pub sandbox: SocketAddr,
     /// Seed of an in-process sandbox.
@@ -108,7 +108,7 @@ async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
     .await
     .with_context(|| {
         format!(
-            "cannot start the sandbox on {} (its sites use the next four ports); pass --sandbox with a free address",
+            "cannot start the sandbox on {} (its sites use the next five ports); pass --sandbox with a free address",
             args.sandbox
         )
     })?;

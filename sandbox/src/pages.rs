@@ -21,11 +21,13 @@ pub enum Site {
     Forum,
     /// Copies of wiki pages.
     Mirror,
+    /// The user's own documents (`--corpus`).
+    Corpus,
 }
 
 impl Site {
     /// All sites, in port order.
-    pub const ALL: [Site; 4] = [Site::Wiki, Site::News, Site::Forum, Site::Mirror];
+    pub const ALL: [Site; 5] = [Site::Wiki, Site::News, Site::Forum, Site::Mirror, Site::Corpus];
 
     /// The site's short name.
     pub fn name(self) -> &'static str {
@@ -34,6 +36,7 @@ impl Site {
             Site::News => "news",
             Site::Forum => "forum",
             Site::Mirror => "mirror",
+            Site::Corpus => "corpus",
         }
     }
 
@@ -56,8 +59,8 @@ pub struct Page {
     pub html: String,
     /// The readable text (title and body prose), which search indexes.
     pub text: String,
-    /// The entity it is about.
-    pub entity: EntityId,
+    /// The entity it is about (none for corpus documents).
+    pub entity: Option<EntityId>,
 }
 
 /// `a` or `an` before a word.
@@ -233,7 +236,7 @@ pub fn render(w: &World) -> Vec<Page> {
             title: e.name.clone(),
             html: shell(Site::Wiki, &e.name, &body, &mut rng),
             text: text.clone(),
-            entity: e.id,
+            entity: Some(e.id),
         });
 
         // Mirror: a near-duplicate of about a third of the wiki.
@@ -248,7 +251,7 @@ pub fn render(w: &World) -> Vec<Page> {
                 title: format!("{} (copy)", e.name),
                 html: shell(Site::Mirror, &format!("{} (copy)", e.name), &body, &mut rng),
                 text: format!("{} (copy)\n{}", e.name, sentences.join(" ")),
-                entity: e.id,
+                entity: Some(e.id),
             });
         }
 
@@ -268,7 +271,7 @@ pub fn render(w: &World) -> Vec<Page> {
                 title: lead.clone(),
                 html: shell(Site::News, &lead, &body, &mut rng),
                 text: format!("{lead}\n{}", paras.join(" ")),
-                entity: e.id,
+                entity: Some(e.id),
             });
         }
 
@@ -287,11 +290,60 @@ pub fn render(w: &World) -> Vec<Page> {
                 title: title.clone(),
                 html: shell(Site::Forum, &title, &body, &mut rng),
                 text: format!("{title}\n{claim}"),
-                entity: e.id,
+                entity: Some(e.id),
             });
         }
     }
     pages
+}
+
+/// One document of a user's corpus (a line of the `--corpus` JSONL file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CorpusDoc {
+    /// Where the document came from; kept in the page for the reader.
+    pub url: String,
+    /// Its title.
+    pub title: String,
+    /// Its text.
+    pub text: String,
+}
+
+/// Reads a corpus: JSON lines of `{"url", "title", "text"}`.
+pub fn read_corpus(jsonl: &str) -> Result<Vec<CorpusDoc>, String> {
+    jsonl
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("line {}: expected {{\"url\", \"title\", \"text\"}}: {e}", i + 1))
+        })
+        .collect()
+}
+
+/// Pages for corpus documents, served on the corpus site at `/doc/{n}`.
+pub fn corpus_pages(docs: &[CorpusDoc]) -> Vec<Page> {
+    let mut rng = SeededRng::new(0);
+    docs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let paras: String = d
+                .text
+                .split("\n\n")
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| format!("<p>{}</p>\n", esc(p.trim())))
+                .collect();
+            let body = format!("<p class=\"source\">Source: {}</p>\n{paras}", esc(&d.url));
+            Page {
+                site: Site::Corpus,
+                path: format!("/doc/{i}"),
+                title: d.title.clone(),
+                html: shell(Site::Corpus, &d.title, &body, &mut rng),
+                text: format!("{}\n{}", d.title, d.text),
+                entity: None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -306,7 +358,7 @@ mod tests {
         for e in &w.entities {
             let wiki = a
                 .iter()
-                .find(|p| p.site == Site::Wiki && p.entity == e.id)
+                .find(|p| p.site == Site::Wiki && p.entity == Some(e.id))
                 .expect("wiki page");
             assert!(
                 wiki.html.contains("<nav>") && wiki.html.contains("<script>"),

@@ -233,7 +233,12 @@ mod tests {
         // the chain visits next, and find the answer on the last page.
         let w = World::generate(13, 300);
         let pages = render(&w);
-        let wiki = |id: EntityId| pages.iter().find(|p| p.site == Site::Wiki && p.entity == id).unwrap();
+        let wiki = |id: EntityId| {
+            pages
+                .iter()
+                .find(|p| p.site == Site::Wiki && p.entity == Some(id))
+                .unwrap()
+        };
         for q in generate(&w, 2, 80, 1..=4) {
             assert!(q.text.contains(&w.get(q.chain[0]).name), "{}", q.text);
             for pair in q.chain.windows(2) {

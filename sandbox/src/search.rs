@@ -131,7 +131,7 @@ mod tests {
             let hits = index.search(subject, 10).unwrap();
             if hits
                 .iter()
-                .any(|h| pages[h.page].site == Site::Wiki && pages[h.page].entity == q.chain[0])
+                .any(|h| pages[h.page].site == Site::Wiki && pages[h.page].entity == Some(q.chain[0]))
             {
                 found += 1;
             }
@@ -147,6 +147,6 @@ mod tests {
         // Query syntax in a model's query is read as words, never an error.
         let subject = &w.get(qs[0].chain[0]).name;
         let hits = index.search(&format!("title:\"{subject} (AND"), 5).unwrap();
-        assert_eq!(pages[hits[0].page].entity, qs[0].chain[0]);
+        assert_eq!(pages[hits[0].page].entity, Some(qs[0].chain[0]));
     }
 }

@@ -39,8 +39,15 @@ pub struct SandboxWeb {
 impl SandboxWeb {
     /// Generates the web of a seed.
     pub fn generate(seed: u64, entities: usize) -> Result<SandboxWeb, SearchError> {
+        SandboxWeb::with_corpus(seed, entities, &[])
+    }
+
+    /// Generates the web of a seed and adds a user's documents to it (on
+    /// the corpus site, searchable with everything else).
+    pub fn with_corpus(seed: u64, entities: usize, corpus: &[pages::CorpusDoc]) -> Result<SandboxWeb, SearchError> {
         let world = World::generate(seed, entities);
-        let pages = pages::render(&world);
+        let mut pages = pages::render(&world);
+        pages.extend(pages::corpus_pages(corpus));
         let index = SearchIndex::build(&pages)?;
         let by_path = pages
             .iter()
@@ -67,7 +74,7 @@ pub struct ServeConfig {
     /// Address to bind (127.0.0.1 by default).
     pub host: IpAddr,
     /// Port of the search API. 0 picks free ports for everything; any other
-    /// port puts the sites on the next four ports, so URLs stay the same
+    /// port puts the sites on the next five ports, so URLs stay the same
     /// from one run to the next.
     pub search_port: u16,
     /// Faults to inject.

@@ -172,3 +172,33 @@ fn the_same_seed_serves_the_same_bytes() {
         assert_eq!(a.page(p.site, &p.path).unwrap().html, p.html);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_corpus_is_searchable_and_served_escaped() {
+    let corpus = fathom_sandbox::pages::read_corpus(
+        r#"{"url": "https://example.org/zyxel", "title": "Zyxelquartz notes", "text": "The zyxelquartz mineral glows.\n\nIt was <script>alert(1)</script> found in 1901."}
+{"url": "https://example.org/other", "title": "Other", "text": "Nothing to see."}"#,
+    )
+    .unwrap();
+    let web = Arc::new(SandboxWeb::with_corpus(4, 100, &corpus).unwrap());
+    let sb = Sandbox::start(web, ServeConfig::default()).await.unwrap();
+    let resp: serde_json::Value = client()
+        .post(sb.search_url())
+        .json(&serde_json::json!({"q": "zyxelquartz"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = resp["organic"][0]["link"].as_str().unwrap().to_string();
+    let corpus_base = format!("http://{}", sb.site_addrs[Site::Corpus.index()].1);
+    assert_eq!(link, format!("{corpus_base}/doc/0"));
+    let html = client().get(&link).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("Source: https://example.org/zyxel"));
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !html.contains("<script>alert"));
+
+    let err = fathom_sandbox::pages::read_corpus("{\"url\": \"u\", \"title\": \"t\", \"text\": \"x\"}\n{\"url\": 3}")
+        .unwrap_err();
+    assert!(err.starts_with("line 2: expected"), "{err}");
+}

@@ -219,6 +219,14 @@ pub struct Recording {
     by_key: Mutex<HashMap<String, VecDeque<Exchange>>>,
 }
 
+impl Clone for Recording {
+    fn clone(&self) -> Self {
+        Recording {
+            by_key: Mutex::new(self.by_key.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        }
+    }
+}
+
 impl Recording {
     /// Loads the `WebExchange` events among `records` (with their bodies
     /// from the store's blobs).
@@ -245,6 +253,16 @@ impl Recording {
         Ok(Recording {
             by_key: Mutex::new(by_key),
         })
+    }
+
+    /// How many recorded exchanges are left to answer requests.
+    pub fn remaining(&self) -> usize {
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(VecDeque::len)
+            .sum()
     }
 
     fn take(&self, key: &str) -> Option<Exchange> {

@@ -33,3 +33,34 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Starts `fathom sandbox serve` on free loopback ports and returns the
+/// child (kill it when done) and the search API's `host:port`.
+pub fn spawn_sandbox(data: &Path, seed: &str, entities: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = fathom(data)
+        .args([
+            "sandbox",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--seed",
+            seed,
+            "--entities",
+            entities,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fathom starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    (child, addr)
+}

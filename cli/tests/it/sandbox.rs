@@ -1,10 +1,7 @@
 //! `fathom sandbox serve` from the outside.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
-
-use crate::fathom;
 
 /// A minimal HTTP/1.1 GET over loopback, returning the body.
 fn http_get(addr: &str, path: &str) -> String {
@@ -20,30 +17,7 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn serve_prints_its_address_and_answers_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = fathom(dir.path())
-        .args([
-            "sandbox",
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--seed",
-            "3",
-            "--entities",
-            "100",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect(&line)
-        .to_string();
+    let (mut child, addr) = crate::spawn_sandbox(dir.path(), "3", "100");
     let about: serde_json::Value = serde_json::from_str(&http_get(&addr, "/")).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();

@@ -1,34 +1,12 @@
 //! `fathom web search` and `fathom web fetch` through the gateway.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
-use crate::{fathom, run, stderr, stdout};
+use crate::{run, stderr, stdout};
 
 #[test]
 fn search_and_fetch_against_a_running_sandbox_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = fathom(dir.path())
-        .args([
-            "sandbox",
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--seed",
-            "5",
-            "--entities",
-            "150",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap().to_string();
+    let (mut server, addr) = crate::spawn_sandbox(dir.path(), "5", "150");
 
     let out = run(&data, &["web", "search", "--sandbox", &addr, "founded company", "born"]);
     let text = stdout(&out);

@@ -437,7 +437,9 @@ impl Gateway {
         let key = canonical::search_key(self.config.search.name(), query, n);
         let backend = self.config.search.clone();
         let target_url = match &backend {
-            SearchBackend::Serper { url, .. } | SearchBackend::Searxng { url } => url.clone(),
+            SearchBackend::Serper { url, .. } | SearchBackend::Searxng { url } => {
+                url::Url::parse(url).map_err(|e| WebError::Transport(format!("bad search endpoint '{url}': {e}")))?
+            }
         };
         let ex = self
             .exchange(ctx, WebKind::Search, query, &key, &target_url, |client| {
@@ -488,9 +490,8 @@ impl Gateway {
         if self.mode != Mode::Replay {
             self.config.policy.check_url(&parsed)?;
         }
-        let target = parsed.to_string();
         let ex = self
-            .exchange(ctx, WebKind::Fetch, url, &key, &target, |client| {
+            .exchange(ctx, WebKind::Fetch, url, &key, &parsed, |client| {
                 client.get(parsed.clone())
             })
             .await?;
@@ -517,17 +518,17 @@ impl Gateway {
         })
     }
 
-    fn host_limit(&self, target: &str) -> Arc<tokio::sync::Semaphore> {
-        let host = url::Url::parse(target)
-            .ok()
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
-            })
-            .unwrap_or_default();
-        self.hosts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn host_limit(&self, url: &url::Url) -> Arc<tokio::sync::Semaphore> {
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(limit) = hosts.get(&host) {
+            return limit.clone();
+        }
+        hosts
             .entry(host)
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.config.per_host.max(1))))
             .clone()
@@ -541,7 +542,7 @@ impl Gateway {
         kind: WebKind,
         target: &str,
         key: &str,
-        url: &str,
+        url: &url::Url,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Exchange, WebError> {
         let attempts = self.config.retries + 1;
@@ -586,7 +587,7 @@ impl Gateway {
         unreachable!("the last attempt always returns")
     }
 
-    async fn attempt(&self, url: &str, build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder) -> Exchange {
+    async fn attempt(&self, url: &url::Url, build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder) -> Exchange {
         let client = self.http.as_ref().expect("live gateways hold a client");
         let limit = self.host_limit(url);
         let _permit = limit.acquire().await.expect("semaphores are never closed");

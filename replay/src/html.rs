@@ -130,7 +130,7 @@ pub fn to_text(html: &str) -> String {
     let mut out = String::with_capacity(html.len() / 3);
     let mut rest = html;
     // The element whose content is being dropped, and how deep inside it.
-    let mut dropping: Option<(String, usize)> = None;
+    let mut dropping: Option<(&'static str, usize)> = None;
     while let Some(lt) = rest.find('<') {
         if dropping.is_none() {
             push_text(&mut out, &rest[..lt]);
@@ -159,12 +159,19 @@ pub fn to_text(html: &str) -> String {
         let inner = &tag_src[1..gt];
         rest = &tag_src[gt + 1..];
         let closing = inner.starts_with('/');
-        let name: String = inner
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
+        // The tag name, lowercased into a small buffer (names are short;
+        // longer ones match nothing we act on).
+        let raw = inner.trim_start_matches('/').as_bytes();
+        let len = raw.iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+        let mut buf = [0u8; 12];
+        let name = if len <= buf.len() {
+            for (d, s) in buf.iter_mut().zip(&raw[..len]) {
+                *d = s.to_ascii_lowercase();
+            }
+            std::str::from_utf8(&buf[..len]).unwrap_or("")
+        } else {
+            "x-long"
+        };
         if name.is_empty() {
             continue; // `<!DOCTYPE …>`, `<?xml …>` and stray `<`-like noise.
         }
@@ -182,13 +189,13 @@ pub fn to_text(html: &str) -> String {
             }
             continue;
         }
-        if DROP.contains(&name.as_str()) {
+        if let Some(&dropped) = DROP.iter().find(|d| **d == name) {
             if !closing && !self_closing {
-                dropping = Some((name, 1));
+                dropping = Some((dropped, 1));
             }
             continue;
         }
-        match name.as_str() {
+        match name {
             "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => {
                 blank_line(&mut out);
                 if !closing {
@@ -205,7 +212,7 @@ pub fn to_text(html: &str) -> String {
             }
             "td" | "th" if closing => out.push_str(" | "),
             "p" | "table" | "ul" | "ol" | "dl" | "blockquote" | "pre" | "figure" => blank_line(&mut out),
-            _ if BLOCK.contains(&name.as_str()) => newline(&mut out),
+            _ if BLOCK.contains(&name) => newline(&mut out),
             _ => {}
         }
     }

@@ -1,3 +1,6 @@
-//! Policies, the rollout engine, GRPO, checkpoints and resume (to be built
-//! by the agent, model-policy and trainer issues). May use `core`, `store`
-//! and `replay`; the web is reached only through `replay`'s gateway.
+//! Policies, the rollout engine, GRPO, checkpoints and resume (the agent,
+//! model-policy and trainer issues). Built so far: tool execution with the
+//! browsing agent ([`tools`]). May use `core`, `store` and `replay`; the web
+//! is reached only through `replay`'s gateway.
+
+pub mod tools;

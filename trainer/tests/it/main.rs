@@ -1,0 +1,3 @@
+//! Tool execution against the sandbox on loopback.
+
+mod tools;

@@ -3,4 +3,6 @@
 //! browsing agent ([`tools`]). May use `core`, `store` and `replay`; the web
 //! is reached only through `replay`'s gateway.
 
+pub mod policy;
+pub mod scripted;
 pub mod tools;

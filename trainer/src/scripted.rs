@@ -1,0 +1,421 @@
+//! The scripted researcher: a deterministic heuristic policy.
+//!
+//! It decomposes a question into a subject and a chain of relations ("the
+//! capital of the country where the founder of X was born" is X → founder
+//! → birthplace → country → capital), then for each hop searches the
+//! current entity, browses its page, and reads the relation's value from
+//! the browsing agent's notes. Questions of other shapes get one search of
+//! the whole question, one browse, and an honest "cannot find" when the
+//! notes do not give an answer. Its turns follow the protocol's text format
+//! exactly, so its trajectories are valid training data; it is the
+//! prompt-engineering baseline and the teacher for warm-start data.
+
+use fathom_core::event::FinishReason;
+use fathom_core::protocol::{Message, ToolCall};
+
+use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
+
+/// A relation the researcher can follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// Company → founder.
+    Founder,
+    /// Person → birth year (an answer, not an entity).
+    BornYear,
+    /// Person → birthplace.
+    Birthplace,
+    /// City → country.
+    Country,
+    /// Country → capital.
+    Capital,
+    /// Work → creator.
+    Creator,
+    /// Work → publisher.
+    Publisher,
+}
+
+impl Relation {
+    fn noun(self) -> &'static str {
+        match self {
+            Relation::Founder => "founder",
+            Relation::BornYear => "birth year",
+            Relation::Birthplace => "birthplace",
+            Relation::Country => "country",
+            Relation::Capital => "capital",
+            Relation::Creator => "creator",
+            Relation::Publisher => "publisher",
+        }
+    }
+
+    /// Reads the relation's value from notes, by the phrasing pages use.
+    pub fn extract(self, entity: &str, notes: &str) -> Option<String> {
+        let after = |marker: &str| -> Option<String> {
+            notes.match_indices(marker).find_map(|(i, _)| {
+                let rest = &notes[i + marker.len()..];
+                let end = rest.find(['.', ',', ';', '\n']).unwrap_or(rest.len());
+                let v = rest[..end].trim();
+                (!v.is_empty()).then(|| v.to_string())
+            })
+        };
+        match self {
+            Relation::Founder => notes.match_indices(" by ").find_map(|(i, _)| {
+                let before = &notes[..i];
+                before.rfind("founded in").map(|_| ())?;
+                let rest = &notes[i + 4..];
+                let end = rest.find(['.', ',', ';', '\n']).unwrap_or(rest.len());
+                Some(rest[..end].trim().to_string())
+            }),
+            Relation::Birthplace | Relation::BornYear => {
+                // "<entity> was born in CITY in 1950."
+                let v = after(&format!("{entity} was born in "))?;
+                let (city, year) = v.rsplit_once(" in ")?;
+                Some(if self == Relation::Birthplace { city.trim().to_string() } else { year.trim().to_string() })
+            }
+            Relation::Country => after(&format!("{entity} is a city in ")),
+            Relation::Capital => after("Its capital is "),
+            Relation::Creator => ["written by ", "directed by ", "recorded by "].iter().find_map(|m| after(m)),
+            Relation::Publisher => ["published by ", "produced by ", "released by "].iter().find_map(|m| after(m)),
+        }
+    }
+}
+
+/// Splits a question into its subject and the relations to follow, for the
+/// question shapes the sandbox asks; `None` for other shapes.
+pub fn decompose(question: &str) -> Option<(String, Vec<Relation>)> {
+    use Relation::*;
+    let q = question.trim().trim_end_matches('?').trim();
+    let work = |rest: &str| -> Option<String> {
+        // "the novel X" / "the film X" / "the album X"
+        ["the novel ", "the film ", "the album "]
+            .iter()
+            .find_map(|p| rest.strip_prefix(p))
+            .map(str::to_string)
+    };
+    let creator_of = |s: &str| -> Option<String> {
+        ["the author of ", "the director of ", "the artist of "]
+            .iter()
+            .find_map(|p| s.strip_prefix(p))
+            .and_then(work)
+    };
+    if let Some(x) = q.strip_prefix("Who founded ") {
+        return Some((x.to_string(), vec![Founder]));
+    }
+    if let Some(rest) = q.strip_prefix("What is the capital of the country where ") {
+        let rest = rest.strip_suffix(" was born")?;
+        if let Some(x) = rest.strip_prefix("the founder of ") {
+            return Some((x.to_string(), vec![Founder, Birthplace, Country, Capital]));
+        }
+        return creator_of(rest).map(|x| (x, vec![Creator, Birthplace, Country, Capital]));
+    }
+    if let Some(rest) = q.strip_prefix("In which country was the founder of ") {
+        return rest.strip_suffix(" born").map(|x| (x.to_string(), vec![Founder, Birthplace, Country]));
+    }
+    if let Some(rest) = q.strip_prefix("In which city was the founder of ") {
+        let rest = rest.strip_suffix(" born")?;
+        if let Some(w) = rest.strip_prefix("the company behind ") {
+            return work(w).map(|x| (x, vec![Publisher, Founder, Birthplace]));
+        }
+        return Some((rest.to_string(), vec![Founder, Birthplace]));
+    }
+    if let Some(rest) = q.strip_prefix("In which year was ") {
+        let rest = rest.strip_suffix(" born")?;
+        if let Some(x) = creator_of(rest) {
+            return Some((x, vec![Creator, BornYear]));
+        }
+        return Some((rest.to_string(), vec![BornYear]));
+    }
+    None
+}
+
+/// Search results in a tool response: (title, url) pairs in order.
+fn results_of(response: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut title: Option<String> = None;
+    for line in response.lines() {
+        if let Some(rest) = line.strip_prefix('[')
+            && let Some((_, t)) = rest.split_once("] ")
+        {
+            title = Some(t.to_string());
+        } else if let Some(url) = line.strip_prefix("URL: ")
+            && let Some(t) = title.take()
+        {
+            out.push((t, url.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn unwrap_tool_response(m: &Message) -> Option<&str> {
+    match m {
+        Message::Tool(t) => Some(
+            t.trim()
+                .trim_start_matches("<tool_response>")
+                .trim_end_matches("</tool_response>")
+                .trim(),
+        ),
+        _ => None,
+    }
+}
+
+fn search_turn(think: &str, query: &str) -> String {
+    let call = ToolCall::WebSearch {
+        query: vec![query.to_string()],
+    };
+    format!(
+        "<think>{think}</think>\n<tool_call>{{\"name\": \"{}\", \"arguments\": {}}}</tool_call>",
+        call.name(),
+        call.arguments_json()
+    )
+}
+
+fn browse_turn(think: &str, url: &str) -> String {
+    let call = ToolCall::BrowseWebpage {
+        url_list: vec![url.to_string()],
+    };
+    format!(
+        "<think>{think}</think>\n<tool_call>{{\"name\": \"{}\", \"arguments\": {}}}</tool_call>",
+        call.name(),
+        call.arguments_json()
+    )
+}
+
+fn answer_turn(think: &str, answer: &str) -> String {
+    format!("<think>{think}</think>\n<answer>{answer}</answer>")
+}
+
+/// What the researcher is doing, kept across the turns of one episode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Start,
+    /// Searched for `entity`; next, browse.
+    Searched { entity: String },
+    /// Browsed result `index` of the last search for `entity`.
+    Browsed { entity: String, index: usize, results: Vec<(String, String)> },
+}
+
+/// The scripted researcher. One instance per episode.
+#[derive(Debug, Clone)]
+pub struct ScriptedPolicy {
+    plan: Option<(String, Vec<Relation>)>,
+    hop: usize,
+    step: Step,
+}
+
+impl Default for ScriptedPolicy {
+    fn default() -> Self {
+        ScriptedPolicy {
+            plan: None,
+            hop: 0,
+            step: Step::Start,
+        }
+    }
+}
+
+impl ScriptedPolicy {
+    /// A researcher for a new episode.
+    pub fn new() -> Self {
+        ScriptedPolicy::default()
+    }
+
+    fn next_text(&mut self, input: PolicyInput<'_>) -> String {
+        if input.turn == 0 {
+            self.plan = decompose(input.question);
+            self.hop = 0;
+            self.step = Step::Start;
+        }
+        let last_response = input.messages.last().and_then(unwrap_tool_response).unwrap_or_default();
+        // On the last allowed turn, answer with whatever is known.
+        let Some((subject, relations)) = self.plan.clone() else {
+            return self.generic(input, last_response);
+        };
+        match std::mem::replace(&mut self.step, Step::Start) {
+            Step::Start => {
+                let steps: Vec<&str> = relations.iter().map(|r| r.noun()).collect();
+                self.step = Step::Searched { entity: subject.clone() };
+                search_turn(
+                    &format!(
+                        "First I will find the page about {subject}, then follow {} to the answer.",
+                        steps.join(", then the ")
+                    ),
+                    &subject,
+                )
+            }
+            Step::Searched { entity } => {
+                let results = results_of(last_response);
+                self.browse_result(entity, results, 0)
+            }
+            Step::Browsed { entity, index, results } => {
+                let relation = relations[self.hop];
+                match relation.extract(&entity, last_response) {
+                    Some(value) if self.hop + 1 == relations.len() => answer_turn(
+                        &format!("The page says the {} of {entity} is {value}.", relation.noun()),
+                        &value,
+                    ),
+                    Some(value) => {
+                        self.hop += 1;
+                        self.step = Step::Searched { entity: value.clone() };
+                        search_turn(
+                            &format!(
+                                "The {} of {entity} is {value}. Next I need the {} of {value}.",
+                                relation.noun(),
+                                relations[self.hop].noun()
+                            ),
+                            &value,
+                        )
+                    }
+                    None => self.browse_result(entity, results, index + 1),
+                }
+            }
+        }
+    }
+
+    fn browse_result(&mut self, entity: String, results: Vec<(String, String)>, from: usize) -> String {
+        // Prefer the page titled exactly like the entity, then the others in order.
+        let mut order: Vec<usize> = (0..results.len()).collect();
+        order.sort_by_key(|&i| (!results[i].0.eq_ignore_ascii_case(&entity), i));
+        match order.get(from) {
+            Some(&i) if from < 3 => {
+                let (title, url) = results[i].clone();
+                self.step = Step::Browsed {
+                    entity: entity.clone(),
+                    index: from,
+                    results,
+                };
+                browse_turn(&format!("The result \"{title}\" should say more about {entity}."), &url)
+            }
+            _ => answer_turn(
+                &format!("None of the pages I could read says this about {entity}."),
+                "I cannot find the answer in the sources",
+            ),
+        }
+    }
+
+    /// Questions of unknown shape: search it, read the best page, answer
+    /// with the first name-like phrase not in the question, or abstain.
+    fn generic(&mut self, input: PolicyInput<'_>, last_response: &str) -> String {
+        match input.turn {
+            0 => search_turn("I will search for the question directly.", input.question),
+            1 => match results_of(last_response).first() {
+                Some((_, url)) => browse_turn("The top result looks relevant.", url),
+                None => answer_turn("The search found nothing.", "I cannot find the answer in the sources"),
+            },
+            _ => {
+                let q = fathom_core::reward::word_set(input.question);
+                let candidate = last_response
+                    .lines()
+                    .filter(|l| !l.starts_with("## "))
+                    .flat_map(|l| l.split(['.', ',', ';']))
+                    .flat_map(|s| capitalised_runs(s))
+                    .find(|c| fathom_core::reward::word_set(c).is_disjoint(&q));
+                match candidate {
+                    Some(c) => answer_turn("This name answers the question.", &c),
+                    None => answer_turn("The page does not answer it.", "I cannot find the answer in the sources"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs of capitalised words (not sentence-initial alone) in a text.
+fn capitalised_runs(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut run: Vec<&str> = Vec::new();
+    for (i, w) in s.split_whitespace().enumerate() {
+        if w.chars().next().is_some_and(char::is_uppercase) && i > 0 {
+            run.push(w);
+        } else if !run.is_empty() {
+            out.push(run.join(" "));
+            run.clear();
+        }
+    }
+    if !run.is_empty() {
+        out.push(run.join(" "));
+    }
+    out
+}
+
+impl Policy for ScriptedPolicy {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    fn generate(&mut self, input: PolicyInput<'_>) -> Result<Generation, PolicyError> {
+        let text = self.next_text(input);
+        let n_tokens = (text.len() / 4).max(1) as u32;
+        Ok(Generation {
+            text,
+            token_ids: None,
+            logprobs: None,
+            n_tokens,
+            finish: FinishReason::Stop,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Relation::*;
+
+    #[test]
+    fn sandbox_questions_decompose_into_relation_chains() {
+        let cases = [
+            ("Who founded Zest Mobile?", "Zest Mobile", vec![Founder]),
+            ("In which year was Ada Lind born?", "Ada Lind", vec![BornYear]),
+            ("In which city was the founder of Zest Mobile born?", "Zest Mobile", vec![Founder, Birthplace]),
+            ("In which year was the author of the novel The Last Tide born?", "The Last Tide", vec![Creator, BornYear]),
+            ("In which country was the founder of Zest Mobile born?", "Zest Mobile", vec![Founder, Birthplace, Country]),
+            (
+                "In which city was the founder of the company behind the film The Last Tide born?",
+                "The Last Tide",
+                vec![Publisher, Founder, Birthplace],
+            ),
+            (
+                "What is the capital of the country where the founder of Zest Mobile was born?",
+                "Zest Mobile",
+                vec![Founder, Birthplace, Country, Capital],
+            ),
+            (
+                "What is the capital of the country where the artist of the album Blue Tide was born?",
+                "Blue Tide",
+                vec![Creator, Birthplace, Country, Capital],
+            ),
+        ];
+        for (q, subject, chain) in cases {
+            assert_eq!(decompose(q), Some((subject.to_string(), chain)), "{q}");
+        }
+        assert_eq!(decompose("what happened to ray lake of the real thing"), None);
+    }
+
+    #[test]
+    fn relation_values_are_read_from_page_phrasing() {
+        let notes = "Zest Mobile is a mobile phones company founded in 2011 by Ada Lind. The company is headquartered in Holmford.";
+        assert_eq!(Founder.extract("Zest Mobile", notes).as_deref(), Some("Ada Lind"));
+        let notes = "Ada Lind is an engineer. Ada Lind was born in Port Ria in 1980.";
+        assert_eq!(Birthplace.extract("Ada Lind", notes).as_deref(), Some("Port Ria"));
+        assert_eq!(BornYear.extract("Ada Lind", notes).as_deref(), Some("1980"));
+        assert_eq!(Country.extract("Port Ria", "Port Ria is a city in Veland.").as_deref(), Some("Veland"));
+        assert_eq!(Capital.extract("Veland", "Veland is a country. Its capital is Holm.").as_deref(), Some("Holm"));
+        assert_eq!(Creator.extract("X", "X is a 1990 film directed by Bo Dag.").as_deref(), Some("Bo Dag"));
+        assert_eq!(Publisher.extract("X", "It was released by Tide Records.").as_deref(), Some("Tide Records"));
+        assert_eq!(Founder.extract("Zest", "No founder here."), None);
+    }
+
+    #[test]
+    fn every_turn_is_well_formed() {
+        let mut p = ScriptedPolicy::new();
+        let msgs = vec![Message::User("Who founded Zest Mobile?".into())];
+        let g = p
+            .generate(PolicyInput {
+                question: "Who founded Zest Mobile?",
+                messages: &msgs,
+                turn: 0,
+                seed: 1,
+                max_tokens: 2000,
+            })
+            .unwrap();
+        let turn = fathom_core::protocol::parse_turn(&g.text).unwrap();
+        assert!(matches!(turn.action, fathom_core::protocol::Action::ToolCall(ToolCall::WebSearch { .. })));
+        assert!(turn.think.unwrap().starts_with("First I will find"));
+    }
+}

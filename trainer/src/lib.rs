@@ -4,5 +4,6 @@
 //! is reached only through `replay`'s gateway.
 
 pub mod policy;
+pub mod rollout;
 pub mod scripted;
 pub mod tools;

@@ -69,12 +69,20 @@ impl Relation {
                 // "<entity> was born in CITY in 1950."
                 let v = after(&format!("{entity} was born in "))?;
                 let (city, year) = v.rsplit_once(" in ")?;
-                Some(if self == Relation::Birthplace { city.trim().to_string() } else { year.trim().to_string() })
+                Some(if self == Relation::Birthplace {
+                    city.trim().to_string()
+                } else {
+                    year.trim().to_string()
+                })
             }
             Relation::Country => after(&format!("{entity} is a city in ")),
             Relation::Capital => after("Its capital is "),
-            Relation::Creator => ["written by ", "directed by ", "recorded by "].iter().find_map(|m| after(m)),
-            Relation::Publisher => ["published by ", "produced by ", "released by "].iter().find_map(|m| after(m)),
+            Relation::Creator => ["written by ", "directed by ", "recorded by "]
+                .iter()
+                .find_map(|m| after(m)),
+            Relation::Publisher => ["published by ", "produced by ", "released by "]
+                .iter()
+                .find_map(|m| after(m)),
         }
     }
 }
@@ -108,7 +116,9 @@ pub fn decompose(question: &str) -> Option<(String, Vec<Relation>)> {
         return creator_of(rest).map(|x| (x, vec![Creator, Birthplace, Country, Capital]));
     }
     if let Some(rest) = q.strip_prefix("In which country was the founder of ") {
-        return rest.strip_suffix(" born").map(|x| (x.to_string(), vec![Founder, Birthplace, Country]));
+        return rest
+            .strip_suffix(" born")
+            .map(|x| (x.to_string(), vec![Founder, Birthplace, Country]));
     }
     if let Some(rest) = q.strip_prefix("In which city was the founder of ") {
         let rest = rest.strip_suffix(" born")?;
@@ -188,9 +198,15 @@ fn answer_turn(think: &str, answer: &str) -> String {
 enum Step {
     Start,
     /// Searched for `entity`; next, browse.
-    Searched { entity: String },
+    Searched {
+        entity: String,
+    },
     /// Browsed result `index` of the last search for `entity`.
-    Browsed { entity: String, index: usize, results: Vec<(String, String)> },
+    Browsed {
+        entity: String,
+        index: usize,
+        results: Vec<(String, String)>,
+    },
 }
 
 /// The scripted researcher. One instance per episode.
@@ -231,7 +247,9 @@ impl ScriptedPolicy {
         match std::mem::replace(&mut self.step, Step::Start) {
             Step::Start => {
                 let steps: Vec<&str> = relations.iter().map(|r| r.noun()).collect();
-                self.step = Step::Searched { entity: subject.clone() };
+                self.step = Step::Searched {
+                    entity: subject.clone(),
+                };
                 search_turn(
                     &format!(
                         "First I will find the page about {subject}, then follow {} to the answer.",
@@ -309,7 +327,10 @@ impl ScriptedPolicy {
                     .find(|c| fathom_core::reward::word_set(c).is_disjoint(&q));
                 match candidate {
                     Some(c) => answer_turn("This name answers the question.", &c),
-                    None => answer_turn("The page does not answer it.", "I cannot find the answer in the sources"),
+                    None => answer_turn(
+                        "The page does not answer it.",
+                        "I cannot find the answer in the sources",
+                    ),
                 }
             }
         }
@@ -362,9 +383,21 @@ mod tests {
         let cases = [
             ("Who founded Zest Mobile?", "Zest Mobile", vec![Founder]),
             ("In which year was Ada Lind born?", "Ada Lind", vec![BornYear]),
-            ("In which city was the founder of Zest Mobile born?", "Zest Mobile", vec![Founder, Birthplace]),
-            ("In which year was the author of the novel The Last Tide born?", "The Last Tide", vec![Creator, BornYear]),
-            ("In which country was the founder of Zest Mobile born?", "Zest Mobile", vec![Founder, Birthplace, Country]),
+            (
+                "In which city was the founder of Zest Mobile born?",
+                "Zest Mobile",
+                vec![Founder, Birthplace],
+            ),
+            (
+                "In which year was the author of the novel The Last Tide born?",
+                "The Last Tide",
+                vec![Creator, BornYear],
+            ),
+            (
+                "In which country was the founder of Zest Mobile born?",
+                "Zest Mobile",
+                vec![Founder, Birthplace, Country],
+            ),
             (
                 "In which city was the founder of the company behind the film The Last Tide born?",
                 "The Last Tide",
@@ -394,10 +427,24 @@ mod tests {
         let notes = "Ada Lind is an engineer. Ada Lind was born in Port Ria in 1980.";
         assert_eq!(Birthplace.extract("Ada Lind", notes).as_deref(), Some("Port Ria"));
         assert_eq!(BornYear.extract("Ada Lind", notes).as_deref(), Some("1980"));
-        assert_eq!(Country.extract("Port Ria", "Port Ria is a city in Veland.").as_deref(), Some("Veland"));
-        assert_eq!(Capital.extract("Veland", "Veland is a country. Its capital is Holm.").as_deref(), Some("Holm"));
-        assert_eq!(Creator.extract("X", "X is a 1990 film directed by Bo Dag.").as_deref(), Some("Bo Dag"));
-        assert_eq!(Publisher.extract("X", "It was released by Tide Records.").as_deref(), Some("Tide Records"));
+        assert_eq!(
+            Country.extract("Port Ria", "Port Ria is a city in Veland.").as_deref(),
+            Some("Veland")
+        );
+        assert_eq!(
+            Capital
+                .extract("Veland", "Veland is a country. Its capital is Holm.")
+                .as_deref(),
+            Some("Holm")
+        );
+        assert_eq!(
+            Creator.extract("X", "X is a 1990 film directed by Bo Dag.").as_deref(),
+            Some("Bo Dag")
+        );
+        assert_eq!(
+            Publisher.extract("X", "It was released by Tide Records.").as_deref(),
+            Some("Tide Records")
+        );
         assert_eq!(Founder.extract("Zest", "No founder here."), None);
     }
 
@@ -415,7 +462,10 @@ mod tests {
             })
             .unwrap();
         let turn = fathom_core::protocol::parse_turn(&g.text).unwrap();
-        assert!(matches!(turn.action, fathom_core::protocol::Action::ToolCall(ToolCall::WebSearch { .. })));
+        assert!(matches!(
+            turn.action,
+            fathom_core::protocol::Action::ToolCall(ToolCall::WebSearch { .. })
+        ));
         assert!(turn.think.unwrap().starts_with("First I will find"));
     }
 }

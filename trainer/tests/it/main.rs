@@ -1,3 +1,4 @@
 //! Tool execution against the sandbox on loopback.
 
+mod rollout;
 mod tools;

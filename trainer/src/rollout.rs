@@ -1,0 +1,352 @@
+//! The rollout engine: runs an episode turn by turn (policy → parser →
+//! tool → policy …), scores it, tags its behaviours, and records every
+//! step as an event.
+//!
+//! Budgets: at most `max_turns` turns (so `max_turns - 1` tool calls and an
+//! answer) and `max_turn_tokens` generated tokens per turn; tool responses
+//! are capped by [`ToolLimits`]. Events of a turn are appended together in
+//! relaxed mode (logging never waits for the disk mid-episode); the final
+//! `EpisodeFinished` append is durable and makes the whole episode durable.
+
+use std::sync::Arc;
+
+use fathom_core::behaviour::{self, Step, Trajectory};
+use fathom_core::event::{
+    BehaviourTagged, EndReason, EpisodeFinished, EpisodeStarted, FinishReason, PageSegmentRead, ToolCalled, ToolResult,
+    TurnGenerated,
+};
+use fathom_core::protocol::{self, Action, Message, ToolCall};
+use fathom_core::reward::{self, Score};
+use fathom_core::{Clock, EpisodeId, Event, Payload, QuestionId, RequestId, RunId};
+use fathom_replay::{Context, Gateway};
+use fathom_store::{Durability, Store};
+
+use crate::policy::{Policy, PolicyInput};
+use crate::tools::{Reader, ToolLimits, ToolRunner};
+
+/// Episode budgets.
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    /// Turns per episode at most.
+    pub max_turns: u32,
+    /// Generated tokens per turn at most.
+    pub max_turn_tokens: u32,
+    /// Tool limits.
+    pub tools: ToolLimits,
+    /// Today's date for the system prompt (fixed per run, so replays match).
+    pub today: String,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            max_turns: protocol::MAX_TURNS,
+            max_turn_tokens: protocol::MAX_TURN_TOKENS,
+            tools: ToolLimits::default(),
+            today: "2026-01-01".into(),
+        }
+    }
+}
+
+/// The question an episode answers, and where it sits in training.
+#[derive(Debug, Clone)]
+pub struct EpisodeSpec {
+    /// The data set's id.
+    pub question_id: QuestionId,
+    /// The question.
+    pub question: String,
+    /// Accepted answers.
+    pub ground_truths: Vec<String>,
+    /// Training step (or evaluation batch).
+    pub step: u64,
+    /// GRPO group.
+    pub group_id: u32,
+    /// Index within the group.
+    pub group_index: u32,
+    /// The episode's sampling seed.
+    pub seed: u64,
+}
+
+/// What an episode came to.
+#[derive(Debug, Clone)]
+pub struct EpisodeOutcome {
+    /// The episode.
+    pub episode_id: EpisodeId,
+    /// Reward, F1, EM, format verdict.
+    pub score: Score,
+    /// Why it ended.
+    pub ended_by: EndReason,
+    /// Assistant turns.
+    pub n_turns: u32,
+    /// Tool calls.
+    pub n_tool_calls: u32,
+    /// Behaviours found.
+    pub behaviours: Vec<behaviour::Detection>,
+}
+
+/// Why an episode could not be run or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The log refused an append.
+    #[error(transparent)]
+    Store(#[from] fathom_store::Error),
+}
+
+/// Runs episodes for one run.
+#[derive(Clone)]
+pub struct Rollout {
+    store: Arc<Store>,
+    gateway: Arc<Gateway>,
+    clock: Arc<dyn Clock>,
+    run: RunId,
+    config: RolloutConfig,
+}
+
+impl std::fmt::Debug for Rollout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollout")
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rollout {
+    /// An engine recording into `store` under `run`.
+    pub fn new(
+        store: Arc<Store>,
+        gateway: Arc<Gateway>,
+        clock: Arc<dyn Clock>,
+        run: RunId,
+        config: RolloutConfig,
+    ) -> Self {
+        Rollout {
+            store,
+            gateway,
+            clock,
+            run,
+            config,
+        }
+    }
+
+    fn event(&self, payload: impl Into<Payload>) -> Event {
+        Event::new(self.run, self.clock.now(), payload)
+    }
+
+    /// Runs one episode to its end.
+    pub async fn episode(
+        &self,
+        policy: &mut dyn Policy,
+        reader: &mut dyn Reader,
+        spec: &EpisodeSpec,
+    ) -> Result<EpisodeOutcome, RolloutError> {
+        let started = self.clock.now();
+        let episode_id = self.store.new_episode_id()?;
+        let mut messages = vec![
+            Message::System(protocol::system_prompt(&self.config.today)),
+            Message::User(spec.question.clone()),
+        ];
+        let n_prompt_tokens = (protocol::render_chat(&messages, true).len() / 4) as u32;
+        self.store.append_with(
+            &[self.event(EpisodeStarted {
+                episode_id,
+                step: spec.step,
+                group_id: spec.group_id,
+                group_index: spec.group_index,
+                question_id: spec.question_id.clone(),
+                policy_version: policy.version(),
+                seed: spec.seed,
+                replay_of: None,
+                n_prompt_tokens,
+            })],
+            Durability::Relaxed,
+        )?;
+        let mut runner = ToolRunner::new(self.config.tools.clone());
+        let mut steps: Vec<Step> = Vec::new();
+        let mut model_turns: Vec<String> = Vec::new();
+        let (mut n_tool_calls, mut n_searches, mut n_browses, mut n_tokens) = (0u32, 0u32, 0u32, 0u64);
+        let mut ended_by = EndReason::TurnLimit;
+        let mut error_note: Option<String> = None;
+        for turn in 0..self.config.max_turns {
+            let t0 = self.clock.now();
+            let generated = policy.generate(PolicyInput {
+                question: &spec.question,
+                messages: &messages,
+                turn,
+                seed: spec.seed,
+                max_tokens: self.config.max_turn_tokens,
+            });
+            let g = match generated {
+                Ok(g) => g,
+                Err(e) => {
+                    ended_by = EndReason::Error;
+                    error_note = Some(e.to_string());
+                    break;
+                }
+            };
+            let latency_ns = self.clock.now().nanos_since(t0);
+            n_tokens += u64::from(g.n_tokens);
+            let token_ids = match &g.token_ids {
+                Some(ids) => Some(
+                    self.store
+                        .put_blob(&ids.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
+                ),
+                None => None,
+            };
+            let logprobs = match &g.logprobs {
+                Some(lp) => Some(
+                    self.store
+                        .put_blob(&lp.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
+                ),
+                None => None,
+            };
+            let truncated = g.finish == FinishReason::Length || g.n_tokens > self.config.max_turn_tokens;
+            let mut events = vec![self.event(TurnGenerated {
+                episode_id,
+                turn,
+                text: g.text.clone(),
+                token_ids,
+                logprobs,
+                n_context_tokens: (protocol::render_chat(&messages, true).len() / 4) as u32,
+                n_tokens: g.n_tokens,
+                latency_ns,
+                finish: if truncated { FinishReason::Length } else { g.finish },
+            })];
+            model_turns.push(g.text.clone());
+            messages.push(Message::Assistant(g.text.clone()));
+            if truncated {
+                self.store.append_with(&events, Durability::Relaxed)?;
+                ended_by = EndReason::Truncated;
+                break;
+            }
+            let parsed = match protocol::parse_turn(&g.text) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.store.append_with(&events, Durability::Relaxed)?;
+                    steps.push(Step {
+                        text: g.text,
+                        tool_response: None,
+                    });
+                    ended_by = EndReason::FormatError;
+                    break;
+                }
+            };
+            let call = match parsed.action {
+                Action::Answer(_) => {
+                    self.store.append_with(&events, Durability::Relaxed)?;
+                    steps.push(Step {
+                        text: g.text,
+                        tool_response: None,
+                    });
+                    ended_by = EndReason::Answer;
+                    break;
+                }
+                Action::ToolCall(call) => call,
+            };
+            n_tool_calls += 1;
+            match call {
+                ToolCall::WebSearch { .. } => n_searches += 1,
+                ToolCall::BrowseWebpage { .. } => n_browses += 1,
+            }
+            events.push(self.event(ToolCalled {
+                episode_id,
+                turn,
+                tool: call.name().to_string(),
+                arguments_json: call.arguments_json(),
+            }));
+            if turn + 1 == self.config.max_turns {
+                // No turn is left to read the result: the budget is spent.
+                self.store.append_with(&events, Durability::Relaxed)?;
+                steps.push(Step {
+                    text: g.text,
+                    tool_response: None,
+                });
+                break;
+            }
+            let ctx = Context {
+                run: self.run,
+                episode: Some(episode_id),
+                turn: Some(turn),
+            };
+            let outcome = runner.run(&self.gateway, reader, ctx, &spec.question, &call).await;
+            for r in &outcome.reads {
+                events.push(self.event(PageSegmentRead {
+                    episode_id,
+                    turn,
+                    request_id: RequestId(0),
+                    url: r.url.clone(),
+                    segment: r.segment,
+                    n_segments: r.n_segments,
+                    notes: r.notes.clone(),
+                    read_next: r.read_next,
+                    n_tokens: r.n_tokens,
+                }));
+            }
+            let wrapped = protocol::tool_response(&outcome.text);
+            events.push(self.event(ToolResult {
+                episode_id,
+                turn,
+                tool: call.name().to_string(),
+                text: wrapped.clone(),
+                n_results: outcome.n_results,
+                ok: outcome.ok,
+                error: outcome.error.clone(),
+                truncated: outcome.truncated,
+                n_tokens: (wrapped.len() / 4) as u32,
+            }));
+            self.store.append_with(&events, Durability::Relaxed)?;
+            steps.push(Step {
+                text: g.text,
+                tool_response: Some(outcome.text),
+            });
+            messages.push(Message::Tool(wrapped));
+        }
+
+        let mut score = reward::score_turns(&model_turns, &spec.ground_truths);
+        if let Some(note) = error_note {
+            score = Score::failure(note, None);
+        }
+        let behaviours = behaviour::detect(&Trajectory {
+            steps,
+            ground_truths: spec.ground_truths.clone(),
+        });
+        let mut events: Vec<Event> = behaviours
+            .iter()
+            .map(|d| {
+                self.event(BehaviourTagged {
+                    episode_id,
+                    behaviour: d.behaviour,
+                    turn: d.turn,
+                    span_start: d.span_start,
+                    span_end: d.span_end,
+                    evidence: d.evidence.clone(),
+                    detector_version: behaviour::DETECTOR_VERSION,
+                })
+            })
+            .collect();
+        events.push(self.event(EpisodeFinished {
+            episode_id,
+            answer: score.answer.clone(),
+            reward: score.reward,
+            f1: score.f1,
+            em: score.em,
+            format_ok: score.format_ok,
+            format_error: score.format_error.clone(),
+            n_turns: model_turns.len() as u32,
+            n_tool_calls,
+            n_searches,
+            n_browses,
+            n_tokens,
+            ended_by,
+            duration_ns: self.clock.now().nanos_since(started),
+        }));
+        self.store.append_with(&events, Durability::Durable)?;
+        Ok(EpisodeOutcome {
+            episode_id,
+            score,
+            ended_by,
+            n_turns: model_turns.len() as u32,
+            n_tool_calls,
+            behaviours,
+        })
+    }
+}

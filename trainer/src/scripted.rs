@@ -323,7 +323,7 @@ impl ScriptedPolicy {
                     .lines()
                     .filter(|l| !l.starts_with("## "))
                     .flat_map(|l| l.split(['.', ',', ';']))
-                    .flat_map(|s| capitalised_runs(s))
+                    .flat_map(capitalised_runs)
                     .find(|c| fathom_core::reward::word_set(c).is_disjoint(&q));
                 match candidate {
                     Some(c) => answer_turn("This name answers the question.", &c),

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod eval;
 mod log;
 mod sandbox;
 mod score;
@@ -43,6 +44,8 @@ enum Command {
     /// Search or fetch through the web gateway, recorded, as the agent would.
     #[command(subcommand)]
     Web(web::WebCommand),
+    /// Evaluate a policy on a question set (verl Parquet): F1 and EM per data source.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Web(cmd) => web::run(&cli.data, cmd),
+        Command::Eval(args) => eval::run(&cli.data, args),
     };
     match result {
         Ok(code) => code,

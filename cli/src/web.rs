@@ -57,6 +57,9 @@ pub struct WebArgs {
     /// Size of an in-process sandbox.
     #[arg(long, default_value_t = 2000)]
     pub sandbox_entities: usize,
+    /// Faults an in-process sandbox injects (see `fathom sandbox serve --faults`).
+    #[arg(long, default_value = "none")]
+    pub sandbox_faults: String,
     /// Do not record the exchanges in the log.
     #[arg(long)]
     pub no_record: bool,
@@ -71,12 +74,12 @@ pub fn run(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Keeps an in-process sandbox alive for the command's duration.
-struct Web {
-    config: GatewayConfig,
+pub(crate) struct Web {
+    pub(crate) config: GatewayConfig,
     _sandbox: Option<Sandbox>,
 }
 
-async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
+pub(crate) async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
     if let Some(url) = &args.search_url {
         let mut config = GatewayConfig::new(SearchBackend::Serper {
             url: url.clone(),
@@ -102,7 +105,8 @@ async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
         ServeConfig {
             host: args.sandbox.ip(),
             search_port: args.sandbox.port(),
-            ..ServeConfig::default()
+            faults: fathom_sandbox::faults::FaultSpec::parse(&args.sandbox_faults)?,
+            fault_seed: args.sandbox_seed,
         },
     )
     .await

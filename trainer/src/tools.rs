@@ -95,14 +95,33 @@ impl Reader for HeuristicReader {
     fn read(&mut self, r: ReadRequest<'_>) -> ReadResult {
         let mut wanted = content_words(r.question);
         wanted.extend(content_words(r.sub_question));
-        let kept: Vec<&str> = split_sentences(r.segment)
-            .into_iter()
-            .filter(|s| content_words(s).intersection(&wanted).next().is_some())
-            .filter(|s| !r.notes.contains(s))
-            .collect();
+        // A sentence right after a kept one that starts with a pronoun
+        // ("It was published by …") is about the same thing: keep it too.
+        const FOLLOW_ON: &[&str] = &[
+            "It ",
+            "Its ",
+            "The company ",
+            "He ",
+            "She ",
+            "They ",
+            "Their ",
+            "His ",
+            "Her ",
+        ];
+        let mut kept: Vec<&str> = Vec::new();
+        let mut previous_kept = false;
+        for s in split_sentences(r.segment) {
+            let relevant = content_words(s).intersection(&wanted).next().is_some()
+                || (previous_kept && FOLLOW_ON.iter().any(|p| s.starts_with(p)));
+            previous_kept = relevant;
+            if relevant && !s.starts_with('#') && !r.notes.contains(s) && !kept.contains(&s) {
+                kept.push(s);
+            }
+        }
         ReadResult {
             read_next: kept.is_empty(),
-            notes: kept.join(" "),
+            // One sentence per line keeps sentence boundaries for the caller.
+            notes: kept.join("\n"),
             n_tokens: 0,
         }
     }
@@ -362,6 +381,18 @@ mod tests {
             "Menu. Zest Mobile was founded by Ada Lind in 2011. Weather is fine.",
         ));
         assert_eq!(hit.notes, "Zest Mobile was founded by Ada Lind in 2011.");
+        let follow = r.read(ReadRequest {
+            question: "Who published The Last Tide?",
+            sub_question: "The Last Tide",
+            notes: "",
+            segment: "The Last Tide is a novel by Bo Dag. It was published by Tide Press. Rain fell. It rained.",
+            index: 0,
+            total: 1,
+        });
+        assert_eq!(
+            follow.notes, "The Last Tide is a novel by Bo Dag.\nIt was published by Tide Press.",
+            "a pronoun sentence right after a kept one is kept; one after a dropped one is not"
+        );
         assert!(!hit.read_next);
         let miss = r.read(req("Cookies and privacy. Log in."));
         assert_eq!(miss.notes, "");

@@ -3,6 +3,7 @@
 //! directory.
 
 mod crash;
+mod eval;
 mod log;
 mod sandbox;
 mod score;

@@ -1,0 +1,231 @@
+//! `fathom eval`: run a policy over a question set, record everything, and
+//! report F1 and EM per data source as the paper does (a format failure
+//! scores 0).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fathom_core::event::{EvalResult, RunFinished, RunKind, RunStarted, RunStatus};
+use fathom_core::{Clock, Event, QuestionId, SystemClock, derive_seed};
+use fathom_replay::Gateway;
+use fathom_store::Options;
+use fathom_trainer::rollout::{EpisodeSpec, Rollout, RolloutConfig};
+use fathom_trainer::scripted::ScriptedPolicy;
+use fathom_trainer::tools::HeuristicReader;
+
+use crate::web::{WebArgs, connect};
+
+/// Arguments of `fathom eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Questions in verl Parquet (DeepResearcher's dev/test sets, or `fathom sandbox questions`).
+    #[arg(long)]
+    pub questions: PathBuf,
+    /// The policy: `scripted` (the heuristic researcher).
+    #[arg(long, default_value = "scripted")]
+    pub policy: String,
+    /// Which web: the built-in `sandbox` or the `live` web (needs --search-url or --searxng-url).
+    #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "live"])]
+    pub web: String,
+    /// Evaluate only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Episodes run at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Seed of the evaluation (each episode's seed derives from it).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub web_args: WebArgs,
+}
+
+#[derive(Default)]
+struct Tally {
+    n: u64,
+    f1: f64,
+    em: f64,
+    format_failures: u64,
+}
+
+impl Tally {
+    fn add(&mut self, s: &fathom_core::reward::Score) {
+        self.n += 1;
+        self.f1 += s.eval_f1();
+        self.em += s.em;
+        if !s.format_ok {
+            self.format_failures += 1;
+        }
+    }
+}
+
+pub fn run(data: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if args.policy != "scripted" {
+        anyhow::bail!(
+            "policy '{}' is not available yet; the policies are: scripted (candle:DIR and openai:URL come with the model policies)",
+            args.policy
+        );
+    }
+    if args.web == "live" && args.web_args.search_url.is_none() && args.web_args.searxng_url.is_none() {
+        anyhow::bail!("--web live needs a search API: pass --search-url (Serper-compatible) or --searxng-url");
+    }
+    if args.web == "sandbox" && (args.web_args.search_url.is_some() || args.web_args.searxng_url.is_some()) {
+        anyhow::bail!("--search-url and --searxng-url are for --web live; drop them to use the sandbox");
+    }
+    let mut rows = fathom_store::verl::read(&args.questions)?;
+    if let Some(n) = args.limit {
+        rows.truncate(n);
+    }
+    if rows.is_empty() {
+        anyhow::bail!("{} holds no questions", args.questions.display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(evaluate(data, args, rows))
+}
+
+async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::VerlRow>) -> anyhow::Result<ExitCode> {
+    let web = connect(&args.web_args).await?;
+    let store = Arc::new(crate::open_store(data, Options::default())?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let run = store.new_run_id()?;
+    let benchmark = args
+        .questions
+        .file_stem()
+        .map_or("questions".to_string(), |s| s.to_string_lossy().into_owned());
+    store.append(&[Event::new(
+        run,
+        clock.now(),
+        RunStarted {
+            name: format!("eval {benchmark}"),
+            run_kind: RunKind::Eval,
+            config_json: serde_json::json!({
+                "questions": args.questions.display().to_string(), "policy": args.policy, "web": args.web,
+                "limit": args.limit, "seed": args.seed, "search": format!("{:?}", web.config.search),
+            })
+            .to_string(),
+            seed: args.seed,
+            policy: args.policy.clone(),
+            model: String::new(),
+            code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),
+            attempt: 0,
+        },
+    )])?;
+    let gateway = Arc::new(Gateway::record(web.config.clone(), store.clone(), clock.clone())?);
+    let rollout = Rollout::new(store.clone(), gateway, clock.clone(), run, RolloutConfig::default());
+    let bar = crate::progress_bar(rows.len() as u64, "episodes");
+    let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let spec = EpisodeSpec {
+            question_id: QuestionId(if row.index.is_empty() {
+                format!("q{i}")
+            } else {
+                row.index.clone()
+            }),
+            question: row.question().to_string(),
+            ground_truths: row.ground_truths(),
+            step: 0,
+            group_id: i as u32,
+            group_index: 0,
+            seed: derive_seed(args.seed, "episode", i as u64),
+        };
+        let (rollout, limit) = (rollout.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("never closed");
+            let out = rollout
+                .episode(&mut ScriptedPolicy::new(), &mut HeuristicReader, &spec)
+                .await;
+            (i, out)
+        });
+    }
+    let mut scores = vec![None; rows.len()];
+    let (mut done, mut reward_sum) = (0u64, 0.0);
+    while let Some(joined) = tasks.join_next().await {
+        let (i, out) = joined.context("an episode task panicked")?;
+        let out = out?;
+        done += 1;
+        reward_sum += out.score.reward;
+        bar.set_position(done);
+        bar.set_message(format!("reward {:.3}", reward_sum / done as f64));
+        scores[i] = Some(out.score);
+    }
+    bar.finish_and_clear();
+
+    let mut by_source: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut by_hops: BTreeMap<u32, Tally> = BTreeMap::new();
+    let mut overall = Tally::default();
+    for (row, score) in rows.iter().zip(&scores) {
+        let s = score.as_ref().expect("every episode finished");
+        by_source.entry(row.data_source.clone()).or_default().add(s);
+        if let Some(h) = row.hops() {
+            by_hops.entry(h).or_default().add(s);
+        }
+        overall.add(s);
+    }
+    let mut results = Vec::new();
+    println!(
+        "{:<20} {:>6} {:>7} {:>7} {:>12}",
+        "data source", "n", "F1", "EM", "format fail"
+    );
+    let line = |name: &str, t: &Tally, results: &mut Vec<Event>| {
+        let n = t.n.max(1) as f64;
+        println!(
+            "{:<20} {:>6} {:>7.3} {:>7.3} {:>11.1}%",
+            name,
+            t.n,
+            t.f1 / n,
+            t.em / n,
+            100.0 * t.format_failures as f64 / n
+        );
+        for (metric, value) in [
+            ("f1", t.f1 / n),
+            ("em", t.em / n),
+            ("format_ok", 1.0 - t.format_failures as f64 / n),
+        ] {
+            results.push(Event::new(
+                run,
+                clock.now(),
+                EvalResult {
+                    step: 0,
+                    benchmark: benchmark.clone(),
+                    data_source: name.to_string(),
+                    metric: metric.into(),
+                    value,
+                    n: t.n,
+                },
+            ));
+        }
+    };
+    for (source, t) in &by_source {
+        line(source, t, &mut results);
+    }
+    line("overall", &overall, &mut results);
+    if !by_hops.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:>6} {:>7} {:>7} {:>12}",
+            "hops", "n", "F1", "EM", "format fail"
+        );
+        for (h, t) in &by_hops {
+            line(&format!("{h}-hop"), t, &mut results);
+        }
+    }
+    results.push(Event::new(
+        run,
+        clock.now(),
+        RunFinished {
+            status: RunStatus::Completed,
+            steps_completed: 1,
+            message: format!("{} questions", rows.len()),
+        },
+    ));
+    store.append(&results)?;
+    eprintln!("recorded as run {run} in {}", data.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,76 @@
+//! `fathom eval` on a sandbox question set.
+
+use crate::{run, stderr, stdout};
+
+#[test]
+fn eval_prints_the_table_and_records_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q.parquet");
+    let out = run(
+        dir.path(),
+        &[
+            "sandbox",
+            "questions",
+            "--seed",
+            "4",
+            "--entities",
+            "300",
+            "--count",
+            "40",
+            "--out",
+            q.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        dir.path(),
+        &[
+            "eval",
+            "--questions",
+            q.to_str().unwrap(),
+            "--sandbox",
+            "127.0.0.1:0",
+            "--sandbox-seed",
+            "4",
+            "--sandbox-entities",
+            "300",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let f1_of = |name: &str| -> f64 {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {table}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    assert!(f1_of("sandbox-1hop") >= 0.8, "{table}");
+    assert!(f1_of("overall") > 0.5, "{table}");
+    assert!(table.contains("\n1-hop "), "{table}");
+
+    let stats = run(dir.path(), &["log", "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["by_kind"]["episode_finished"]["events"], 40);
+    assert!(stats["by_kind"]["eval_result"]["events"].as_u64().unwrap() >= 15);
+    assert!(stats["by_kind"]["behaviour_tagged"]["events"].as_u64().unwrap() > 0);
+
+    let bad = run(
+        dir.path(),
+        &["eval", "--questions", q.to_str().unwrap(), "--policy", "gpt"],
+    );
+    assert!(
+        stderr(&bad).contains("policy 'gpt' is not available yet"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = run(
+        dir.path(),
+        &["eval", "--questions", q.to_str().unwrap(), "--web", "live"],
+    );
+    assert!(
+        stderr(&bad).contains("--web live needs a search API"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -681,7 +681,9 @@ impl Gateway {
                     error: ex.error.map(|e| e.to_string()),
                 },
             );
-            store.append(&[event])?;
+            // Relaxed: the episode (or command) that made the request ends with a
+            // durable append, whose flush covers this one.
+            store.append_with(&[event], fathom_store::Durability::Relaxed)?;
             Ok(())
         })
         .await

@@ -95,7 +95,11 @@ pub enum RolloutError {
 /// Runs episodes for one run.
 #[derive(Clone)]
 pub struct Rollout {
-    store: Arc<Store>,
+    /// Where events go; `None` runs without logging (for measuring what
+    /// logging costs).
+    store: Option<Arc<Store>>,
+    /// Episode ids when there is no log to allocate them.
+    next_episode: Arc<std::sync::atomic::AtomicU64>,
     gateway: Arc<Gateway>,
     clock: Arc<dyn Clock>,
     run: RunId,
@@ -120,11 +124,48 @@ impl Rollout {
         config: RolloutConfig,
     ) -> Self {
         Rollout {
-            store,
+            store: Some(store),
+            next_episode: Arc::default(),
             gateway,
             clock,
             run,
             config,
+        }
+    }
+
+    /// An engine that records nothing (the gateway should not record
+    /// either): the baseline of the logging-overhead benchmark.
+    pub fn unlogged(gateway: Arc<Gateway>, clock: Arc<dyn Clock>, run: RunId, config: RolloutConfig) -> Self {
+        Rollout {
+            store: None,
+            next_episode: Arc::default(),
+            gateway,
+            clock,
+            run,
+            config,
+        }
+    }
+
+    fn append(&self, events: &[Event], durability: Durability) -> Result<(), RolloutError> {
+        if let Some(store) = &self.store {
+            store.append_with(events, durability)?;
+        }
+        Ok(())
+    }
+
+    fn put_blob(&self, bytes: &[u8]) -> Result<Option<fathom_core::BlobRef>, RolloutError> {
+        match &self.store {
+            Some(store) => Ok(Some(store.put_blob(bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn new_episode_id(&self) -> Result<EpisodeId, RolloutError> {
+        match &self.store {
+            Some(store) => Ok(store.new_episode_id()?),
+            None => Ok(EpisodeId(
+                self.next_episode.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            )),
         }
     }
 
@@ -140,13 +181,13 @@ impl Rollout {
         spec: &EpisodeSpec,
     ) -> Result<EpisodeOutcome, RolloutError> {
         let started = self.clock.now();
-        let episode_id = self.store.new_episode_id()?;
+        let episode_id = self.new_episode_id()?;
         let mut messages = vec![
             Message::System(protocol::system_prompt(&self.config.today)),
             Message::User(spec.question.clone()),
         ];
         let n_prompt_tokens = (protocol::render_chat(&messages, true).len() / 4) as u32;
-        self.store.append_with(
+        self.append(
             &[self.event(EpisodeStarted {
                 episode_id,
                 step: spec.step,
@@ -186,17 +227,11 @@ impl Rollout {
             let latency_ns = self.clock.now().nanos_since(t0);
             n_tokens += u64::from(g.n_tokens);
             let token_ids = match &g.token_ids {
-                Some(ids) => Some(
-                    self.store
-                        .put_blob(&ids.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
-                ),
+                Some(ids) => self.put_blob(&ids.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
                 None => None,
             };
             let logprobs = match &g.logprobs {
-                Some(lp) => Some(
-                    self.store
-                        .put_blob(&lp.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
-                ),
+                Some(lp) => self.put_blob(&lp.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
                 None => None,
             };
             let truncated = g.finish == FinishReason::Length || g.n_tokens > self.config.max_turn_tokens;
@@ -214,14 +249,14 @@ impl Rollout {
             model_turns.push(g.text.clone());
             messages.push(Message::Assistant(g.text.clone()));
             if truncated {
-                self.store.append_with(&events, Durability::Relaxed)?;
+                self.append(&events, Durability::Relaxed)?;
                 ended_by = EndReason::Truncated;
                 break;
             }
             let parsed = match protocol::parse_turn(&g.text) {
                 Ok(p) => p,
                 Err(_) => {
-                    self.store.append_with(&events, Durability::Relaxed)?;
+                    self.append(&events, Durability::Relaxed)?;
                     steps.push(Step {
                         text: g.text,
                         tool_response: None,
@@ -232,7 +267,7 @@ impl Rollout {
             };
             let call = match parsed.action {
                 Action::Answer(_) => {
-                    self.store.append_with(&events, Durability::Relaxed)?;
+                    self.append(&events, Durability::Relaxed)?;
                     steps.push(Step {
                         text: g.text,
                         tool_response: None,
@@ -255,7 +290,7 @@ impl Rollout {
             }));
             if turn + 1 == self.config.max_turns {
                 // No turn is left to read the result: the budget is spent.
-                self.store.append_with(&events, Durability::Relaxed)?;
+                self.append(&events, Durability::Relaxed)?;
                 steps.push(Step {
                     text: g.text,
                     tool_response: None,
@@ -293,7 +328,7 @@ impl Rollout {
                 truncated: outcome.truncated,
                 n_tokens: (wrapped.len() / 4) as u32,
             }));
-            self.store.append_with(&events, Durability::Relaxed)?;
+            self.append(&events, Durability::Relaxed)?;
             steps.push(Step {
                 text: g.text,
                 tool_response: Some(outcome.text),
@@ -339,7 +374,7 @@ impl Rollout {
             ended_by,
             duration_ns: self.clock.now().nanos_since(started),
         }));
-        self.store.append_with(&events, Durability::Durable)?;
+        self.append(&events, Durability::Durable)?;
         Ok(EpisodeOutcome {
             episode_id,
             score,

@@ -72,7 +72,7 @@ fn mean(v: &[f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scripted_researcher_answers_sandbox_questions_and_every_step_is_an_event() {
-    let (_dir, store, by_hops, errors) = run_questions("none", 40).await;
+    let (_dir, store, by_hops, errors) = run_questions("none", 200).await;
     assert_eq!(errors, 0);
     let one_hop = mean(&by_hops[&1]);
     assert!(one_hop >= 0.8, "1-hop F1 {one_hop}: {by_hops:?}");
@@ -85,9 +85,9 @@ async fn the_scripted_researcher_answers_sandbox_questions_and_every_step_is_an_
     }
     let records: Vec<_> = store.iter().map(Result::unwrap).collect();
     let count = |k: EventKind| records.iter().filter(|r| r.event.kind() == k).count();
-    assert_eq!(count(EventKind::EpisodeStarted), 40);
-    assert_eq!(count(EventKind::EpisodeFinished), 40);
-    assert!(count(EventKind::TurnGenerated) >= 40 * 3);
+    assert_eq!(count(EventKind::EpisodeStarted), 200);
+    assert_eq!(count(EventKind::EpisodeFinished), 200);
+    assert!(count(EventKind::TurnGenerated) >= 200 * 3);
     assert_eq!(count(EventKind::ToolCalled), count(EventKind::ToolResult));
     assert!(count(EventKind::WebExchange) >= count(EventKind::ToolCalled));
     assert!(count(EventKind::PageSegmentRead) > 0);
@@ -96,7 +96,7 @@ async fn the_scripted_researcher_answers_sandbox_questions_and_every_step_is_an_
         .iter()
         .filter(|r| matches!(&r.event.payload, Payload::BehaviourTagged(b) if b.behaviour == fathom_core::event::Behaviour::Planning))
         .count();
-    assert!(plans >= 20, "{plans} planning tags");
+    assert!(plans >= 100, "{plans} planning tags");
     // One episode reads back whole through the episode index.
     let first = records.iter().find_map(|r| match &r.event.payload {
         Payload::EpisodeStarted(e) => Some(e.episode_id),

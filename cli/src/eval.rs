@@ -156,6 +156,7 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
         scores[i] = Some(out.score);
     }
     bar.finish_and_clear();
+    store.flush()?;
 
     let mut by_source: BTreeMap<String, Tally> = BTreeMap::new();
     let mut by_hops: BTreeMap<u32, Tally> = BTreeMap::new();

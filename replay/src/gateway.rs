@@ -188,11 +188,15 @@ pub struct Page {
     pub truncated: bool,
     /// Readable text: HTML converted, plain text decoded.
     pub text: String,
+    /// The recorded exchange's id, when the gateway records or replays.
+    pub request_id: Option<RequestId>,
 }
 
 /// One exchange as seen on the wire (or in the recording).
 #[derive(Debug, Clone, PartialEq)]
 struct Exchange {
+    /// The recorded request's id (record and replay modes).
+    request_id: Option<RequestId>,
     status: u16,
     headers: Vec<Header>,
     body: Vec<u8>,
@@ -248,6 +252,7 @@ impl Recording {
                 truncated: w.body_truncated,
                 error,
                 latency_ns: w.latency_ns,
+                request_id: Some(w.request_id),
             });
         }
         Ok(Recording {
@@ -515,6 +520,7 @@ impl Gateway {
             body: ex.body,
             truncated: ex.truncated,
             text,
+            request_id: ex.request_id,
         })
     }
 
@@ -558,9 +564,9 @@ impl Gateway {
                     })?
                 }
                 Mode::Live | Mode::Record => {
-                    let ex = self.attempt(url, &build).await;
+                    let mut ex = self.attempt(url, &build).await;
                     if self.mode == Mode::Record {
-                        self.record_exchange(ctx, kind, target, key, attempt, &ex).await?;
+                        ex.request_id = Some(self.record_exchange(ctx, kind, target, key, attempt, &ex).await?);
                     }
                     ex
                 }
@@ -599,6 +605,7 @@ impl Gateway {
             truncated: false,
             error: None,
             latency_ns: 0,
+            request_id: None,
         };
         match build(client).send().await {
             Err(e) => ex.error = Some(describe(&e, self.config.timeout)),
@@ -644,7 +651,7 @@ impl Gateway {
         key: &str,
         attempt: u32,
         ex: &Exchange,
-    ) -> Result<(), WebError> {
+    ) -> Result<RequestId, WebError> {
         let store = self.store.clone().expect("recording gateways hold a store");
         let ts = self.clock.now();
         let backend = match kind {
@@ -653,7 +660,7 @@ impl Gateway {
         };
         let (target, key, source) = (target.to_string(), key.to_string(), self.config.source);
         let ex = ex.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), fathom_store::Error> {
+        tokio::task::spawn_blocking(move || -> Result<RequestId, fathom_store::Error> {
             let body = if ex.body.is_empty() && ex.status == 0 {
                 None
             } else {
@@ -684,7 +691,7 @@ impl Gateway {
             // Relaxed: the episode (or command) that made the request ends with a
             // durable append, whose flush covers this one.
             store.append_with(&[event], fathom_store::Durability::Relaxed)?;
-            Ok(())
+            Ok(request_id)
         })
         .await
         .map_err(|e| WebError::Record(e.to_string()))?

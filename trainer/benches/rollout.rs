@@ -79,7 +79,9 @@ fn bench(c: &mut Criterion) {
                             .unwrap();
                         assert!(out.score.format_ok);
                     }
-                })
+                });
+                // A training step ends durable: one flush per 20 episodes.
+                store.flush().unwrap();
             })
         });
     }

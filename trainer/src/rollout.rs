@@ -4,9 +4,10 @@
 //!
 //! Budgets: at most `max_turns` turns (so `max_turns - 1` tool calls and an
 //! answer) and `max_turn_tokens` generated tokens per turn; tool responses
-//! are capped by [`ToolLimits`]. Events of a turn are appended together in
-//! relaxed mode (logging never waits for the disk mid-episode); the final
-//! `EpisodeFinished` append is durable and makes the whole episode durable.
+//! are capped by [`ToolLimits`]. An episode's events are appended in one
+//! batch when it ends (the gateway records web exchanges as they happen);
+//! the append is relaxed unless `durable_episodes` is set, and callers
+//! flush once per step or evaluation.
 
 use std::sync::Arc;
 
@@ -35,6 +36,10 @@ pub struct RolloutConfig {
     pub tools: ToolLimits,
     /// Today's date for the system prompt (fixed per run, so replays match).
     pub today: String,
+    /// Flush at the end of every episode. Off by default: callers flush
+    /// once per training step or evaluation (`Store::flush`), and a crash
+    /// loses at most the episodes of the relaxed window.
+    pub durable_episodes: bool,
 }
 
 impl Default for RolloutConfig {
@@ -44,6 +49,7 @@ impl Default for RolloutConfig {
             max_turn_tokens: protocol::MAX_TURN_TOKENS,
             tools: ToolLimits::default(),
             today: "2026-01-01".into(),
+            durable_episodes: false,
         }
     }
 }
@@ -187,20 +193,20 @@ impl Rollout {
             Message::User(spec.question.clone()),
         ];
         let n_prompt_tokens = (protocol::render_chat(&messages, true).len() / 4) as u32;
-        self.append(
-            &[self.event(EpisodeStarted {
-                episode_id,
-                step: spec.step,
-                group_id: spec.group_id,
-                group_index: spec.group_index,
-                question_id: spec.question_id.clone(),
-                policy_version: policy.version(),
-                seed: spec.seed,
-                replay_of: None,
-                n_prompt_tokens,
-            })],
-            Durability::Relaxed,
-        )?;
+        // The episode's events are appended together at its end, in one
+        // batch: logging never waits for the disk mid-episode.
+        let mut pending: Vec<Event> = Vec::with_capacity(64);
+        pending.push(self.event(EpisodeStarted {
+            episode_id,
+            step: spec.step,
+            group_id: spec.group_id,
+            group_index: spec.group_index,
+            question_id: spec.question_id.clone(),
+            policy_version: policy.version(),
+            seed: spec.seed,
+            replay_of: None,
+            n_prompt_tokens,
+        }));
         let mut runner = ToolRunner::new(self.config.tools.clone());
         let mut steps: Vec<Step> = Vec::new();
         let mut model_turns: Vec<String> = Vec::new();
@@ -249,14 +255,14 @@ impl Rollout {
             model_turns.push(g.text.clone());
             messages.push(Message::Assistant(g.text.clone()));
             if truncated {
-                self.append(&events, Durability::Relaxed)?;
+                pending.extend(events);
                 ended_by = EndReason::Truncated;
                 break;
             }
             let parsed = match protocol::parse_turn(&g.text) {
                 Ok(p) => p,
                 Err(_) => {
-                    self.append(&events, Durability::Relaxed)?;
+                    pending.extend(events);
                     steps.push(Step {
                         text: g.text,
                         tool_response: None,
@@ -267,7 +273,7 @@ impl Rollout {
             };
             let call = match parsed.action {
                 Action::Answer(_) => {
-                    self.append(&events, Durability::Relaxed)?;
+                    pending.extend(events);
                     steps.push(Step {
                         text: g.text,
                         tool_response: None,
@@ -290,7 +296,7 @@ impl Rollout {
             }));
             if turn + 1 == self.config.max_turns {
                 // No turn is left to read the result: the budget is spent.
-                self.append(&events, Durability::Relaxed)?;
+                pending.extend(events);
                 steps.push(Step {
                     text: g.text,
                     tool_response: None,
@@ -307,7 +313,8 @@ impl Rollout {
                 events.push(self.event(PageSegmentRead {
                     episode_id,
                     turn,
-                    request_id: RequestId(0),
+                    // 0 when the gateway does not record (an unlogged run).
+                    request_id: r.request_id.unwrap_or(RequestId(0)),
                     url: r.url.clone(),
                     segment: r.segment,
                     n_segments: r.n_segments,
@@ -328,7 +335,7 @@ impl Rollout {
                 truncated: outcome.truncated,
                 n_tokens: (wrapped.len() / 4) as u32,
             }));
-            self.append(&events, Durability::Relaxed)?;
+            pending.extend(events);
             steps.push(Step {
                 text: g.text,
                 tool_response: Some(outcome.text),
@@ -374,7 +381,13 @@ impl Rollout {
             ended_by,
             duration_ns: self.clock.now().nanos_since(started),
         }));
-        self.append(&events, Durability::Durable)?;
+        pending.extend(events);
+        let durability = if self.config.durable_episodes {
+            Durability::Durable
+        } else {
+            Durability::Relaxed
+        };
+        self.append(&pending, durability)?;
         Ok(EpisodeOutcome {
             episode_id,
             score,

@@ -155,6 +155,8 @@ pub fn split_sentences(text: &str) -> Vec<&str> {
 pub struct SegmentRead {
     /// The page.
     pub url: String,
+    /// The recorded fetch that produced it, when the gateway records.
+    pub request_id: Option<fathom_core::RequestId>,
     /// Segment index.
     pub segment: u32,
     /// Segments in the page.
@@ -317,6 +319,7 @@ impl ToolRunner {
                 }
                 reads.push(SegmentRead {
                     url: url.clone(),
+                    request_id: page.request_id,
                     segment: i as u32,
                     n_segments: total,
                     notes: fresh,

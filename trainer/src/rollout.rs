@@ -193,10 +193,11 @@ impl Rollout {
             Message::User(spec.question.clone()),
         ];
         let n_prompt_tokens = (protocol::render_chat(&messages, true).len() / 4) as u32;
-        // The episode's events are appended together at its end, in one
-        // batch: logging never waits for the disk mid-episode.
+        // EpisodeStarted goes first, so the log reads in order (the
+        // gateway records web exchanges as they happen); the rest of the
+        // episode's events are appended together at its end, in one batch.
         let mut pending: Vec<Event> = Vec::with_capacity(64);
-        pending.push(self.event(EpisodeStarted {
+        let started_event = self.event(EpisodeStarted {
             episode_id,
             step: spec.step,
             group_id: spec.group_id,

@@ -207,7 +207,8 @@ impl Rollout {
             seed: spec.seed,
             replay_of: None,
             n_prompt_tokens,
-        }));
+        });
+        self.append(&[started_event], Durability::Relaxed)?;
         let mut runner = ToolRunner::new(self.config.tools.clone());
         let mut steps: Vec<Step> = Vec::new();
         let mut model_turns: Vec<String> = Vec::new();

@@ -212,6 +212,15 @@ impl ToolCall {
         }
     }
 
+    /// The call as a model writes it: `<tool_call>{"name": …, "arguments": …}</tool_call>`.
+    pub fn to_tag(&self) -> String {
+        format!(
+            "<tool_call>{{\"name\": \"{}\", \"arguments\": {}}}</tool_call>",
+            self.name(),
+            self.arguments_json()
+        )
+    }
+
     /// The arguments as JSON, as recorded in ToolCalled events.
     pub fn arguments_json(&self) -> String {
         match self {

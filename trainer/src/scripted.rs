@@ -171,22 +171,14 @@ fn search_turn(think: &str, query: &str) -> String {
     let call = ToolCall::WebSearch {
         query: vec![query.to_string()],
     };
-    format!(
-        "<think>{think}</think>\n<tool_call>{{\"name\": \"{}\", \"arguments\": {}}}</tool_call>",
-        call.name(),
-        call.arguments_json()
-    )
+    format!("<think>{think}</think>\n{}", call.to_tag())
 }
 
 fn browse_turn(think: &str, url: &str) -> String {
     let call = ToolCall::BrowseWebpage {
         url_list: vec![url.to_string()],
     };
-    format!(
-        "<think>{think}</think>\n<tool_call>{{\"name\": \"{}\", \"arguments\": {}}}</tool_call>",
-        call.name(),
-        call.arguments_json()
-    )
+    format!("<think>{think}</think>\n{}", call.to_tag())
 }
 
 fn answer_turn(think: &str, answer: &str) -> String {

@@ -211,6 +211,10 @@ fn tool_calls_render_their_arguments_as_recorded() {
     };
     assert_eq!(call.arguments_json(), r#"{"query":["a \"b\""]}"#);
     assert_eq!(call.name(), "web_search");
+    assert_eq!(
+        parse_turn(&call.to_tag()).unwrap().action,
+        Action::ToolCall(call.clone())
+    );
     let back: ToolCall = serde_json::from_str(r#"{"name":"browse_webpage","arguments":{"url_list":["u"]}}"#).unwrap();
     assert_eq!(
         back,

@@ -22,8 +22,9 @@ use crate::web::{WebArgs, connect};
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// Questions in verl Parquet (DeepResearcher's dev/test sets, or `fathom sandbox questions`).
+    /// Without it, 200 questions (or --limit) are generated over a sandbox started in-process.
     #[arg(long)]
-    pub questions: PathBuf,
+    pub questions: Option<PathBuf>,
     /// The policy: `scripted` (the heuristic researcher).
     #[arg(long, default_value = "scripted")]
     pub policy: String,
@@ -75,12 +76,32 @@ pub fn run(data: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
     if args.web == "sandbox" && (args.web_args.search_url.is_some() || args.web_args.searxng_url.is_some()) {
         anyhow::bail!("--search-url and --searxng-url are for --web live; drop them to use the sandbox");
     }
-    let mut rows = fathom_store::verl::read(&args.questions)?;
+    let mut args = args;
+    let mut rows = match &args.questions {
+        Some(path) => {
+            let rows = fathom_store::verl::read(path)?;
+            if rows.is_empty() {
+                anyhow::bail!("{} holds no questions", path.display());
+            }
+            rows
+        }
+        None => {
+            if args.web == "live" {
+                anyhow::bail!("--web live needs --questions: generated questions only have answers in the sandbox");
+            }
+            // Questions over the sandbox this command starts itself (a
+            // sandbox already running elsewhere may hold another world).
+            args.web_args.sandbox.set_port(0);
+            crate::sandbox::question_rows(
+                args.web_args.sandbox_seed,
+                args.web_args.sandbox_entities,
+                args.limit.unwrap_or(200),
+                1..=4,
+            )
+        }
+    };
     if let Some(n) = args.limit {
         rows.truncate(n);
-    }
-    if rows.is_empty() {
-        anyhow::bail!("{} holds no questions", args.questions.display());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -94,10 +115,12 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
     let store = Arc::new(crate::open_store(data, Options::default())?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let run = store.new_run_id()?;
-    let benchmark = args
-        .questions
-        .file_stem()
-        .map_or("questions".to_string(), |s| s.to_string_lossy().into_owned());
+    let benchmark = match &args.questions {
+        Some(path) => path
+            .file_stem()
+            .map_or("questions".to_string(), |s| s.to_string_lossy().into_owned()),
+        None => format!("sandbox-seed-{}", args.web_args.sandbox_seed),
+    };
     store.append(&[Event::new(
         run,
         clock.now(),
@@ -105,7 +128,7 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
             name: format!("eval {benchmark}"),
             run_kind: RunKind::Eval,
             config_json: serde_json::json!({
-                "questions": args.questions.display().to_string(), "policy": args.policy, "web": args.web,
+                "questions": args.questions.as_ref().map(|p| p.display().to_string()), "policy": args.policy, "web": args.web,
                 "limit": args.limit, "seed": args.seed, "search": format!("{:?}", web.config.search),
             })
             .to_string(),

@@ -81,27 +81,37 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn questions(args: QuestionsArgs) -> anyhow::Result<ExitCode> {
-    if args.count == 0 {
-        anyhow::bail!("--count must be at least 1");
-    }
-    let world = fathom_sandbox::World::generate(args.seed, args.entities);
-    let qs = fathom_sandbox::questions::generate(&world, args.seed, args.count, args.hops.0..=args.hops.1);
-    let rows: Vec<fathom_store::verl::VerlRow> = qs
-        .iter()
+/// Sandbox questions over the world of `seed` and `entities`, as verl rows
+/// (`data_source` is `sandbox-{hops}hop`).
+pub(crate) fn question_rows(
+    seed: u64,
+    entities: usize,
+    count: usize,
+    hops: std::ops::RangeInclusive<u32>,
+) -> Vec<fathom_store::verl::VerlRow> {
+    let world = fathom_sandbox::World::generate(seed, entities);
+    fathom_sandbox::questions::generate(&world, seed, count, hops)
+        .into_iter()
         .map(|q| fathom_store::verl::VerlRow {
             data_source: format!("sandbox-{}hop", q.hops),
             prompt: vec![fathom_store::verl::Message {
                 role: "user".into(),
-                content: q.text.clone(),
+                content: q.text,
             }],
             ability: "search & question answering".into(),
             ground_truth: q.answers.join(fathom_store::verl::ANSWER_SPLIT),
             style: "rule".into(),
-            index: q.id.clone(),
+            index: q.id,
             split: "sandbox".into(),
         })
-        .collect();
+        .collect()
+}
+
+fn questions(args: QuestionsArgs) -> anyhow::Result<ExitCode> {
+    if args.count == 0 {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let rows = question_rows(args.seed, args.entities, args.count, args.hops.0..=args.hops.1);
     fathom_store::verl::write(&args.out, &rows)?;
     println!(
         "wrote {} questions ({} to {} hops) over the seed-{} world to {}",

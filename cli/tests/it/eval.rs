@@ -74,3 +74,36 @@ fn eval_prints_the_table_and_records_the_results() {
         stderr(&bad)
     );
 }
+
+#[test]
+fn without_a_question_file_eval_generates_sandbox_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "eval",
+            "--limit",
+            "12",
+            "--sandbox-entities",
+            "200",
+            "--sandbox-seed",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    for row in ["sandbox-1hop", "sandbox-4hop", "overall", "4-hop"] {
+        assert!(table.lines().any(|l| l.starts_with(row)), "no {row} row: {table}");
+    }
+    let overall = table.lines().find(|l| l.starts_with("overall")).unwrap();
+    assert_eq!(overall.split_whitespace().nth(1), Some("12"), "{overall}");
+    let bad = run(
+        dir.path(),
+        &["eval", "--web", "live", "--search-url", "http://127.0.0.1:9/search"],
+    );
+    assert!(
+        stderr(&bad).contains("--web live needs --questions"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -116,8 +116,7 @@ pub(crate) async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
             args.sandbox
         )
     })?;
-    let mut addrs: Vec<SocketAddr> = sandbox.site_addrs.iter().map(|(_, a)| *a).collect();
-    addrs.push(sandbox.search_addr);
+    let addrs = sandbox.addresses();
     Ok(Web {
         config: GatewayConfig::sandbox(sandbox.search_url(), addrs),
         _sandbox: Some(sandbox),

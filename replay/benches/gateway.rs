@@ -38,8 +38,7 @@ fn fetch(c: &mut Criterion) {
         .unwrap();
     let page = web.pages.iter().find(|p| p.site == Site::Wiki).unwrap();
     let url = sb.page_url(page);
-    let mut addrs: Vec<_> = sb.site_addrs.iter().map(|(_, a)| *a).collect();
-    addrs.push(sb.search_addr);
+    let addrs = sb.addresses();
     let gateway = Gateway::live(GatewayConfig::sandbox(sb.search_url(), addrs), Arc::new(SystemClock)).unwrap();
     let plain = reqwest::Client::builder().no_proxy().build().unwrap();
 

@@ -174,6 +174,14 @@ impl Sandbox {
         })
     }
 
+    /// Every address the sandbox listens on (the search API and each
+    /// site), for a gateway's allow-list.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.search_addr)
+            .chain(self.site_addrs.iter().map(|(_, a)| *a))
+            .collect()
+    }
+
     /// The Serper-compatible search endpoint.
     pub fn search_url(&self) -> String {
         format!("http://{}/search", self.search_addr)

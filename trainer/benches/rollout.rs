@@ -5,7 +5,6 @@
 //! durable) against logging off (the same episodes, nothing recorded), in
 //! the same process. Target: logging costs under 5%.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +29,7 @@ fn bench(c: &mut Criterion) {
     let sb = rt
         .block_on(Sandbox::start(web.clone(), ServeConfig::default()))
         .unwrap();
-    let mut addrs: Vec<SocketAddr> = sb.site_addrs.iter().map(|(_, a)| *a).collect();
-    addrs.push(sb.search_addr);
+    let addrs = sb.addresses();
     let config = GatewayConfig::sandbox(sb.search_url(), addrs);
     let specs: Vec<EpisodeSpec> = fathom_sandbox::questions::generate(&web.world, 3, EPISODES, 1..=4)
         .into_iter()

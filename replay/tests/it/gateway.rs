@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -24,8 +23,7 @@ async fn sandbox(faults: &str) -> Sandbox {
 }
 
 fn config_for(sb: &Sandbox) -> GatewayConfig {
-    let mut addrs: Vec<SocketAddr> = sb.site_addrs.iter().map(|(_, a)| *a).collect();
-    addrs.push(sb.search_addr);
+    let addrs = sb.addresses();
     let mut c = GatewayConfig::sandbox(sb.search_url(), addrs);
     c.backoff = Duration::from_millis(10);
     c

@@ -1,7 +1,6 @@
 //! Whole episodes of the scripted researcher on the sandbox, recorded.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fathom_core::event::EndReason;
@@ -27,8 +26,7 @@ async fn run_questions(faults: &str, count: usize) -> (tempfile::TempDir, Arc<St
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
-    let mut addrs: Vec<SocketAddr> = sb.site_addrs.iter().map(|(_, a)| *a).collect();
-    addrs.push(sb.search_addr);
+    let addrs = sb.addresses();
     let mut config = GatewayConfig::sandbox(sb.search_url(), addrs);
     config.timeout = std::time::Duration::from_secs(2);
     config.backoff = std::time::Duration::from_millis(5);

@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fathom_core::protocol::ToolCall;
@@ -16,8 +15,7 @@ const CTX: Context = Context {
 async fn setup() -> (Arc<SandboxWeb>, Sandbox, Gateway) {
     let web = Arc::new(SandboxWeb::generate(12, 200).unwrap());
     let sb = Sandbox::start(web.clone(), ServeConfig::default()).await.unwrap();
-    let mut addrs: Vec<SocketAddr> = sb.site_addrs.iter().map(|(_, a)| *a).collect();
-    addrs.push(sb.search_addr);
+    let addrs = sb.addresses();
     let g = Gateway::live(GatewayConfig::sandbox(sb.search_url(), addrs), Arc::new(SystemClock)).unwrap();
     (web, sb, g)
 }

@@ -40,6 +40,12 @@ pub struct EvalArgs {
     /// Seed of the evaluation (each episode's seed derives from it).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Turns per episode at most (so this many minus one tool calls and an answer).
+    #[arg(long, default_value_t = fathom_core::protocol::MAX_TURNS)]
+    pub max_turns: u32,
+    /// Generated tokens per turn at most.
+    #[arg(long, default_value_t = fathom_core::protocol::MAX_TURN_TOKENS)]
+    pub max_turn_tokens: u32,
     #[command(flatten)]
     pub web_args: WebArgs,
 }
@@ -129,7 +135,7 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
             run_kind: RunKind::Eval,
             config_json: serde_json::json!({
                 "questions": args.questions.as_ref().map(|p| p.display().to_string()), "policy": args.policy, "web": args.web,
-                "limit": args.limit, "seed": args.seed, "search": format!("{:?}", web.config.search),
+                "limit": args.limit, "seed": args.seed, "max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens, "search": format!("{:?}", web.config.search),
             })
             .to_string(),
             seed: args.seed,
@@ -140,7 +146,15 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
         },
     )])?;
     let gateway = Arc::new(Gateway::record(web.config.clone(), store.clone(), clock.clone())?);
-    let rollout = Rollout::new(store.clone(), gateway, clock.clone(), run, RolloutConfig::default());
+    if args.max_turns == 0 {
+        anyhow::bail!("--max-turns must be at least 1");
+    }
+    let config = RolloutConfig {
+        max_turns: args.max_turns,
+        max_turn_tokens: args.max_turn_tokens,
+        ..RolloutConfig::default()
+    };
+    let rollout = Rollout::new(store.clone(), gateway, clock.clone(), run, config);
     let bar = crate::progress_bar(rows.len() as u64, "episodes");
     let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();

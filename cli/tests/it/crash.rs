@@ -141,11 +141,9 @@ fn sigkilled_relaxed_writers_leave_a_dense_prefix() {
         let store = Store::open(data, Options::default()).expect("reopens after SIGKILL");
         let last = store.last_seq();
         assert!(last.0 >= survived, "round {round}: durable events were lost");
-        let mut expected = 1;
-        for record in store.iter() {
+        for (expected, record) in (1..).zip(store.iter()) {
             let record = record.unwrap_or_else(|e| panic!("round {round}: {e}"));
             assert_eq!(record.seq, Seq(expected), "round {round}: not a dense prefix");
-            expected += 1;
         }
         survived = last.0;
         store.close().unwrap();

@@ -135,7 +135,9 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
             run_kind: RunKind::Eval,
             config_json: serde_json::json!({
                 "questions": args.questions.as_ref().map(|p| p.display().to_string()), "policy": args.policy, "web": args.web,
-                "limit": args.limit, "seed": args.seed, "max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens, "search": format!("{:?}", web.config.search),
+                "limit": args.limit, "seed": args.seed, "max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens,
+                "sandbox_seed": args.web_args.sandbox_seed, "sandbox_entities": args.web_args.sandbox_entities,
+                "sandbox_faults": args.web_args.sandbox_faults, "search": format!("{:?}", web.config.search),
             })
             .to_string(),
             seed: args.seed,

@@ -156,7 +156,12 @@ async fn run_async(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
             RunStarted {
                 name: name.into(),
                 run_kind: RunKind::Manual,
-                config_json: serde_json::json!({"search": format!("{:?}", web.config.search)}).to_string(),
+                config_json: serde_json::json!({
+                    "search": format!("{:?}", web.config.search),
+                    "sandbox_seed": args.sandbox_seed, "sandbox_entities": args.sandbox_entities,
+                    "sandbox_faults": args.sandbox_faults,
+                })
+                .to_string(),
                 seed: args.sandbox_seed,
                 policy: String::new(),
                 model: String::new(),

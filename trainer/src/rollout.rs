@@ -256,34 +256,28 @@ impl Rollout {
             })];
             model_turns.push(g.text.clone());
             messages.push(Message::Assistant(g.text.clone()));
-            if truncated {
-                pending.extend(events);
-                ended_by = EndReason::Truncated;
-                break;
-            }
-            let parsed = match protocol::parse_turn(&g.text) {
-                Ok(p) => p,
-                Err(_) => {
-                    pending.extend(events);
-                    steps.push(Step {
-                        text: g.text,
-                        tool_response: None,
-                    });
-                    ended_by = EndReason::FormatError;
-                    break;
+            // A turn ends the episode when it is truncated, malformed or an
+            // answer; otherwise it is a tool call to execute.
+            let next = if truncated {
+                Err(EndReason::Truncated)
+            } else {
+                match protocol::parse_turn(&g.text).map(|p| p.action) {
+                    Err(_) => Err(EndReason::FormatError),
+                    Ok(Action::Answer(_)) => Err(EndReason::Answer),
+                    Ok(Action::ToolCall(call)) => Ok(call),
                 }
             };
-            let call = match parsed.action {
-                Action::Answer(_) => {
+            let call = match next {
+                Ok(call) => call,
+                Err(reason) => {
                     pending.extend(events);
                     steps.push(Step {
                         text: g.text,
                         tool_response: None,
                     });
-                    ended_by = EndReason::Answer;
+                    ended_by = reason;
                     break;
                 }
-                Action::ToolCall(call) => call,
             };
             n_tool_calls += 1;
             match call {

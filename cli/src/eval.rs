@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use fathom_core::event::{EvalResult, RunFinished, RunKind, RunStarted, RunStatus};
+use fathom_core::event::{EvalResult, QuestionSampled, RunFinished, RunKind, RunStarted, RunStatus};
 use fathom_core::{Clock, Event, QuestionId, SystemClock, derive_seed};
 use fathom_replay::Gateway;
 use fathom_store::Options;
@@ -69,7 +69,7 @@ impl Tally {
     }
 }
 
-pub fn run(data: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, args: EvalArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
     if args.policy != "scripted" {
         anyhow::bail!(
             "policy '{}' is not available yet; the policies are: scripted (candle:DIR and openai:URL come with the model policies)",
@@ -113,10 +113,15 @@ pub fn run(data: &Path, args: EvalArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(evaluate(data, args, rows))
+    runtime.block_on(evaluate(data, args, rows, snapshots))
 }
 
-async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::VerlRow>) -> anyhow::Result<ExitCode> {
+async fn evaluate(
+    data: &Path,
+    args: EvalArgs,
+    rows: Vec<fathom_store::verl::VerlRow>,
+    snapshots: fathom_store::snapshot::AutoPolicy,
+) -> anyhow::Result<ExitCode> {
     let web = connect(&args.web_args).await?;
     let store = Arc::new(crate::open_store(data, Options::default())?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -147,10 +152,45 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
             attempt: 0,
         },
     )])?;
-    let gateway = Arc::new(Gateway::record(web.config.clone(), store.clone(), clock.clone())?);
     if args.max_turns == 0 {
         anyhow::bail!("--max-turns must be at least 1");
     }
+    let auto = crate::auto_snapshot(&store, snapshots);
+    let question_ids: Vec<QuestionId> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            QuestionId(if row.index.is_empty() {
+                format!("q{i}")
+            } else {
+                row.index.clone()
+            })
+        })
+        .collect();
+    let sampled: Vec<Event> = rows
+        .iter()
+        .zip(&question_ids)
+        .enumerate()
+        .map(|(i, (row, id))| {
+            Event::new(
+                run,
+                clock.now(),
+                QuestionSampled {
+                    step: 0,
+                    question_id: id.clone(),
+                    data_source: row.data_source.clone(),
+                    question: row.question().to_string(),
+                    ground_truths: row.ground_truths(),
+                    hops: row.hops(),
+                    data_cursor: i as u64,
+                },
+            )
+        })
+        .collect();
+    if !sampled.is_empty() {
+        store.append_with(&sampled, fathom_store::Durability::Relaxed)?;
+    }
+    let gateway = Arc::new(Gateway::record(web.config.clone(), store.clone(), clock.clone())?);
     let config = RolloutConfig {
         max_turns: args.max_turns,
         max_turn_tokens: args.max_turn_tokens,
@@ -162,11 +202,7 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
     let mut tasks = tokio::task::JoinSet::new();
     for (i, row) in rows.iter().enumerate() {
         let spec = EpisodeSpec {
-            question_id: QuestionId(if row.index.is_empty() {
-                format!("q{i}")
-            } else {
-                row.index.clone()
-            }),
+            question_id: question_ids[i].clone(),
             question: row.question().to_string(),
             ground_truths: row.ground_truths(),
             step: 0,
@@ -266,6 +302,7 @@ async fn evaluate(data: &Path, args: EvalArgs, rows: Vec<fathom_store::verl::Ver
         },
     ));
     store.append(&results)?;
+    crate::finish_snapshots(auto)?;
     eprintln!("recorded as run {run} in {}", data.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fathom_core::event::{RunFinished, RunKind, RunStarted, RunStatus};
-use fathom_core::{Clock, Event, EventKind, RunId, Seq, SystemClock};
+use std::sync::Arc;
+
+use fathom_core::{Clock, Event, EventKind, IdKind, RunId, Seq, SystemClock};
+use fathom_store::snapshot::AutoPolicy;
+use fathom_store::synthetic::{self, TrainingLoad, TrainingSpec};
 use fathom_store::workload::{self, Workload, WorkloadSpec};
 use fathom_store::{Durability, Options, Store};
 
@@ -57,6 +61,11 @@ pub struct LoadArgs {
     /// Events to append; 0 appends until the process is stopped.
     #[arg(long, default_value_t = 5000)]
     pub events: u64,
+    /// Instead of raw turns and pages, write a synthetic GRPO training run
+    /// of this many episodes (whole steps of 128 episodes, every event kind,
+    /// metrics on a learning curve), for the SQL layer and its benchmarks.
+    #[arg(long, conflicts_with = "events")]
+    pub episodes: Option<u64>,
     /// Events per appended batch.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -83,11 +92,14 @@ pub struct LoadArgs {
     pub no_verify: bool,
 }
 
-pub fn run(data: &Path, cmd: LogCommand) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, cmd: LogCommand, snapshots: AutoPolicy) -> anyhow::Result<ExitCode> {
     match cmd {
         LogCommand::Stats { json } => stats(data, json),
         LogCommand::Tail(args) => tail(data, args),
-        LogCommand::Load(args) => load(data, args),
+        LogCommand::Load(args) => match args.episodes {
+            Some(n) => load_training(data, &args, n, snapshots),
+            None => load(data, args, snapshots),
+        },
     }
 }
 
@@ -249,7 +261,7 @@ fn tail(data: &Path, args: TailArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load(data: &Path, args: LoadArgs) -> anyhow::Result<ExitCode> {
+fn load(data: &Path, args: LoadArgs, snapshots: AutoPolicy) -> anyhow::Result<ExitCode> {
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
@@ -268,7 +280,8 @@ fn load(data: &Path, args: LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         Durability::Durable
     };
-    let store = crate::open_store(data, Options::default())?;
+    let store = Arc::new(crate::open_store(data, Options::default())?);
+    let auto = crate::auto_snapshot(&store, snapshots);
     let clock = SystemClock;
     let run = store.new_run_id()?;
     let config = serde_json::json!({
@@ -329,6 +342,7 @@ fn load(data: &Path, args: LoadArgs) -> anyhow::Result<ExitCode> {
             message: format!("{appended} synthetic events"),
         },
     )])?;
+    crate::finish_snapshots(auto)?;
     println!(
         "{run}: appended {appended} events in batches of {} ({}) in {secs:.2} s: {:.0} events/s, {}/s of turns and pages",
         args.batch,
@@ -357,5 +371,86 @@ fn load(data: &Path, args: LoadArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("next: 'fathom log stats', 'fathom log tail --run {run}', 'fathom verify'");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fathom log load --episodes N`: a synthetic training run, step by step
+/// (one relaxed append and one flush per step, as the trainer does).
+fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: AutoPolicy) -> anyhow::Result<ExitCode> {
+    if episodes == 0 {
+        anyhow::bail!("--episodes must be at least 1");
+    }
+    let store = Arc::new(crate::open_store(data, Options::default())?);
+    let auto = crate::auto_snapshot(&store, snapshots);
+    let clock = SystemClock;
+    let run = store.new_run_id()?;
+    let spec = TrainingSpec::default();
+    let per_step = u64::from(spec.questions_per_step) * u64::from(spec.group_size);
+    let steps = episodes.div_ceil(per_step);
+    let spec = TrainingSpec {
+        horizon_steps: steps,
+        ..spec
+    };
+    store.append(&[Event::new(
+        run,
+        clock.now(),
+        RunStarted {
+            name: "synthetic-training".into(),
+            run_kind: RunKind::Load,
+            config_json: serde_json::json!({"episodes": episodes, "seed": args.seed, "steps": steps,
+                "questions_per_step": spec.questions_per_step, "group_size": spec.group_size})
+            .to_string(),
+            seed: args.seed,
+            policy: "synthetic".into(),
+            model: String::new(),
+            code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),
+            attempt: 0,
+        },
+    )])?;
+    let pool = synthetic::page_pool(args.seed);
+    let refs = store.put_blobs(&pool.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+    // Ids for the whole run, reserved up front (an upper bound on requests:
+    // at most 9 calls of 3 requests per episode).
+    let total = steps * per_step;
+    let last_episode = store.reserve_ids(IdKind::Episode, total)?;
+    let last_request = store.reserve_ids(IdKind::Request, total * 27)?;
+    let mut load = TrainingLoad::new(
+        args.seed,
+        run,
+        spec,
+        refs,
+        (last_episode - total, last_request - total * 27),
+    );
+    let bar = crate::progress_bar(steps, "steps");
+    let start = clock.now();
+    let mut events = 0u64;
+    for step in 1..=steps {
+        let batch = load.step();
+        events += batch.len() as u64;
+        store.append_with(&batch, Durability::Relaxed)?;
+        store.flush()?;
+        if args.print_acks {
+            println!("ack step {step} events {}", store.last_seq());
+        }
+        bar.set_position(step);
+    }
+    bar.finish_and_clear();
+    store.append(&[Event::new(
+        run,
+        clock.now(),
+        RunFinished {
+            status: RunStatus::Completed,
+            steps_completed: steps,
+            message: format!("{} synthetic episodes", steps * per_step),
+        },
+    )])?;
+    let secs = clock.now().nanos_since(start) as f64 / 1e9;
+    println!(
+        "{run}: {} episodes in {steps} steps, {events} events in {secs:.1} s ({:.0} events/s)",
+        steps * per_step,
+        events as f64 / secs
+    );
+    crate::finish_snapshots(auto)?;
+    println!("next: 'fathom sql \"SELECT * FROM step_metrics ORDER BY step LIMIT 10\"'");
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,8 @@ mod eval;
 mod log;
 mod sandbox;
 mod score;
+mod snapshot;
+mod sql;
 mod verify;
 mod web;
 
@@ -24,6 +26,12 @@ struct Cli {
     /// The data directory: the event log, blobs, and later snapshots and checkpoints.
     #[arg(long, global = true, env = "FATHOM_DATA", default_value = "./fathom-data")]
     data: PathBuf,
+
+    /// When commands that write the log also snapshot it to Parquet: a
+    /// number of new events, a time (30s, 5m), both (100000,60s), or off.
+    /// A last snapshot is always taken when such a command ends, unless off.
+    #[arg(long, global = true, env = "FATHOM_SNAPSHOT_EVERY", default_value = "100000,60s", value_parser = parse_policy)]
+    snapshot_every: fathom_store::snapshot::AutoPolicy,
 
     #[command(subcommand)]
     command: Command,
@@ -46,17 +54,27 @@ enum Command {
     Web(web::WebCommand),
     /// Evaluate a policy on a question set (verl Parquet): F1 and EM per data source.
     Eval(eval::EvalArgs),
+    /// Bring the Parquet snapshots up to date with the log (and compact them).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Query runs, episodes, turns, tool calls, web requests, … with SQL (read-only).
+    Sql(sql::SqlArgs),
+}
+
+fn parse_policy(text: &str) -> Result<fathom_store::snapshot::AutoPolicy, String> {
+    fathom_store::snapshot::AutoPolicy::parse(text)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Log(cmd) => log::run(&cli.data, cmd),
+        Command::Log(cmd) => log::run(&cli.data, cmd, cli.snapshot_every.clone()),
         Command::Verify(args) => verify::run(&cli.data, args),
         Command::Score(args) => score::run(args),
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Web(cmd) => web::run(&cli.data, cmd),
-        Command::Eval(args) => eval::run(&cli.data, args),
+        Command::Eval(args) => eval::run(&cli.data, args, cli.snapshot_every.clone()),
+        Command::Snapshot(args) => snapshot::run(&cli.data, args),
+        Command::Sql(args) => sql::run(&cli.data, args),
     };
     match result {
         Ok(code) => code,
@@ -95,6 +113,25 @@ pub(crate) fn open_store(data: &std::path::Path, opts: fathom_store::Options) ->
         }
     }
     Ok(store)
+}
+
+/// Starts background snapshots of a writing command's log.
+pub(crate) fn auto_snapshot(
+    store: &std::sync::Arc<fathom_store::Store>,
+    policy: fathom_store::snapshot::AutoPolicy,
+) -> fathom_store::snapshot::AutoSnapshot {
+    fathom_store::snapshot::AutoSnapshot::start(store.clone(), policy, Default::default())
+}
+
+/// Takes the last snapshot of a writing command and says so on stderr.
+pub(crate) fn finish_snapshots(auto: fathom_store::snapshot::AutoSnapshot) -> anyhow::Result<()> {
+    if let Some(report) = auto.finish()? {
+        eprintln!(
+            "snapshots cover events up to {} ('fathom sql' to query)",
+            report.upto_seq
+        );
+    }
+    Ok(())
 }
 
 /// Human-readable bytes.

@@ -1,4 +1,447 @@
 //! Read-only SQL (DataFusion) over the Parquet snapshots and the live tail
-//! of the log (to be built by the SQL issue). May use `core` and `store`.
+//! of the log.
 //!
-//! **Architecture Invariant:** this crate never writes to the log.
+//! [`Db::open`] registers every table of [`fathom_store::snapshot::tables`]
+//! in a DataFusion [`SessionContext`]. Each table is the union of its
+//! committed snapshot files (by the manifest, never by listing a directory)
+//! and the rows of the log's events after the manifest's `upto_seq`, built
+//! in memory by the same projector the snapshotter uses, continuing from the
+//! manifest's carry. So a query sees every acknowledged event, and a table
+//! read from the files alone (by DuckDB, Spark) equals the SQL table once a
+//! snapshot has caught up.
+//!
+//! When another process (a training run) holds the log, the tail cannot be
+//! read here: queries then see the snapshots only, and [`Db::source`] says
+//! how far they reach.
+//!
+//! Views on top: `step_metrics` and `behaviour_rates` (see `docs/SQL.md`).
+//!
+//! **Architecture Invariant:** this crate never writes to the log. SQL is
+//! read-only: no DDL, no DML, no `COPY`, no `SET`, no external tables.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use fathom_store::snapshot::{Manifest, Projector, Snapshots, TableInfo, tables};
+use fathom_store::{Options, Store};
+
+pub use datafusion;
+
+/// Errors of the SQL layer, worded for the person at the prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The query is not valid or refers to something that does not exist.
+    #[error("{0}")]
+    Sql(String),
+    /// The query would change something.
+    #[error("{0}")]
+    ReadOnly(String),
+    /// Reading the snapshots or the log failed.
+    #[error(transparent)]
+    Store(#[from] fathom_store::Error),
+    /// DataFusion failed while executing.
+    #[error("query failed: {0}")]
+    Execution(String),
+}
+
+/// Where a [`Db`]'s rows come from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Events covered by committed snapshot files.
+    pub snapshot_upto: u64,
+    /// Snapshot files registered.
+    pub files: usize,
+    /// The last event seen (the log's end when the tail was read).
+    pub last_seq: u64,
+    /// Whether the log's tail after the snapshots was read.
+    pub tail_read: bool,
+    /// Why the tail was not read, when it was not.
+    pub tail_note: Option<String>,
+}
+
+/// How to open a [`Db`].
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Read the committed snapshots only, not the log's tail.
+    pub snapshots_only: bool,
+    /// DataFusion partitions (threads); 0 means one per core.
+    pub target_partitions: usize,
+}
+
+/// A SQL session over one data directory.
+pub struct Db {
+    ctx: SessionContext,
+    source: Source,
+    data: PathBuf,
+    opts: OpenOptions,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("data", &self.data)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The views registered on top of the tables, with their documentation.
+pub const VIEWS: &[(&str, &str, &str)] = &[
+    (
+        "step_metrics",
+        "Per run and step, over finished episodes (aborted ones excluded): episodes, reward mean and standard deviation, F1, EM, format-failure rate, and mean turns, tool calls, searches, browses and generated tokens per episode.",
+        "SELECT run_id, step, count(*) AS episodes,
+                avg(reward) AS reward_mean, stddev_pop(reward) AS reward_std,
+                avg(f1) AS f1, avg(em) AS em,
+                avg(CASE WHEN format_ok THEN 0.0 ELSE 1.0 END) AS format_failure_rate,
+                avg(CAST(n_turns AS DOUBLE)) AS turns, avg(CAST(n_tool_calls AS DOUBLE)) AS tool_calls,
+                avg(CAST(n_searches AS DOUBLE)) AS searches, avg(CAST(n_browses AS DOUBLE)) AS browses,
+                avg(CAST(n_tokens AS DOUBLE)) AS tokens
+         FROM episodes WHERE ended_by <> 'aborted'
+         GROUP BY run_id, step",
+    ),
+    (
+        "behaviour_rates",
+        "Per run and step, the share of finished episodes (aborted ones excluded) showing each behaviour: planning, cross_validation, self_reflection, honesty.",
+        "WITH flags AS (
+             SELECT run_id, episode_id,
+                    max(CASE WHEN kind = 'planning' THEN 1.0 ELSE 0.0 END) AS planning,
+                    max(CASE WHEN kind = 'cross_validation' THEN 1.0 ELSE 0.0 END) AS cross_validation,
+                    max(CASE WHEN kind = 'self_reflection' THEN 1.0 ELSE 0.0 END) AS self_reflection,
+                    max(CASE WHEN kind = 'honesty' THEN 1.0 ELSE 0.0 END) AS honesty
+             FROM behaviours GROUP BY run_id, episode_id)
+         SELECT e.run_id, e.step, count(*) AS episodes,
+                avg(coalesce(f.planning, 0.0)) AS planning,
+                avg(coalesce(f.cross_validation, 0.0)) AS cross_validation,
+                avg(coalesce(f.self_reflection, 0.0)) AS self_reflection,
+                avg(coalesce(f.honesty, 0.0)) AS honesty
+         FROM episodes e LEFT JOIN flags f ON e.run_id = f.run_id AND e.episode_id = f.episode_id
+         WHERE e.ended_by <> 'aborted'
+         GROUP BY e.run_id, e.step",
+    ),
+];
+
+/// A table made of several parts scanned as one (snapshot files and the
+/// in-memory tail).
+#[derive(Debug)]
+struct Unioned {
+    schema: SchemaRef,
+    parts: Vec<Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl TableProvider for Unioned {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        // Each part prunes with the filters it can use; DataFusion applies
+        // them again above the union.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mut plans = Vec::with_capacity(self.parts.len());
+        for part in &self.parts {
+            plans.push(part.scan(state, projection, filters, limit).await?);
+        }
+        UnionExec::try_new(plans)
+    }
+}
+
+fn df_err(e: DataFusionError) -> QueryError {
+    QueryError::Execution(e.to_string())
+}
+
+impl Db {
+    /// Opens the tables of the data directory `data`.
+    pub async fn open(data: &Path, opts: OpenOptions) -> Result<Db, QueryError> {
+        let snaps = Snapshots::new(data.join("snapshots"));
+        let manifest = snaps.manifest()?;
+        let mut source = Source {
+            snapshot_upto: manifest.upto_seq,
+            files: manifest.files.len(),
+            last_seq: manifest.upto_seq,
+            tail_read: false,
+            tail_note: None,
+        };
+        let tail = if opts.snapshots_only {
+            source.tail_note = Some("--snapshots-only was given".into());
+            None
+        } else {
+            match read_tail(data, &manifest) {
+                Ok(Some((last, batches))) => {
+                    source.last_seq = last;
+                    source.tail_read = true;
+                    Some(batches)
+                }
+                Ok(None) => {
+                    source.tail_read = true;
+                    source.tail_note = Some("no log in this data directory".into());
+                    None
+                }
+                Err(fathom_store::Error::InUse { holder, .. }) => {
+                    source.tail_note = Some(format!(
+                        "the log is held by another fathom process ({holder}); showing the snapshots, which cover events up to {}",
+                        manifest.upto_seq
+                    ));
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut config = SessionConfig::new().with_information_schema(true);
+        if opts.target_partitions > 0 {
+            config = config.with_target_partitions(opts.target_partitions);
+        }
+        let ctx = SessionContext::new_with_config(config);
+        for info in tables::all() {
+            let provider = table_provider(&snaps, &manifest, &info, tail.as_deref()).await?;
+            ctx.register_table(info.name, provider).map_err(df_err)?;
+        }
+        for (name, _, body) in VIEWS {
+            ctx.sql(&format!("CREATE VIEW {name} AS {body}"))
+                .await
+                .map_err(df_err)?;
+        }
+        Ok(Db {
+            ctx,
+            source,
+            data: data.to_path_buf(),
+            opts,
+        })
+    }
+
+    /// Where the rows come from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The DataFusion context (tables and views registered).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs one read-only statement and collects its result. A snapshot
+    /// file compacted away between opening and reading makes the query
+    /// reopen the tables and try again (up to three times).
+    pub async fn sql(&mut self, query: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let mut tries = 0;
+        loop {
+            match self.sql_once(query).await {
+                Err(QueryError::Execution(msg)) if tries < 3 && is_missing_file(&msg) => {
+                    tries += 1;
+                    *self = Db::open(&self.data, self.opts.clone()).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn sql_once(&self, query: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self
+            .ctx
+            .sql_with_options(query, options)
+            .await
+            .map_err(|e| explain_error(e, query))?;
+        df.collect().await.map_err(df_err)
+    }
+
+    /// The schema a query would produce, without running it.
+    pub async fn schema_of(&self, query: &str) -> Result<SchemaRef, QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self
+            .ctx
+            .sql_with_options(query, options)
+            .await
+            .map_err(|e| explain_error(e, query))?;
+        Ok(Arc::new(df.schema().as_arrow().clone()))
+    }
+}
+
+fn is_missing_file(msg: &str) -> bool {
+    msg.contains("No such file") || msg.contains("not found") && msg.contains(".parquet")
+}
+
+/// Reads the log's events after the manifest into in-memory batches, or
+/// `None` when there is no log.
+/// Batches per table.
+type TableBatches = Vec<(&'static str, RecordBatch)>;
+
+fn read_tail(data: &Path, manifest: &Manifest) -> Result<Option<(u64, TableBatches)>, fathom_store::Error> {
+    if !data.join("log").exists() {
+        return Ok(None);
+    }
+    let store = Store::open(
+        data,
+        Options {
+            // A reader needs little cache.
+            cache_bytes: 64 << 20,
+            ..Options::default()
+        },
+    )?;
+    let last = store.last_seq().0;
+    let mut projector = Projector::new(&manifest.carry);
+    if last > manifest.upto_seq {
+        for rec in store.range(fathom_core::Seq(manifest.upto_seq + 1)..=fathom_core::Seq(last)) {
+            projector.push(&rec?);
+        }
+    }
+    Ok(Some((last, projector.take_batches())))
+}
+
+async fn table_provider(
+    snaps: &Snapshots,
+    manifest: &Manifest,
+    info: &TableInfo,
+    tail: Option<&[(&'static str, RecordBatch)]>,
+) -> Result<Arc<dyn TableProvider>, QueryError> {
+    let mut parts: Vec<Arc<dyn TableProvider>> = Vec::new();
+    let tail_batch = tail.and_then(|t| t.iter().find(|(name, _)| *name == info.name).map(|(_, b)| b.clone()));
+    // `runs` is complete in the tail (the projector carries every run), so
+    // its snapshot file is only read when the tail is not.
+    let use_files = !(info.name == "runs" && tail.is_some());
+    let files: Vec<ListingTableUrl> = if use_files {
+        manifest
+            .files_of(info.name)
+            .map(|f| {
+                let path = snaps.path_of(f);
+                ListingTableUrl::parse(path.to_string_lossy()).map_err(df_err)
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    if !files.is_empty() {
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(files)
+            .with_listing_options(options)
+            .with_schema(info.schema.clone());
+        parts.push(Arc::new(ListingTable::try_new(config).map_err(df_err)?));
+    }
+    if let Some(b) = tail_batch {
+        parts.push(Arc::new(
+            MemTable::try_new(info.schema.clone(), vec![vec![b]]).map_err(df_err)?,
+        ));
+    }
+    if parts.is_empty() {
+        parts.push(Arc::new(
+            MemTable::try_new(info.schema.clone(), vec![vec![]]).map_err(df_err)?,
+        ));
+    }
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    Ok(Arc::new(Unioned {
+        schema: info.schema.clone(),
+        parts,
+    }))
+}
+
+/// Rewords DataFusion's planning errors for the prompt: what was wrong and
+/// what to do.
+fn explain_error(e: DataFusionError, query: &str) -> QueryError {
+    let msg = e.strip_backtrace();
+    let tables: Vec<&str> = tables::all()
+        .iter()
+        .map(|t| t.name)
+        .chain(VIEWS.iter().map(|v| v.0))
+        .collect();
+    if msg.contains("DDL not supported") || msg.contains("DML not supported") || msg.contains("Statement not supported")
+    {
+        return QueryError::ReadOnly(format!(
+            "fathom's SQL is read-only: only queries (SELECT, WITH, VALUES, EXPLAIN, SHOW, DESCRIBE) are allowed; '{}' would change something. ({msg})",
+            query.split_whitespace().next().unwrap_or("")
+        ));
+    }
+    if msg.contains("table") && msg.contains("not found") {
+        return QueryError::Sql(format!("{msg}. Tables: {}", tables.join(", ")));
+    }
+    if let Some(rest) = msg.strip_prefix("Schema error: ") {
+        return QueryError::Sql(rest.to_string());
+    }
+    QueryError::Sql(msg.strip_prefix("Error during planning: ").unwrap_or(&msg).to_string())
+}
+
+/// Every table and view with its one-line description.
+pub fn catalogue() -> Vec<(String, String)> {
+    tables::all()
+        .iter()
+        .map(|t| (t.name.to_string(), t.doc.to_string()))
+        .chain(VIEWS.iter().map(|(n, d, _)| (n.to_string(), d.to_string())))
+        .collect()
+}
+
+/// Results as text.
+pub mod format {
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+
+    /// An aligned text table.
+    pub fn table(batches: &[RecordBatch]) -> String {
+        match pretty_format_batches(batches) {
+            Ok(t) => t.to_string(),
+            Err(e) => format!("(could not format the result: {e})"),
+        }
+    }
+
+    /// CSV with a header line.
+    pub fn csv(batches: &[RecordBatch]) -> Result<String, String> {
+        let mut out = Vec::new();
+        {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            for b in batches {
+                w.write(b).map_err(|e| e.to_string())?;
+            }
+        }
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+
+    /// A JSON array of objects, one per row.
+    pub fn json(batches: &[RecordBatch]) -> Result<String, String> {
+        let mut out = Vec::new();
+        {
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut out);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs).map_err(|e| e.to_string())?;
+            w.finish().map_err(|e| e.to_string())?;
+        }
+        let text = String::from_utf8(out).map_err(|e| e.to_string())?;
+        Ok(if text.is_empty() { "[]".into() } else { text })
+    }
+}

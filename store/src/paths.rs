@@ -4,10 +4,11 @@
 //! <data>/
 //!   LOCK          exclusive lock held by the writing process; names it
 //!   log/          the sled database: events, indexes, counters, blobs
+//!   snapshots/    Parquet snapshots and their manifest (see `snapshot`)
 //! ```
 //!
-//! Later parts of fathom add `snapshots/` and `checkpoints/` here; they must
-//! take their paths from this module too.
+//! Later parts of fathom add `checkpoints/` here; they must take their paths
+//! from this module too.
 
 use std::path::{Path, PathBuf};
 
@@ -36,5 +37,10 @@ impl DataDir {
     /// The sled database holding the log and the blob tree.
     pub fn log_dir(&self) -> PathBuf {
         self.root.join("log")
+    }
+
+    /// The Parquet snapshots and their manifest.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
     }
 }

@@ -127,6 +127,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     visible: Visible,
     recovery: RecoveryReport,
+    /// Held while a snapshot runs, so only one runs at a time.
+    snapshotting: Mutex<()>,
     // Declared last so it is dropped last: the lock outlives the database.
     _lock: DirLock,
 }
@@ -179,8 +181,13 @@ impl Store {
                 watch,
             },
             recovery,
+            snapshotting: Mutex::new(()),
             _lock: lock,
         })
+    }
+
+    pub(crate) fn snapshot_guard(&self) -> MutexGuard<'_, ()> {
+        lock(&self.snapshotting)
     }
 
     /// The data directory.
@@ -277,11 +284,17 @@ impl Store {
     /// durable with the next flush; an id can be handed out again after a
     /// crash only if nothing durable refers to it.
     pub fn next_id(&self, kind: IdKind) -> Result<u64> {
+        self.reserve_ids(kind, 1)
+    }
+
+    /// Allocates `n` consecutive ids of a kind at once and returns the
+    /// last; the block is `last - n + 1 ..= last`.
+    pub fn reserve_ids(&self, kind: IdKind, n: u64) -> Result<u64> {
         let value = self
             .events
             .update_and_fetch(keys::counter(kind), |old| {
-                let n = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-                Some((n + 1).to_be_bytes().to_vec())
+                let c = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                Some((c + n).to_be_bytes().to_vec())
             })
             .map_err(sled_err("allocate an id"))?
             .ok_or_else(|| Error::Internal("id counter update returned nothing".into()))?;

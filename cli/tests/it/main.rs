@@ -7,6 +7,7 @@ mod eval;
 mod log;
 mod sandbox;
 mod score;
+mod snapshot;
 mod web;
 
 use std::path::Path;

@@ -1,0 +1,302 @@
+//! `fathom snapshot` and `fathom sql` end to end: a snapshotter killed at
+//! random moments never loses or doubles a row, and the SQL command's
+//! formats, errors and interactive prompt behave.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fathom_core::SeededRng;
+
+use crate::{fathom, run, stderr, stdout};
+
+/// Each table and the event kinds whose events make its rows.
+const TABLES: &[(&str, &[&str])] = &[
+    ("runs", &["run_started"]),
+    ("questions", &["question_sampled"]),
+    ("episodes", &["episode_finished"]),
+    ("turns", &["turn_generated", "tool_result"]),
+    ("tool_calls", &["tool_called"]),
+    ("web_requests", &["web_exchange"]),
+    ("segments", &["page_segment_read"]),
+    ("behaviours", &["behaviour_tagged"]),
+    ("updates", &["gradient_update"]),
+    ("checkpoints", &["checkpoint_saved"]),
+    ("evals", &["eval_result"]),
+];
+
+fn log_counts(data: &std::path::Path) -> (BTreeMap<String, u64>, u64) {
+    let out = run(data, &["log", "stats", "--json"]);
+    assert!(out.status.success(), "log stats: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    let mut counts = BTreeMap::new();
+    let mut total = 0;
+    for (kind, k) in v["by_kind"].as_object().expect("by_kind") {
+        let n = k["events"].as_u64().expect("events");
+        counts.insert(kind.clone(), n);
+        total += n;
+    }
+    (counts, total)
+}
+
+fn sql_json(data: &std::path::Path, extra: &[&str], query: &str) -> serde_json::Value {
+    let out = fathom(data)
+        .args(["sql", "--format", "json"])
+        .args(extra)
+        .arg(query)
+        .output()
+        .expect("fathom sql runs");
+    assert!(out.status.success(), "sql {query}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON from sql ({e}): {}", stdout(&out)))
+}
+
+/// Counts and duplicate keys of every table, in one query.
+fn table_counts(data: &std::path::Path, extra: &[&str]) -> BTreeMap<String, (u64, u64)> {
+    let mut parts: Vec<String> = TABLES
+        .iter()
+        .map(|(t, _)| format!("SELECT '{t}' AS t, count(*) AS n, count(*) - count(DISTINCT seq) AS dup FROM {t}"))
+        .collect();
+    parts.push("SELECT 'events' AS t, count(*) AS n, count(*) - count(DISTINCT seq) AS dup FROM events".into());
+    let v = sql_json(data, extra, &parts.join(" UNION ALL "));
+    v.as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["t"].as_str().expect("t").to_string(),
+                (r["n"].as_u64().expect("n"), r["dup"].as_u64().expect("dup")),
+            )
+        })
+        .collect()
+}
+
+fn expected(counts: &BTreeMap<String, u64>, kinds: &[&str]) -> u64 {
+    kinds.iter().map(|k| counts.get(*k).copied().unwrap_or(0)).sum()
+}
+
+fn check_consistent(data: &std::path::Path, when: &str) {
+    let (log, total) = log_counts(data);
+    let tables = table_counts(data, &[]);
+    for (table, kinds) in TABLES {
+        let (n, dup) = tables[*table];
+        assert_eq!(dup, 0, "{when}: duplicate keys in {table}");
+        assert_eq!(
+            n,
+            expected(&log, kinds),
+            "{when}: rows of {table} against {kinds:?} events in the log"
+        );
+    }
+    assert_eq!(tables["events"], (total, 0), "{when}: the events table");
+}
+
+fn load(data: &std::path::Path, episodes: &str) {
+    let out = run(
+        data,
+        &["--snapshot-every", "off", "log", "load", "--episodes", episodes],
+    );
+    assert!(out.status.success(), "log load: {}", stderr(&out));
+}
+
+#[test]
+fn a_snapshotter_killed_at_random_moments_never_loses_or_doubles_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    load(data, "640");
+    let mut rng = SeededRng::new(20261122);
+    let (mut mid_run_kills, mut iterations) = (0, 0);
+    while mid_run_kills < 20 {
+        iterations += 1;
+        assert!(
+            iterations < 80,
+            "only {mid_run_kills} kills landed mid-snapshot in {iterations} tries"
+        );
+        let mut child = fathom(data)
+            .args(["snapshot", "--window", "300", "--compact-min-files", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fathom snapshot starts");
+        std::thread::sleep(Duration::from_millis(20 + rng.below(2500)));
+        let running = child.try_wait().expect("try_wait").is_none();
+        child.kill().expect("SIGKILL");
+        let status = child.wait().expect("wait");
+        if running {
+            mid_run_kills += 1;
+        } else {
+            assert!(status.success(), "an unkilled snapshot succeeds");
+            // Caught up: give the next snapshot work to be killed in.
+            load(data, "256");
+        }
+        check_consistent(data, &format!("after kill {iterations} (mid-run: {running})"));
+    }
+
+    // Finished cleanly, the files alone hold every row, and nothing but
+    // the manifest's files is left in the table directories.
+    let out = run(data, &["snapshot"]);
+    assert!(out.status.success(), "final snapshot: {}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("snapshots/manifest.json")).unwrap()).unwrap();
+    let upto = manifest["upto_seq"].as_u64().unwrap();
+    let (log, _) = log_counts(data);
+    let files_only = table_counts(data, &["--snapshots-only"]);
+    for (table, kinds) in TABLES {
+        assert_eq!(
+            files_only[*table],
+            (expected(&log, kinds), 0),
+            "snapshot files of {table}"
+        );
+    }
+    assert_eq!(
+        files_only["events"],
+        (upto, 0),
+        "the events files hold events 1..={upto}"
+    );
+    let named: std::collections::BTreeSet<String> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    for entry in walk(&data.join("snapshots")) {
+        let rel = entry
+            .strip_prefix(data.join("snapshots"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel.ends_with(".parquet") {
+            assert!(
+                named.contains(&rel),
+                "{rel} is in a table directory but not in the manifest"
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn sql_formats_errors_and_the_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    load(data, "128");
+
+    // Nothing snapshotted yet: the rows come from the log.
+    let v = sql_json(data, &[], "SELECT count(*) AS n, round(avg(f1), 6) AS f1 FROM episodes");
+    assert_eq!(v[0]["n"], 128);
+    let out = run(data, &["snapshot"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("episodes       +128 rows"), "{}", stdout(&out));
+    let after = sql_json(
+        data,
+        &["--snapshots-only"],
+        "SELECT count(*) AS n, round(avg(f1), 6) AS f1 FROM episodes",
+    );
+    assert_eq!(after, v, "the files give what the log gave");
+
+    let out = run(
+        data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT step, episodes FROM step_metrics ORDER BY step",
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "step,episodes\n1,128\n");
+
+    let out = run(data, &["sql", "SELECT run_id, status FROM runs"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("| r-1    | completed |") && text.contains("(1 row)"),
+        "{text}"
+    );
+
+    let out = run(data, &["sql", "SELECT rewrd FROM episodes"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("No field named rewrd") && err.contains("episodes.reward"),
+        "{err}"
+    );
+
+    let out = run(data, &["sql", "DELETE FROM episodes"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+
+    // The prompt: statements across lines, dot-commands, history kept.
+    let mut child = fathom(data)
+        .arg("sql")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b".tables\nSELECT count(*) AS n\n  FROM episodes;\n.format csv\nSELECT 41 + 1 AS answer;\n.schema nope\n.quit\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("step_metrics"), "{text}");
+    assert!(text.contains("| 128 |"), "{text}");
+    assert!(text.contains("answer\n42"), "{text}");
+    assert!(stderr(&out).contains("no table 'nope'"), "{}", stderr(&out));
+    let history = std::fs::read_to_string(data.join("sql_history")).unwrap();
+    assert!(history.contains("SELECT 41 + 1 AS answer;"), "{history}");
+}
+
+#[test]
+fn while_a_writer_holds_the_log_sql_reads_the_snapshots_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    load(data, "128");
+    assert!(run(data, &["snapshot"]).status.success());
+    // A writer that keeps the log open.
+    let mut writer = fathom(data)
+        .args([
+            "--snapshot-every",
+            "off",
+            "log",
+            "load",
+            "--events",
+            "0",
+            "--print-acks",
+            "--no-verify",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(writer.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ack "), "{line}");
+    }
+    let out = run(data, &["sql", "--format", "json", "SELECT count(*) AS n FROM episodes"]);
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), r#"[{"n":128}]"#);
+    assert!(
+        stderr(&out).contains("held by another fathom process"),
+        "{}",
+        stderr(&out)
+    );
+}

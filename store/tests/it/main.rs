@@ -30,3 +30,4 @@ pub fn events_without_blobs() -> Vec<fathom_core::Event> {
     }
     events
 }
+mod tables;

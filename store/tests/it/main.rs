@@ -31,3 +31,4 @@ pub fn events_without_blobs() -> Vec<fathom_core::Event> {
     events
 }
 mod tables;
+mod snapshot;

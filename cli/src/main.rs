@@ -115,17 +115,35 @@ pub(crate) fn open_store(data: &std::path::Path, opts: fathom_store::Options) ->
     Ok(store)
 }
 
-/// Starts background snapshots of a writing command's log.
+/// What a command that writes the log runs beside it: background
+/// snapshots, and the read endpoint through which other fathom processes
+/// (`fathom sql`) see the newest events.
+pub(crate) struct Background {
+    auto: fathom_store::snapshot::AutoSnapshot,
+    _tail: Option<fathom_store::tail::TailServer>,
+}
+
+/// Starts the background work of a writing command.
 pub(crate) fn auto_snapshot(
     store: &std::sync::Arc<fathom_store::Store>,
     policy: fathom_store::snapshot::AutoPolicy,
-) -> fathom_store::snapshot::AutoSnapshot {
-    fathom_store::snapshot::AutoSnapshot::start(store.clone(), policy, Default::default())
+) -> Background {
+    let tail = match fathom_store::tail::TailServer::start(store.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("warning: other fathom processes will see only the snapshots of this run: {e}");
+            None
+        }
+    };
+    Background {
+        auto: fathom_store::snapshot::AutoSnapshot::start(store.clone(), policy, Default::default()),
+        _tail: tail,
+    }
 }
 
 /// Takes the last snapshot of a writing command and says so on stderr.
-pub(crate) fn finish_snapshots(auto: fathom_store::snapshot::AutoSnapshot) -> anyhow::Result<()> {
-    if let Some(report) = auto.finish()? {
+pub(crate) fn finish_snapshots(background: Background) -> anyhow::Result<()> {
+    if let Some(report) = background.auto.finish()? {
         eprintln!(
             "snapshots cover events up to {} ('fathom sql' to query)",
             report.upto_seq

@@ -10,8 +10,9 @@
 //! read from the files alone (by DuckDB, Spark) equals the SQL table once a
 //! snapshot has caught up.
 //!
-//! When another process (a training run) holds the log, the tail cannot be
-//! read here: queries then see the snapshots only, and [`Db::source`] says
+//! When another process (a training run) holds the log, the tail comes from
+//! that writer's read endpoint ([`fathom_store::tail`]); a writer without
+//! one leaves the queries with the snapshots only, and [`Db::source`] says
 //! how far they reach.
 //!
 //! Views on top: `step_metrics` and `behaviour_rates` (see `docs/SQL.md`).
@@ -207,11 +208,26 @@ impl Db {
                     None
                 }
                 Err(fathom_store::Error::InUse { holder, .. }) => {
-                    source.tail_note = Some(format!(
-                        "the log is held by another fathom process ({holder}); showing the snapshots, which cover events up to {}",
-                        manifest.upto_seq
-                    ));
-                    None
+                    // The writer serves its newest events on its endpoint.
+                    match fathom_store::tail::fetch(data, fathom_core::Seq(manifest.upto_seq))? {
+                        Some(records) => {
+                            let mut projector = Projector::new(&manifest.carry);
+                            for rec in &records {
+                                projector.push(rec);
+                            }
+                            source.last_seq = records.last().map_or(manifest.upto_seq, |r| r.seq.0);
+                            source.tail_read = true;
+                            source.tail_note = Some(format!("newest events read from the writer ({holder})"));
+                            Some(projector.take_batches())
+                        }
+                        None => {
+                            source.tail_note = Some(format!(
+                                "the log is held by another fathom process ({holder}) that serves no read endpoint; showing the snapshots, which cover events up to {}",
+                                manifest.upto_seq
+                            ));
+                            None
+                        }
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

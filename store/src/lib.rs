@@ -27,6 +27,7 @@ pub mod snapshot;
 mod stats;
 mod store;
 pub mod synthetic;
+pub mod tail;
 mod verify;
 pub mod verl;
 pub mod workload;

@@ -260,12 +260,12 @@ fn sql_formats_errors_and_the_prompt() {
 }
 
 #[test]
-fn while_a_writer_holds_the_log_sql_reads_the_snapshots_and_says_so() {
+fn while_a_writer_holds_the_log_sql_gets_its_newest_events_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     load(data, "128");
     assert!(run(data, &["snapshot"]).status.success());
-    // A writer that keeps the log open.
+    // A writer that keeps the log open and keeps appending.
     let mut writer = fathom(data)
         .args([
             "--snapshot-every",
@@ -281,22 +281,42 @@ fn while_a_writer_holds_the_log_sql_reads_the_snapshots_and_says_so() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    {
+    let mut acks = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut acked = 0u64;
+    for _ in 0..5 {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(writer.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("ack "), "{line}");
+        acks.read_line(&mut line).unwrap();
+        acked = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .expect("ack FIRST LAST");
     }
+    let v = sql_json(
+        data,
+        &[],
+        "SELECT (SELECT count(*) FROM episodes) AS episodes, (SELECT max(seq) FROM events) AS last, \
+         (SELECT count(*) - count(DISTINCT seq) FROM events) AS dup",
+    );
+    assert_eq!(v[0]["episodes"], 128);
+    assert_eq!(v[0]["dup"], 0);
+    let last = v[0]["last"].as_u64().unwrap();
+    assert!(
+        last >= acked,
+        "every acknowledged event is visible: saw up to {last}, {acked} acknowledged"
+    );
+
+    // A writer whose endpoint is gone: the snapshots, and a note saying so.
+    std::fs::remove_file(data.join("tail.sock")).unwrap();
     let out = run(data, &["sql", "--format", "json", "SELECT count(*) AS n FROM episodes"]);
     writer.kill().unwrap();
     writer.wait().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), r#"[{"n":128}]"#);
+    let err = stderr(&out);
     assert!(
-        stderr(&out).contains("held by another fathom process"),
-        "{}",
-        stderr(&out)
+        err.contains("held by another fathom process") && err.contains("showing the snapshots"),
+        "{err}"
     );
 }

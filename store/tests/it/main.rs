@@ -30,5 +30,5 @@ pub fn events_without_blobs() -> Vec<fathom_core::Event> {
     }
     events
 }
-mod tables;
 mod snapshot;
+mod tables;

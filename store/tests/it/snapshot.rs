@@ -39,7 +39,10 @@ fn files_an_interrupted_snapshot_left_behind_are_removed_before_the_next_one() {
     std::fs::write(snaps.join("episodes/part-9-9.parquet"), b"not committed").unwrap();
     std::fs::write(snaps.join("_tmp/turns-part.parquet"), b"half").unwrap();
     let report = store.snapshot(&SnapshotOptions::default()).unwrap();
-    assert_eq!(report.orphans_removed, 1, "the stray table file (the _tmp dir is cleared too)");
+    assert_eq!(
+        report.orphans_removed, 1,
+        "the stray table file (the _tmp dir is cleared too)"
+    );
     assert!(!snaps.join("episodes/part-9-9.parquet").exists());
     assert_eq!(std::fs::read_dir(snaps.join("_tmp")).unwrap().count(), 0);
     // Nothing committed was touched.
@@ -68,7 +71,13 @@ fn every_committed_file_matches_its_digest_and_row_count() {
         let bytes = std::fs::read(dir.path().join("snapshots").join(&f.path)).unwrap();
         assert_eq!(blake3::hash(&bytes).to_hex().to_string(), f.digest, "{}", f.path);
         assert_eq!(bytes.len() as u64, f.bytes);
-        let rows: usize = store.snapshots().read_file(f).unwrap().iter().map(|b| b.num_rows()).sum();
+        let rows: usize = store
+            .snapshots()
+            .read_file(f)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
         assert_eq!(rows as u64, f.rows, "{}", f.path);
     }
     // The log records each commit.
@@ -76,7 +85,11 @@ fn every_committed_file_matches_its_digest_and_row_count() {
         .iter()
         .filter(|r| r.as_ref().unwrap().event.kind() == fathom_core::EventKind::SnapshotCommitted)
         .count();
-    assert!(recorded >= m.files.len(), "{recorded} snapshot_committed events for {} files", m.files.len());
+    assert!(
+        recorded >= m.files.len(),
+        "{recorded} snapshot_committed events for {} files",
+        m.files.len()
+    );
 }
 
 #[test]
@@ -86,7 +99,10 @@ fn a_damaged_manifest_is_reported_with_what_to_do() {
     store.snapshot(&SnapshotOptions::default()).unwrap();
     std::fs::write(dir.path().join("snapshots/manifest.json"), b"{ truncated").unwrap();
     let err = store.snapshot(&SnapshotOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("does not parse") && err.contains("fathom snapshot"), "{err}");
+    assert!(
+        err.contains("does not parse") && err.contains("fathom snapshot"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -133,5 +149,8 @@ fn automatic_snapshots_follow_the_log_by_event_count_and_finish_covers_everythin
     store.append_with(&load.step(), Durability::Relaxed).unwrap();
     let last_data = store.last_seq().0;
     let report = auto.finish().unwrap().expect("a last snapshot");
-    assert!(report.upto_seq >= last_data, "the last snapshot covers event {last_data}");
+    assert!(
+        report.upto_seq >= last_data,
+        "the last snapshot covers event {last_data}"
+    );
 }

@@ -22,7 +22,11 @@ fn render() -> String {
         let keys = if t.key.is_empty() {
             "every event".to_string()
         } else {
-            t.key.iter().map(|k| format!("`{}`", k.name())).collect::<Vec<_>>().join(", ")
+            t.key
+                .iter()
+                .map(|k| format!("`{}`", k.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let first = t.doc.split(". ").next().unwrap_or(t.doc).trim_end_matches('.');
         out.push_str(&format!(
@@ -32,7 +36,10 @@ fn render() -> String {
         ));
     }
     for t in &all {
-        out.push_str(&format!("\n## {}\n\n{}\n\n| column | type | null | meaning |\n|---|---|---|---|\n", t.name, t.doc));
+        out.push_str(&format!(
+            "\n## {}\n\n{}\n\n| column | type | null | meaning |\n|---|---|---|---|\n",
+            t.name, t.doc
+        ));
         for c in &t.columns {
             out.push_str(&format!(
                 "| `{}` | {} | {} | {} |\n",

@@ -1,0 +1,143 @@
+//! The writer's read endpoint: other processes get the log's newest events
+//! from the process that holds it, so they never need to stop it.
+//!
+//! The writer serves a Unix socket, `<data>/tail.sock`. A client sends one
+//! line, `after N\n`, and receives every event with a sequence number above
+//! `N` up to the last visible one, each as a little-endian `u32` length
+//! followed by the event's frame (the format of `store/README.md`), then a
+//! zero length. Frames are checked by the client as they are read from the
+//! log (CRC and validation), so a damaged transfer is an error, never a
+//! wrong row.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fathom_core::{Record, Seq};
+
+use crate::{Error, Result, Store, frame};
+
+/// The socket's file name inside the data directory.
+pub const SOCKET: &str = "tail.sock";
+
+/// A running endpoint; stops and removes its socket when dropped.
+#[derive(Debug)]
+pub struct TailServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TailServer {
+    /// Serves `store`'s events on `<data>/tail.sock`. Fails only if the
+    /// socket cannot be created (a path too long for a Unix socket, a
+    /// read-only directory); callers treat that as "no endpoint".
+    pub fn start(store: Arc<Store>) -> Result<TailServer> {
+        let path = store.dir().root().join(SOCKET);
+        // The holder of the writer lock owns the name: a file left by a
+        // writer that crashed is stale.
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(|source| Error::Io {
+            action: "listen on",
+            path: path.clone(),
+            source,
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("fathom-tail".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(conn) = conn {
+                        // A client that goes away mid-answer is its problem.
+                        let _ = serve(&store, conn);
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("spawning the tail endpoint: {e}")))?;
+        Ok(TailServer {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for TailServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(store: &Store, conn: UnixStream) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let after = line
+        .trim()
+        .strip_prefix("after ")
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let mut out = std::io::BufWriter::new(conn);
+    let last = store.last_seq();
+    if after < last.0 {
+        for rec in store.range(Seq(after + 1)..=last) {
+            let rec = rec.map_err(std::io::Error::other)?;
+            let bytes = frame::encode(rec.seq, &rec.event).map_err(std::io::Error::other)?;
+            out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+            out.write_all(&bytes)?;
+        }
+    }
+    out.write_all(&0u32.to_le_bytes())?;
+    out.flush()
+}
+
+/// Asks the writer of `data` for the events after `after`. `Ok(None)` when
+/// no writer serves the endpoint (none runs, or it predates the endpoint).
+pub fn fetch(data: &Path, after: Seq) -> Result<Option<Vec<Record>>> {
+    let path = data.join(SOCKET);
+    let Ok(mut conn) = UnixStream::connect(&path) else {
+        return Ok(None);
+    };
+    let io = |source| Error::Io {
+        action: "read the writer's events from",
+        path: path.clone(),
+        source,
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
+    conn.write_all(format!("after {}\n", after.0).as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(conn);
+    let mut records = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).map_err(io)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 {
+            break;
+        }
+        let mut bytes = vec![0u8; len];
+        reader.read_exact(&mut bytes).map_err(io)?;
+        let seq = Seq(u64::from_le_bytes(
+            bytes
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::Internal("a frame from the writer is too short".into()))?,
+        ));
+        let (_, event) = frame::decode(seq, &bytes).map_err(|reason| Error::CorruptEvent { seq, reason })?;
+        records.push(Record { seq, event });
+    }
+    Ok(Some(records))
+}

@@ -55,6 +55,36 @@ fn eval_prints_the_table_and_records_the_results() {
     assert!(stats["by_kind"]["eval_result"]["events"].as_u64().unwrap() >= 15);
     assert!(stats["by_kind"]["behaviour_tagged"]["events"].as_u64().unwrap() > 0);
 
+    // The run was snapshotted as it ended; SQL sees each episode with its
+    // question, and the per-hop F1 the command printed.
+    assert!(
+        stderr(&out).contains("snapshots cover events up to"),
+        "{}",
+        stderr(&out)
+    );
+    let sql = run(
+        dir.path(),
+        &[
+            "sql",
+            "--snapshots-only",
+            "--format",
+            "json",
+            "SELECT count(*) AS n, count(question) AS with_question, count(DISTINCT data_source) AS sources, \
+             avg(CASE WHEN hops = 1 THEN f1 END) AS f1_1hop FROM episodes",
+        ],
+    );
+    assert!(sql.status.success(), "{}", stderr(&sql));
+    let v: serde_json::Value = serde_json::from_slice(&sql.stdout).unwrap();
+    assert_eq!(v[0]["n"], 40);
+    assert_eq!(v[0]["with_question"], 40);
+    assert!(v[0]["sources"].as_u64().unwrap() >= 2, "{v}");
+    let printed = table.lines().find(|l| l.starts_with("1-hop")).unwrap();
+    let printed: f64 = printed.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        (v[0]["f1_1hop"].as_f64().unwrap() - printed).abs() < 0.0006,
+        "{v} vs {printed}"
+    );
+
     let bad = run(
         dir.path(),
         &["eval", "--questions", q.to_str().unwrap(), "--policy", "gpt"],

@@ -1,0 +1,3 @@
+//! fathom-model's integration tests.
+
+mod model;

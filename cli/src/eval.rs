@@ -10,8 +10,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use fathom_core::event::{EvalResult, QuestionSampled, RunFinished, RunKind, RunStarted, RunStatus};
 use fathom_core::{Clock, Event, QuestionId, SystemClock, derive_seed};
+use fathom_model::sample::Sampling;
 use fathom_replay::Gateway;
 use fathom_store::Options;
+use fathom_trainer::candle_policy::{CandleModel, CandlePolicy};
+use fathom_trainer::policy::Policy;
 use fathom_trainer::rollout::{EpisodeSpec, Rollout, RolloutConfig};
 use fathom_trainer::scripted::ScriptedPolicy;
 use fathom_trainer::tools::HeuristicReader;
@@ -25,9 +28,22 @@ pub struct EvalArgs {
     /// Without it, 200 questions (or --limit) are generated over a sandbox started in-process.
     #[arg(long)]
     pub questions: Option<PathBuf>,
-    /// The policy: `scripted` (the heuristic researcher).
+    /// The policy: `scripted` (the heuristic researcher) or `candle:DIR` (a Hugging Face Qwen2
+    /// model directory, run by fathom's own model).
     #[arg(long, default_value = "scripted")]
     pub policy: String,
+    /// Sampling temperature of model policies; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus (top-p) mass of model policies.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Where model policies run: `cpu`, or `cuda:N` (built with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weights' dtype for model policies: `f32` or `bf16`.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Which web: the built-in `sandbox` or the `live` web (needs --search-url or --searxng-url).
     #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "live"])]
     pub web: String,
@@ -69,13 +85,61 @@ impl Tally {
     }
 }
 
-pub fn run(data: &Path, args: EvalArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
-    if args.policy != "scripted" {
+/// Makes each episode's policy.
+#[derive(Clone)]
+enum Policies {
+    Scripted,
+    Candle(Arc<CandleModel>, Sampling),
+}
+
+impl Policies {
+    fn parse(args: &EvalArgs) -> anyhow::Result<Policies> {
+        if args.policy == "scripted" {
+            return Ok(Policies::Scripted);
+        }
+        if let Some(dir) = args.policy.strip_prefix("candle:") {
+            if !(0.0..=1.0).contains(&args.top_p) || args.top_p == 0.0 || args.temperature < 0.0 {
+                anyhow::bail!("--top-p must be in (0, 1] and --temperature at least 0");
+            }
+            let model = CandleModel::load(Path::new(dir), &args.device, &args.dtype)
+                .with_context(|| format!("loading the model directory {dir}"))?;
+            let sampling = Sampling {
+                temperature: args.temperature,
+                top_p: args.top_p,
+            };
+            return Ok(Policies::Candle(Arc::new(model), sampling));
+        }
         anyhow::bail!(
-            "policy '{}' is not available yet; the policies are: scripted (candle:DIR and openai:URL come with the model policies)",
+            "policy '{}' is not known; the policies are: scripted, candle:DIR (a model directory)",
             args.policy
-        );
+        )
     }
+
+    fn make(&self) -> Box<dyn Policy> {
+        match self {
+            Policies::Scripted => Box::new(ScriptedPolicy::new()),
+            Policies::Candle(model, sampling) => Box::new(CandlePolicy::new(model.clone(), *sampling, 0)),
+        }
+    }
+
+    fn model(&self) -> String {
+        match self {
+            Policies::Scripted => String::new(),
+            Policies::Candle(model, _) => {
+                let c = &model.loaded().config;
+                format!(
+                    "qwen2 {} layers, hidden {}, {} parameters",
+                    c.num_hidden_layers,
+                    c.hidden_size,
+                    c.parameter_count()
+                )
+            }
+        }
+    }
+}
+
+pub fn run(data: &Path, args: EvalArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
+    let policies = Policies::parse(&args)?;
     if args.web == "live" && args.web_args.search_url.is_none() && args.web_args.searxng_url.is_none() {
         anyhow::bail!("--web live needs a search API: pass --search-url (Serper-compatible) or --searxng-url");
     }
@@ -113,7 +177,7 @@ pub fn run(data: &Path, args: EvalArgs, snapshots: fathom_store::snapshot::AutoP
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(evaluate(data, args, rows, snapshots))
+    runtime.block_on(evaluate(data, args, rows, snapshots, policies))
 }
 
 async fn evaluate(
@@ -121,6 +185,7 @@ async fn evaluate(
     args: EvalArgs,
     rows: Vec<fathom_store::verl::VerlRow>,
     snapshots: fathom_store::snapshot::AutoPolicy,
+    policies: Policies,
 ) -> anyhow::Result<ExitCode> {
     let web = connect(&args.web_args).await?;
     let store = Arc::new(crate::open_store(data, Options::default())?);
@@ -139,7 +204,7 @@ async fn evaluate(
             name: format!("eval {benchmark}"),
             run_kind: RunKind::Eval,
             config_json: serde_json::json!({
-                "questions": args.questions.as_ref().map(|p| p.display().to_string()), "policy": args.policy, "web": args.web,
+                "questions": args.questions.as_ref().map(|p| p.display().to_string()), "policy": args.policy, "temperature": args.temperature, "top_p": args.top_p, "device": args.device, "dtype": args.dtype, "web": args.web,
                 "limit": args.limit, "seed": args.seed, "max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens,
                 "sandbox_seed": args.web_args.sandbox_seed, "sandbox_entities": args.web_args.sandbox_entities,
                 "sandbox_faults": args.web_args.sandbox_faults, "search": format!("{:?}", web.config.search),
@@ -147,7 +212,7 @@ async fn evaluate(
             .to_string(),
             seed: args.seed,
             policy: args.policy.clone(),
-            model: String::new(),
+            model: policies.model(),
             code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),
             attempt: 0,
         },
@@ -211,11 +276,10 @@ async fn evaluate(
             seed: derive_seed(args.seed, "episode", i as u64),
         };
         let (rollout, limit) = (rollout.clone(), limit.clone());
+        let mut policy = policies.make();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("never closed");
-            let out = rollout
-                .episode(&mut ScriptedPolicy::new(), &mut HeuristicReader, &spec)
-                .await;
+            let out = rollout.episode(policy.as_mut(), &mut HeuristicReader, &spec).await;
             (i, out)
         });
     }

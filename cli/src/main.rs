@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod eval;
 mod log;
+mod model;
 mod sandbox;
 mod score;
 mod snapshot;
@@ -58,6 +59,9 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Query runs, episodes, turns, tool calls, web requests, … with SQL (read-only).
     Sql(sql::SqlArgs),
+    /// Make and inspect model directories (Hugging Face layout).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 fn parse_policy(text: &str) -> Result<fathom_store::snapshot::AutoPolicy, String> {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Snapshot(args) => snapshot::run(&cli.data, args),
         Command::Sql(args) => sql::run(&cli.data, args),
+        Command::Model(cmd) => model::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -46,7 +46,7 @@ impl Default for TinySpec {
             kv_heads: 2,
             intermediate: 172,
             vocab: 2048,
-            max_positions: 8192,
+            max_positions: 32768,
             seed: 0,
         }
     }

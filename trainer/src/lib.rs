@@ -3,6 +3,7 @@
 //! browsing agent ([`tools`]). May use `core`, `store` and `replay`; the web
 //! is reached only through `replay`'s gateway.
 
+pub mod candle_policy;
 pub mod policy;
 pub mod rollout;
 pub mod scripted;

@@ -89,11 +89,7 @@ fn eval_prints_the_table_and_records_the_results() {
         dir.path(),
         &["eval", "--questions", q.to_str().unwrap(), "--policy", "gpt"],
     );
-    assert!(
-        stderr(&bad).contains("policy 'gpt' is not available yet"),
-        "{}",
-        stderr(&bad)
-    );
+    assert!(stderr(&bad).contains("policy 'gpt' is not known"), "{}", stderr(&bad));
     let bad = run(
         dir.path(),
         &["eval", "--questions", q.to_str().unwrap(), "--web", "live"],

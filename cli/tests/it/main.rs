@@ -5,6 +5,7 @@
 mod crash;
 mod eval;
 mod log;
+mod model;
 mod sandbox;
 mod score;
 mod snapshot;

@@ -14,6 +14,7 @@ use fathom_model::sample::Sampling;
 use fathom_replay::Gateway;
 use fathom_store::Options;
 use fathom_trainer::candle_policy::{CandleModel, CandlePolicy};
+use fathom_trainer::openai::{OpenAiConfig, OpenAiPolicy};
 use fathom_trainer::policy::Policy;
 use fathom_trainer::rollout::{EpisodeSpec, Rollout, RolloutConfig};
 use fathom_trainer::scripted::ScriptedPolicy;
@@ -28,8 +29,9 @@ pub struct EvalArgs {
     /// Without it, 200 questions (or --limit) are generated over a sandbox started in-process.
     #[arg(long)]
     pub questions: Option<PathBuf>,
-    /// The policy: `scripted` (the heuristic researcher) or `candle:DIR` (a Hugging Face Qwen2
-    /// model directory, run by fathom's own model).
+    /// The policy: `scripted` (the heuristic researcher), `candle:DIR` (a Hugging Face Qwen2
+    /// model directory, run by fathom's own model) or `openai:URL` (an OpenAI-compatible
+    /// endpoint: vLLM, SGLang, llama.cpp, Ollama, `fathom serve-model`).
     #[arg(long, default_value = "scripted")]
     pub policy: String,
     /// Sampling temperature of model policies; 0 is greedy.
@@ -44,6 +46,15 @@ pub struct EvalArgs {
     /// Weights' dtype for model policies: `f32` or `bf16`.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// The model to ask an `openai:` endpoint for (default: its first).
+    #[arg(long, env = "OPENAI_MODEL")]
+    pub model_name: Option<String>,
+    /// Key of an `openai:` endpoint.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Seconds an `openai:` request may take.
+    #[arg(long, default_value_t = 120)]
+    pub request_timeout: u64,
     /// Which web: the built-in `sandbox` or the `live` web (needs --search-url or --searxng-url).
     #[arg(long, default_value = "sandbox", value_parser = ["sandbox", "live"])]
     pub web: String,
@@ -90,6 +101,7 @@ impl Tally {
 enum Policies {
     Scripted,
     Candle(Arc<CandleModel>, Sampling),
+    OpenAi(OpenAiPolicy),
 }
 
 impl Policies {
@@ -109,8 +121,20 @@ impl Policies {
             };
             return Ok(Policies::Candle(Arc::new(model), sampling));
         }
+        if let Some(url) = args.policy.strip_prefix("openai:") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("openai:URL needs an http:// or https:// URL, like openai:http://127.0.0.1:8000/v1");
+            }
+            let mut config = OpenAiConfig::new(url);
+            config.model = args.model_name.clone().unwrap_or_default();
+            config.api_key = args.api_key.clone();
+            config.timeout = std::time::Duration::from_secs(args.request_timeout.max(1));
+            config.temperature = args.temperature;
+            config.top_p = args.top_p;
+            return Ok(Policies::OpenAi(OpenAiPolicy::new(config)?));
+        }
         anyhow::bail!(
-            "policy '{}' is not known; the policies are: scripted, candle:DIR (a model directory)",
+            "policy '{}' is not known; the policies are: scripted, candle:DIR (a model directory), openai:URL (an OpenAI-compatible endpoint)",
             args.policy
         )
     }
@@ -119,12 +143,14 @@ impl Policies {
         match self {
             Policies::Scripted => Box::new(ScriptedPolicy::new()),
             Policies::Candle(model, sampling) => Box::new(CandlePolicy::new(model.clone(), *sampling, 0)),
+            Policies::OpenAi(policy) => Box::new(policy.clone()),
         }
     }
 
     fn model(&self) -> String {
         match self {
             Policies::Scripted => String::new(),
+            Policies::OpenAi(p) => p.config().model.clone(),
             Policies::Candle(model, _) => {
                 let c = &model.loaded().config;
                 format!(

@@ -15,6 +15,7 @@ mod log;
 mod model;
 mod sandbox;
 mod score;
+mod serve_model;
 mod snapshot;
 mod sql;
 mod verify;
@@ -62,6 +63,8 @@ enum Command {
     /// Make and inspect model directories (Hugging Face layout).
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Serve a model as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models).
+    ServeModel(serve_model::ServeModelArgs),
 }
 
 fn parse_policy(text: &str) -> Result<fathom_store::snapshot::AutoPolicy, String> {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => snapshot::run(&cli.data, args),
         Command::Sql(args) => sql::run(&cli.data, args),
         Command::Model(cmd) => model::run(cmd),
+        Command::ServeModel(args) => serve_model::run(args),
     };
     match result {
         Ok(code) => code,

@@ -120,6 +120,38 @@ pub enum Message {
     Tool(String),
 }
 
+/// The full text of the system turn: the prompt, then the tool schemas as
+/// Qwen2.5's template lists them. An OpenAI-compatible client sends this as
+/// its system message, so a server rendering plain Qwen2.5 chat builds
+/// exactly the prompt [`render_chat`] builds.
+pub fn system_content(prompt: &str) -> String {
+    let mut out = String::from(prompt);
+    out.push_str(
+        "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
+         You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
+    );
+    for schema in tool_schemas() {
+        out.push('\n');
+        out.push_str(&schema.to_string());
+    }
+    out.push_str(
+        "\n</tools>\n\nFor each function call, return a json object with function name and \
+         arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
+         {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
+    );
+    out
+}
+
+/// The role of a message in OpenAI's chat format (tool responses go back
+/// as user turns, as DeepResearcher does).
+pub fn openai_role(m: &Message) -> &'static str {
+    match m {
+        Message::System(_) => "system",
+        Message::User(_) | Message::Tool(_) => "user",
+        Message::Assistant(_) => "assistant",
+    }
+}
+
 /// Renders a conversation in the Qwen2.5 chat format, with the tool
 /// schemas in the system turn, ending with an open assistant turn when
 /// `generation_prompt` is set.
@@ -129,20 +161,8 @@ pub fn render_chat(messages: &[Message], generation_prompt: bool) -> String {
         match m {
             Message::System(text) => {
                 out.push_str("<|im_start|>system\n");
-                out.push_str(text);
-                out.push_str(
-                    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
-                     You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
-                );
-                for schema in tool_schemas() {
-                    out.push('\n');
-                    out.push_str(&schema.to_string());
-                }
-                out.push_str(
-                    "\n</tools>\n\nFor each function call, return a json object with function name and \
-                     arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
-                     {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n",
-                );
+                out.push_str(&system_content(text));
+                out.push_str("<|im_end|>\n");
             }
             Message::User(text) | Message::Tool(text) => {
                 out.push_str("<|im_start|>user\n");

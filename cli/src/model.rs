@@ -15,6 +15,16 @@ pub enum ModelCommand {
         /// The model directory.
         dir: PathBuf,
     },
+    /// Check a model directory against reference logits computed elsewhere (for example by the
+    /// reference implementation in `scripts/hf_fixture.py`): exit 0 only if they agree.
+    Check {
+        /// The model directory.
+        dir: PathBuf,
+        /// JSON: `{"input_ids": [...], "logits": [[...], ...], "atol": 1e-4}`, and optionally
+        /// `"text"` with its `"text_ids"` to check the tokenizer too.
+        #[arg(long)]
+        reference: PathBuf,
+    },
 }
 
 /// Arguments of `fathom model init-tiny`.
@@ -53,6 +63,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::InitTiny(args) => init_tiny(args),
         ModelCommand::Info { dir } => info(&dir),
+        ModelCommand::Check { dir, reference } => check(&dir, &reference),
     }
 }
 
@@ -182,4 +193,59 @@ fn info(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn check(dir: &std::path::Path, reference: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(reference).with_context(|| format!("reading {}", reference.display()))?;
+    let r: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", reference.display()))?;
+    let ids: Vec<u32> = serde_json::from_value(r["input_ids"].clone())
+        .with_context(|| format!("{}: input_ids must be a list of token ids", reference.display()))?;
+    let want: Vec<Vec<f64>> = serde_json::from_value(r["logits"].clone())
+        .with_context(|| format!("{}: logits must be a list of rows", reference.display()))?;
+    let atol = r["atol"].as_f64().unwrap_or(1e-4);
+    let m = fathom_model::load(dir, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+    let mut ok = true;
+    if let (Some(t), Some(expected)) = (r["text"].as_str(), r["text_ids"].as_array()) {
+        let got = m.tokenizer.encode(t)?;
+        let expected: Vec<u32> = expected.iter().filter_map(|v| v.as_u64().map(|n| n as u32)).collect();
+        if got == expected {
+            println!("tokenizer    {} ids for the reference text, as expected", got.len());
+        } else {
+            println!("tokenizer    MISMATCH: got {got:?}, expected {expected:?}");
+            ok = false;
+        }
+    }
+    let x = candle_core::Tensor::new(&ids[..], &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let got: Vec<Vec<f32>> = m.model.forward(&x, 0, None)?.squeeze(0)?.to_vec2()?;
+    if got.len() != want.len() || got.iter().zip(&want).any(|(a, b)| a.len() != b.len()) {
+        anyhow::bail!(
+            "shape mismatch: the model gives {} x {} logits, the reference {} x {}",
+            got.len(),
+            got.first().map_or(0, Vec::len),
+            want.len(),
+            want.first().map_or(0, Vec::len)
+        );
+    }
+    let mut worst = (0.0f64, 0usize, 0usize);
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            let d = (f64::from(*x) - y).abs();
+            if d > worst.0 {
+                worst = (d, i, j);
+            }
+        }
+    }
+    let agree = worst.0 <= atol;
+    println!(
+        "logits       {} positions x {} tokens; largest difference {:.2e} (position {}, token {}); tolerance {atol:.0e}: {}",
+        got.len(),
+        got[0].len(),
+        worst.0,
+        worst.1,
+        worst.2,
+        if agree { "agree" } else { "DIFFER" }
+    );
+    Ok(if ok && agree { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -39,6 +39,12 @@ pub struct SqlArgs {
 }
 
 pub fn run(data: &Path, args: SqlArgs) -> anyhow::Result<ExitCode> {
+    if !data.join("log").exists() && !data.join("snapshots").join("manifest.json").exists() {
+        anyhow::bail!(
+            "{} holds no fathom log or snapshots; pass --data (or FATHOM_DATA) with a data directory that a run wrote",
+            data.display()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

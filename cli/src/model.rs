@@ -247,5 +247,9 @@ fn check(dir: &std::path::Path, reference: &std::path::Path) -> anyhow::Result<E
         worst.2,
         if agree { "agree" } else { "DIFFER" }
     );
-    Ok(if ok && agree { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok && agree {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

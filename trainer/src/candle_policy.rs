@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use fathom_core::derive_seed;
 use fathom_core::event::FinishReason;
-use fathom_core::protocol;
+use fathom_core::protocol::{self, Message};
 use fathom_model::generate::{Finish, Request, generate};
 use fathom_model::sample::Sampling;
-use fathom_model::{LoadedModel, ModelError};
+use fathom_model::tokenizer::IM_END;
+use fathom_model::{ChatTokenizer, LoadedModel, ModelError};
 
 use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
 
@@ -72,12 +73,36 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device, ModelError> {
     )))
 }
 
-/// One episode's view of a [`CandleModel`].
+/// The ids that follow a generated turn in the context: the end of that
+/// turn (unless the model sampled its end token itself), the tool response
+/// as a user turn, and the opening of the next assistant turn. The policy
+/// builds its context with this, and the trainer rebuilds the same
+/// sequence from the log with it, so training sees exactly the ids the
+/// model conditioned on (the sampled ids are never re-tokenised).
+pub fn continuation(tokenizer: &ChatTokenizer, turn_ended: bool, tool_text: &str) -> Result<Vec<u32>, ModelError> {
+    let mut text = String::new();
+    if !turn_ended {
+        text.push_str(IM_END);
+    }
+    text.push_str("\n<|im_start|>user\n");
+    text.push_str(tool_text);
+    text.push_str("<|im_end|>\n<|im_start|>assistant\n");
+    tokenizer.encode(&text)
+}
+
+/// One episode's view of a [`CandleModel`]. It keeps the episode's context
+/// as ids: the prompt, then each turn's sampled ids followed by the
+/// [`continuation`] of its tool response.
 #[derive(Debug, Clone)]
 pub struct CandlePolicy {
     model: Arc<CandleModel>,
     sampling: Sampling,
     version: u64,
+    context: Vec<u32>,
+    /// Messages the context reflects (including this policy's own last turn).
+    seen: usize,
+    /// Whether the last turn's ids end with an end-of-turn token.
+    ended: bool,
 }
 
 impl CandlePolicy {
@@ -87,7 +112,17 @@ impl CandlePolicy {
             model,
             sampling,
             version,
+            context: Vec::new(),
+            seen: 0,
+            ended: false,
         }
+    }
+}
+
+impl CandlePolicy {
+    /// The episode's context so far, as ids.
+    pub fn context(&self) -> &[u32] {
+        &self.context
     }
 }
 
@@ -106,10 +141,32 @@ impl Policy for CandlePolicy {
             message: e.to_string(),
         };
         let m = &self.model.loaded;
-        let prompt = m
-            .tokenizer
-            .encode(&protocol::render_chat(input.messages, true))
-            .map_err(err)?;
+        let n = input.messages.len();
+        let continues = !self.context.is_empty()
+            && n > self.seen
+            && matches!(input.messages.get(self.seen - 1), Some(Message::Assistant(_)));
+        if continues {
+            for msg in &input.messages[self.seen..] {
+                match msg {
+                    Message::Tool(text) | Message::User(text) => {
+                        let ids = continuation(&m.tokenizer, self.ended, text).map_err(err)?;
+                        self.context.extend(ids);
+                        self.ended = true;
+                    }
+                    Message::Assistant(_) | Message::System(_) => {
+                        return Err(err(ModelError::Invalid(
+                            "the conversation changed under the policy (an assistant or system turn it did not generate)".into(),
+                        )));
+                    }
+                }
+            }
+        } else {
+            self.context = m
+                .tokenizer
+                .encode(&protocol::render_chat(input.messages, true))
+                .map_err(err)?;
+        }
+        let prompt = self.context.clone();
         let stop: Vec<String> = STOP.iter().map(|s| s.to_string()).collect();
         let out = generate(
             &m.model,
@@ -124,6 +181,9 @@ impl Policy for CandlePolicy {
             },
         )
         .map_err(err)?;
+        self.context.extend(&out.ids);
+        self.ended = out.ids.last().is_some_and(|id| m.tokenizer.end_ids().contains(id));
+        self.seen = n + 1;
         Ok(Generation {
             text: out.text,
             n_tokens: out.ids.len() as u32,

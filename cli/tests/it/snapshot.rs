@@ -233,7 +233,11 @@ fn sql_formats_errors_and_the_prompt() {
     let empty = tempfile::tempdir().unwrap();
     let out = run(&empty.path().join("typo"), &["sql", "SELECT 1"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("holds no fathom log or snapshots"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds no fathom log or snapshots"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(data, &["sql", "DELETE FROM episodes"]);
     assert!(!out.status.success());

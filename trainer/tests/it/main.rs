@@ -1,4 +1,5 @@
 //! Tool execution against the sandbox on loopback.
 
+mod candle;
 mod rollout;
 mod tools;

@@ -395,7 +395,7 @@ async fn chat(State(s): State<Arc<Served>>, Json(req): Json<ChatRequest>) -> Res
     }
     let temperature = req.temperature.unwrap_or(1.0);
     let top_p = req.top_p.unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) || !(top_p > 0.0 && top_p <= 1.0) {
+    if !((0.0..=2.0).contains(&temperature) && top_p > 0.0 && top_p <= 1.0) {
         return Err(bad("temperature must be in [0, 2] and top_p in (0, 1]".into()));
     }
     let stop: Vec<String> = match &req.stop {

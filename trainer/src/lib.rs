@@ -4,6 +4,7 @@
 //! is reached only through `replay`'s gateway.
 
 pub mod candle_policy;
+pub mod grpo;
 pub mod openai;
 pub mod policy;
 pub mod rollout;

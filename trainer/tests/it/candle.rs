@@ -78,3 +78,82 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
         .unwrap();
     assert_eq!(&other.context()[..rendered.len()], rendered.as_slice());
 }
+
+fn tiny_model() -> (tempfile::TempDir, Arc<CandleModel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus: Vec<String> = (0..100)
+        .map(|i| format!("The river flows through the capital {i}."))
+        .collect();
+    write_tiny(
+        dir.path(),
+        &TinySpec {
+            vocab: 400,
+            ..TinySpec::default()
+        },
+        corpus.iter(),
+    )
+    .unwrap();
+    let model = Arc::new(CandleModel::load(dir.path(), "cpu", "f32").unwrap());
+    (dir, model)
+}
+
+fn gradients(model: &CandleModel, seq: &fathom_trainer::grpo::Sequence) -> Vec<(String, Vec<f32>)> {
+    use fathom_trainer::grpo::{GrpoConfig, sequence_loss};
+    let m = model.loaded();
+    let denominator = seq.loss_tokens() as f64;
+    let terms = sequence_loss(&m.model, std::slice::from_ref(seq), &GrpoConfig::default(), denominator).unwrap();
+    assert!(terms.tokens > 0);
+    let grads = terms.loss.backward().unwrap();
+    let vars = m.vars.data().lock().unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = vars
+        .iter()
+        .map(|(name, v)| {
+            let g = grads
+                .get(v.as_tensor())
+                .map(|g| g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            (name.clone(), g.unwrap_or_default())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn masked_tokens_carry_no_gradient() {
+    use fathom_trainer::grpo::Sequence;
+    let (_dir, model) = tiny_model();
+    // Prompt (masked), a generated turn, then a tool response (masked).
+    let ids: Vec<u32> = (0..24).map(|i| 40 + i * 7).collect();
+    let generated: Vec<bool> = (0..24).map(|i| (8..16).contains(&i)).collect();
+    let old: Vec<f32> = (0..24).map(|i| -2.0 - 0.1 * i as f32).collect();
+    let seq = Sequence {
+        ids: ids.clone(),
+        generated: generated.clone(),
+        old_logprobs: old.clone(),
+        ref_logprobs: None,
+        advantage: 0.7,
+    };
+    let base = gradients(&model, &seq);
+    assert!(base.iter().all(|(_, g)| g.iter().all(|v| v.is_finite())));
+    assert!(
+        base.iter().any(|(_, g)| g.iter().any(|v| *v != 0.0)),
+        "the generated tokens do carry gradient"
+    );
+
+    // Other tool-response tokens (after the generated turn) and other
+    // "old" log-probs where nothing was generated: the same gradients.
+    let mut changed = seq.clone();
+    for i in 16..24 {
+        changed.ids[i] = 300 - i as u32;
+        changed.old_logprobs[i] = -9.0;
+    }
+    for i in 0..8 {
+        changed.old_logprobs[i] = -0.5;
+    }
+    assert_eq!(gradients(&model, &changed), base, "masked tokens changed the gradients");
+
+    // A generated token's recorded log-prob does matter (the check can fail).
+    let mut moved = seq.clone();
+    moved.old_logprobs[10] += 1.0;
+    assert_ne!(gradients(&model, &moved), base);
+}

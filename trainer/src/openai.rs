@@ -41,8 +41,10 @@ pub struct OpenAiConfig {
     /// Per-request timeout.
     pub timeout: Duration,
     /// Retries of a failed request (connection errors, 429, 5xx), with
-    /// exponential backoff from 500 ms.
+    /// exponential backoff from `backoff`.
     pub retries: u32,
+    /// The first retry's wait (doubling after each).
+    pub backoff: Duration,
     /// Sampling temperature (0: greedy).
     pub temperature: f64,
     /// Nucleus mass.
@@ -63,6 +65,7 @@ impl OpenAiConfig {
             api_key: None,
             timeout: Duration::from_secs(120),
             retries: 3,
+            backoff: Duration::from_millis(500),
             temperature: 0.0,
             top_p: 1.0,
         }
@@ -244,7 +247,7 @@ impl OpenAiPolicy {
         let mut last = String::new();
         for attempt in 0..=self.config.retries {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 << (attempt - 1).min(6))).await;
+                tokio::time::sleep(self.config.backoff * (1u32 << (attempt - 1).min(6))).await;
             }
             let mut req = self.client.post(&url).json(body);
             if let Some(key) = &self.config.api_key {

@@ -149,3 +149,49 @@ fn after_one_backward_pass_every_parameter_has_a_finite_nonzero_gradient() {
         assert!(values.iter().any(|v| *v != 0.0), "{name}: all-zero gradient");
     }
 }
+
+#[test]
+fn bf16_weights_give_the_f32_logits_to_bf16_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path());
+    let f32m = fathom_model::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    let bf16m = fathom_model::load(dir.path(), &Device::Cpu, DType::BF16).unwrap();
+    let ids = f32m.tokenizer.encode("The author wrote a novel in 1901").unwrap();
+    let x = Tensor::new(&ids[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let a: Vec<f32> = f32m
+        .model
+        .forward(&x, 0, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = bf16m
+        .model
+        .forward(&x, 0, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(scale > 0.0);
+    assert!(
+        worst < 0.05 * scale.max(1e-3),
+        "bf16 differs by {worst} at logit scale {scale}"
+    );
+    let out = generate(
+        &bf16m.model,
+        &bf16m.tokenizer,
+        &Request {
+            prompt: &ids,
+            max_new_tokens: 4,
+            sampling: Sampling::GREEDY,
+            seed: 0,
+            stop: &[],
+        },
+    )
+    .unwrap();
+    assert_eq!(out.ids.len(), 4);
+}

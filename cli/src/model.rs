@@ -15,6 +15,21 @@ pub enum ModelCommand {
         /// The model directory.
         dir: PathBuf,
     },
+    /// Time generation (tokens/s, greedy, with the KV cache) and a forward+backward pass
+    /// (tokens/s) of a model directory on the CPU; `scripts/bench-model` compares it with PyTorch.
+    Bench {
+        /// The model directory.
+        dir: PathBuf,
+        /// Tokens to generate per run.
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        /// Sequence length of the forward+backward pass.
+        #[arg(long, default_value_t = 512)]
+        train_tokens: usize,
+        /// Runs of each; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     /// Check a model directory against reference logits computed elsewhere (for example by the
     /// reference implementation in `scripts/hf_fixture.py`): exit 0 only if they agree.
     Check {
@@ -64,6 +79,12 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::InitTiny(args) => init_tiny(args),
         ModelCommand::Info { dir } => info(&dir),
         ModelCommand::Check { dir, reference } => check(&dir, &reference),
+        ModelCommand::Bench {
+            dir,
+            gen_tokens,
+            train_tokens,
+            repeats,
+        } => bench(&dir, gen_tokens, train_tokens, repeats),
     }
 }
 
@@ -252,4 +273,66 @@ fn check(dir: &std::path::Path, reference: &std::path::Path) -> anyhow::Result<E
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(dir: &std::path::Path, gen_tokens: usize, train_tokens: usize, repeats: usize) -> anyhow::Result<ExitCode> {
+    use candle_core::{Device, Tensor};
+    use fathom_core::{Clock, SystemClock};
+    use fathom_model::generate::{Request, generate};
+    use fathom_model::sample::Sampling;
+    let repeats = repeats.max(1);
+    let m = fathom_model::load(dir, &Device::Cpu, candle_core::DType::F32)?;
+    let clock = SystemClock;
+    let vocab = m.config.vocab_size as u32;
+    // Deterministic ids that are not special tokens.
+    let ids = |n: usize| -> Vec<u32> { (0..n as u32).map(|i| 10 + (i * 37) % (vocab - 10)).collect() };
+    let prompt = ids(16);
+    let mut gen_rates = Vec::new();
+    for _ in 0..repeats {
+        let t0 = clock.now();
+        let out = generate(
+            &m.model,
+            &m.tokenizer,
+            &Request {
+                prompt: &prompt,
+                max_new_tokens: gen_tokens,
+                sampling: Sampling::GREEDY,
+                seed: 0,
+                stop: &[],
+            },
+        )?;
+        // Generation may stop early at an end token; count what was made.
+        gen_rates.push(out.ids.len() as f64 / (clock.now().nanos_since(t0) as f64 / 1e9));
+    }
+    let seq = ids(train_tokens + 1);
+    let x = Tensor::new(&seq[..train_tokens], &Device::Cpu)?.unsqueeze(0)?;
+    let y = Tensor::new(&seq[1..], &Device::Cpu)?;
+    let mut train_rates = Vec::new();
+    for _ in 0..repeats {
+        let t0 = clock.now();
+        let logits = m.model.forward(&x, 0, None)?.squeeze(0)?;
+        let max = logits.max_keepdim(1)?.detach();
+        let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + &max)?;
+        let taken = logits.gather(&y.unsqueeze(1)?, 1)?;
+        let loss = (lse - taken)?.mean_all()?;
+        let grads = loss.backward()?;
+        std::hint::black_box(&grads);
+        train_rates.push(train_tokens as f64 / (clock.now().nanos_since(t0) as f64 / 1e9));
+    }
+    let v = serde_json::json!({
+        "model": dir.display().to_string(),
+        "parameters": m.config.parameter_count(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "generate_tokens_per_s": median(gen_rates),
+        "train_tokens_per_s": median(train_rates),
+        "gen_tokens": gen_tokens,
+        "train_tokens": train_tokens,
+    });
+    println!("{}", serde_json::to_string(&v)?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -280,31 +280,25 @@ impl Db {
         }
     }
 
-    async fn sql_once(&self, query: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        let options = SQLOptions::new()
+    /// Plans one statement under the read-only rules.
+    async fn plan(&self, query: &str) -> Result<datafusion::dataframe::DataFrame, QueryError> {
+        let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self
-            .ctx
-            .sql_with_options(query, options)
+        self.ctx
+            .sql_with_options(query, read_only)
             .await
-            .map_err(|e| explain_error(e, query))?;
-        df.collect().await.map_err(df_err)
+            .map_err(|e| explain_error(e, query))
+    }
+
+    async fn sql_once(&self, query: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        self.plan(query).await?.collect().await.map_err(df_err)
     }
 
     /// The schema a query would produce, without running it.
     pub async fn schema_of(&self, query: &str) -> Result<SchemaRef, QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = self
-            .ctx
-            .sql_with_options(query, options)
-            .await
-            .map_err(|e| explain_error(e, query))?;
-        Ok(Arc::new(df.schema().as_arrow().clone()))
+        Ok(Arc::new(self.plan(query).await?.schema().as_arrow().clone()))
     }
 }
 

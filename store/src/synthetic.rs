@@ -265,6 +265,28 @@ impl TrainingLoad {
         out
     }
 
+    /// Appends a model turn; returns its tokens.
+    fn turn(&mut self, out: &mut Vec<Event>, episode_id: EpisodeId, turn: u32, text: String) -> u64 {
+        let n_tokens = (text.len() / 4) as u32;
+        let latency_ns = 200_000_000 + self.rng.below(800_000_000);
+        out.push(ev(
+            self.run,
+            &mut self.clock,
+            TurnGenerated {
+                episode_id,
+                turn,
+                text,
+                token_ids: None,
+                logprobs: None,
+                n_context_tokens: 420 + turn * 700,
+                n_tokens,
+                latency_ns,
+                finish: FinishReason::Stop,
+            },
+        ));
+        u64::from(n_tokens)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn episode(&mut self, out: &mut Vec<Event>, step: u64, group: u32, index: u32, qid: &str, hops: u32, truth: &str) {
         let p = self.progress();
@@ -324,24 +346,7 @@ impl TrainingLoad {
             text.push_str(&format!(
                 "</think>\n<tool_call>{{\"name\": \"{tool}\", \"arguments\": {args}}}</tool_call>"
             ));
-            let n_tokens = (text.len() / 4) as u32;
-            tokens += u64::from(n_tokens);
-            let e = ev(
-                self.run,
-                &mut self.clock,
-                TurnGenerated {
-                    episode_id,
-                    turn,
-                    text,
-                    token_ids: None,
-                    logprobs: None,
-                    n_context_tokens: 420 + turn * 700,
-                    n_tokens,
-                    latency_ns: 200_000_000 + self.rng.below(800_000_000),
-                    finish: FinishReason::Stop,
-                },
-            );
-            out.push(e);
+            tokens += self.turn(out, episode_id, turn, text);
             let e = ev(
                 self.run,
                 &mut self.clock,
@@ -448,24 +453,7 @@ impl TrainingLoad {
         } else {
             text.push_str(&format!("</think>\n<answer>{answer}</answer>"));
         }
-        let n_tokens = (text.len() / 4) as u32;
-        tokens += u64::from(n_tokens);
-        let e = ev(
-            self.run,
-            &mut self.clock,
-            TurnGenerated {
-                episode_id,
-                turn,
-                text,
-                token_ids: None,
-                logprobs: None,
-                n_context_tokens: 420 + turn * 700,
-                n_tokens,
-                latency_ns: 200_000_000 + self.rng.below(800_000_000),
-                finish: FinishReason::Stop,
-            },
-        );
-        out.push(e);
+        tokens += self.turn(out, episode_id, turn, text);
         let f1 = if correct {
             1.0
         } else if self.rng.below(3) == 0 {

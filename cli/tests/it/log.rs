@@ -47,7 +47,19 @@ fn load_then_stats_tail_and_verify_agree() {
     let data = dir.path();
     let out = run(
         data,
-        &["log", "load", "--events", "300", "--batch", "64", "--body-max", "40000"],
+        // No snapshots, so the counts are the load's own events.
+        &[
+            "--snapshot-every",
+            "off",
+            "log",
+            "load",
+            "--events",
+            "300",
+            "--batch",
+            "64",
+            "--body-max",
+            "40000",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("appended 300 events"), "{}", stdout(&out));
@@ -108,6 +120,8 @@ fn verify_names_a_flipped_frame_and_blob_while_other_events_stay_readable() {
     let out = run(
         data,
         &[
+            "--snapshot-every",
+            "off",
             "log",
             "load",
             "--events",

@@ -410,16 +410,16 @@ fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: AutoPol
     let pool = synthetic::page_pool(args.seed);
     let refs = store.put_blobs(&pool.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
     // Ids for the whole run, reserved up front (an upper bound on requests:
-    // at most 9 calls of 3 requests per episode).
+    // at most 9 calls of 6 requests per episode).
     let total = steps * per_step;
     let last_episode = store.reserve_ids(IdKind::Episode, total)?;
-    let last_request = store.reserve_ids(IdKind::Request, total * 27)?;
+    let last_request = store.reserve_ids(IdKind::Request, total * 54)?;
     let mut load = TrainingLoad::new(
         args.seed,
         run,
         spec,
         refs,
-        (last_episode - total, last_request - total * 27),
+        (last_episode - total, last_request - total * 54),
     );
     let bar = crate::progress_bar(steps, "steps");
     let start = clock.now();

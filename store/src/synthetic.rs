@@ -323,7 +323,13 @@ impl TrainingLoad {
             }
             let len = 120 + self.rng.below(250) as usize;
             prose(&mut self.rng, len, &mut text);
-            let n = 1 + self.rng.below(3) as usize;
+            // A search runs its queries (2 to 4), a browse fetches its
+            // pages (2 to 6): about 20 web requests an episode, as in the paper's runs.
+            let n = if search {
+                2 + self.rng.below(3) as usize
+            } else {
+                2 + self.rng.below(5) as usize
+            };
             let items: Vec<String> = (0..n)
                 .map(|_| {
                     if search {

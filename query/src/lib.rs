@@ -233,6 +233,10 @@ impl Db {
             }
         };
         let mut config = SessionConfig::new().with_information_schema(true);
+        // Evaluate filters while decoding Parquet (late materialisation):
+        // a query for one episode's turns reads the text of its rows only.
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
         if opts.target_partitions > 0 {
             config = config.with_target_partitions(opts.target_partitions);
         }

@@ -6,6 +6,7 @@
 pub mod candle_policy;
 pub mod grpo;
 pub mod openai;
+pub mod optim;
 pub mod policy;
 pub mod rollout;
 pub mod scripted;

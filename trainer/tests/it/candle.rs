@@ -170,7 +170,7 @@ fn grpo_raises_the_reward_of_a_task_with_a_known_optimum() {
     // Reward 1 when the first generated token is a multiple of 4: about a
     // quarter of the vocabulary, so a random policy scores about 0.25 and
     // the optimum is 1.
-    let reward = |id: u32| if id % 4 == 0 { 1.0 } else { 0.0 };
+    let reward = |id: u32| if id.is_multiple_of(4) { 1.0 } else { 0.0 };
     let hot = Sampling {
         temperature: 1.0,
         top_p: 1.0,

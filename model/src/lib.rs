@@ -22,6 +22,8 @@ pub mod tokenizer;
 
 use std::path::PathBuf;
 
+/// The trainable variables of a model, by name.
+pub use candle_nn::VarMap;
 pub use config::Qwen2Config;
 pub use dir::{LoadedModel, load};
 pub use qwen2::{KvCache, Qwen2};

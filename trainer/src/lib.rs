@@ -4,6 +4,7 @@
 //! is reached only through `replay`'s gateway.
 
 pub mod candle_policy;
+pub mod checkpoint;
 pub mod grpo;
 pub mod openai;
 pub mod optim;

@@ -241,3 +241,67 @@ fn grpo_raises_the_reward_of_a_task_with_a_known_optimum() {
         "GRPO should raise the mean reward: {before} -> {after}"
     );
 }
+
+#[test]
+fn a_checkpoint_is_a_model_directory_and_restores_exactly() {
+    use fathom_trainer::checkpoint::{TrainerState, load_state, save};
+    use fathom_trainer::optim::{AdamW, AdamWConfig};
+
+    let (dir, model) = tiny_model();
+    let m = model.loaded();
+    let vars = m.vars.data().lock().unwrap().clone();
+    let mut opt = AdamW::new(&vars, AdamWConfig::default()).unwrap();
+    let seq = fathom_trainer::grpo::Sequence {
+        ids: (0..12).map(|i| 30 + i).collect(),
+        generated: (0..12).map(|i| i >= 6).collect(),
+        old_logprobs: vec![-3.0; 12],
+        ref_logprobs: None,
+        advantage: 1.0,
+    };
+    let cfg = fathom_trainer::grpo::GrpoConfig::default();
+    let terms = fathom_trainer::grpo::sequence_loss(&m.model, &[seq], &cfg, 6.0).unwrap();
+    opt.step(&terms.loss.backward().unwrap(), 0.01, 1.0).unwrap();
+    let state = TrainerState {
+        step: 1,
+        policy_version: 1,
+        data_cursor: 16,
+        rng_state: vec![1, 2, 3, 4],
+    };
+    let ckpt = dir.path().join("checkpoints/step-000001");
+    let saved = save(&ckpt, dir.path(), &m.vars, &opt, &state).unwrap();
+    assert!(!ckpt.with_extension("tmp").exists());
+
+    // It loads as a model, with the updated weights.
+    let back = fathom_model::load(&ckpt, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let a: Vec<f32> = vars[name].as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = back.vars.data().lock().unwrap()[name]
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(a, b);
+    let (opt_state, trainer) = load_state(
+        &ckpt,
+        &saved.weights_digest,
+        &saved.optimizer_digest,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(trainer, state);
+    let mut restored = AdamW::new(&back.vars.data().lock().unwrap(), AdamWConfig::default()).unwrap();
+    restored.load_state(&opt_state).unwrap();
+    assert_eq!(restored.steps(), 1);
+
+    // A swapped weights file is caught.
+    std::fs::write(ckpt.join("model.safetensors"), b"not the weights").unwrap();
+    let err = load_state(
+        &ckpt,
+        &saved.weights_digest,
+        &saved.optimizer_digest,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("model.safetensors has digest"), "{err}");
+}

@@ -5,6 +5,7 @@
 
 pub mod candle_policy;
 pub mod checkpoint;
+pub mod config;
 pub mod grpo;
 pub mod openai;
 pub mod optim;

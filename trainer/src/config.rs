@@ -1,0 +1,346 @@
+//! The training configuration: one TOML file (`examples/*.toml`), every
+//! field documented here, unknown fields refused, values validated with
+//! errors that name the field and say what is allowed.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run name, for people.
+    pub name: String,
+    /// Root seed: every episode's sampling seed and the data order derive from it.
+    #[serde(default)]
+    pub seed: u64,
+    /// Training steps (one optimizer step per rollout batch); `--steps` overrides.
+    pub steps: u64,
+    /// The policy model.
+    pub model: ModelSection,
+    /// The questions.
+    pub data: DataSection,
+    /// Rollouts.
+    #[serde(default)]
+    pub rollout: RolloutSection,
+    /// The GRPO update.
+    #[serde(default)]
+    pub grpo: GrpoSection,
+    /// Checkpoints.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    /// Evaluation on held-out questions.
+    #[serde(default)]
+    pub eval: EvalSection,
+    /// Supervised warm start before GRPO.
+    #[serde(default)]
+    pub sft: Option<SftSection>,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face model directory, or `init-tiny` to make a tiny random model.
+    pub path: String,
+    /// `cpu` or `cuda:N` (with the `cuda` feature).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `f32` or `bf16`.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training questions: a verl Parquet file, or `sandbox` to generate them.
+    pub train: String,
+    /// Questions per step.
+    pub questions_per_step: u32,
+    /// Rollouts per question (the GRPO group).
+    pub group_size: u32,
+}
+
+/// `[rollout]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Turns per episode at most.
+    pub max_turns: u32,
+    /// Generated tokens per turn at most.
+    pub max_turn_tokens: u32,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Nucleus mass.
+    pub top_p: f64,
+    /// Episodes run at once.
+    pub concurrency: usize,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection {
+            max_turns: fathom_core::protocol::MAX_TURNS,
+            max_turn_tokens: fathom_core::protocol::MAX_TURN_TOKENS,
+            temperature: 1.0,
+            top_p: 1.0,
+            concurrency: 8,
+        }
+    }
+}
+
+/// `[grpo]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoSection {
+    /// Learning rate.
+    pub lr: f64,
+    /// `constant`, or `cosine` (to 10% of `lr` at the last step), after warm-up.
+    pub schedule: String,
+    /// Warm-up steps (linear from 0).
+    pub warmup_steps: u64,
+    /// PPO clip ε.
+    pub clip: f64,
+    /// KL coefficient to the frozen reference (0 disables it and the reference).
+    pub kl_coef: f64,
+    /// Entropy bonus coefficient.
+    pub entropy_coef: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Episodes per micro-batch (gradients accumulate over the step).
+    pub micro_batch: usize,
+}
+
+impl Default for GrpoSection {
+    fn default() -> Self {
+        GrpoSection {
+            lr: 1e-6,
+            schedule: "constant".into(),
+            warmup_steps: 0,
+            clip: 0.2,
+            kl_coef: 0.001,
+            entropy_coef: 0.001,
+            max_grad_norm: 1.0,
+            weight_decay: 0.01,
+            micro_batch: 4,
+        }
+    }
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Steps between checkpoints.
+    pub every: u64,
+    /// Checkpoints kept, newest first (the best one is kept as well).
+    pub keep_last: usize,
+    /// Metric of the best checkpoint to keep: `reward` or `eval_f1`; empty keeps none.
+    pub keep_best: String,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection {
+            every: 10,
+            keep_last: 3,
+            keep_best: "eval_f1".into(),
+        }
+    }
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Held-out questions: a verl Parquet file, or `sandbox`.
+    pub questions: String,
+    /// Questions evaluated (0: all).
+    pub limit: usize,
+    /// Steps between evaluations (0: only before and after).
+    pub every: u64,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            questions: "sandbox".into(),
+            limit: 50,
+            every: 0,
+        }
+    }
+}
+
+/// `[sft]`: behaviour cloning on recorded trajectories before GRPO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftSection {
+    /// Episodes to record with the scripted policy first (0: use what the log holds).
+    pub scripted_episodes: usize,
+    /// Keep trajectories whose reward is at least this.
+    pub min_reward: f64,
+    /// Passes over them.
+    pub epochs: u32,
+    /// Learning rate.
+    pub lr: f64,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl TrainConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<TrainConfig, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot be read: {e}")))?;
+        let config: TrainConfig = toml::from_str(&text).map_err(|e| err(e.to_string().trim().to_string()))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    /// Checks every value; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a positive number, got {v}"))
+            }
+        };
+        if self.steps == 0 {
+            return Err("steps must be at least 1".into());
+        }
+        if self.data.questions_per_step == 0 || self.data.group_size == 0 {
+            return Err("data.questions_per_step and data.group_size must be at least 1".into());
+        }
+        if self.data.group_size == 1 {
+            return Err("data.group_size is 1: GRPO normalises rewards within a group, so a group of one learns nothing; use 2 or more (the paper uses 16)".into());
+        }
+        if !matches!(self.model.device.as_str(), "cpu") && !self.model.device.starts_with("cuda:") {
+            return Err(format!("model.device '{}' is not cpu or cuda:N", self.model.device));
+        }
+        if !matches!(self.model.dtype.as_str(), "f32" | "bf16") {
+            return Err(format!("model.dtype '{}' is not f32 or bf16", self.model.dtype));
+        }
+        positive("grpo.lr", self.grpo.lr)?;
+        if !matches!(self.grpo.schedule.as_str(), "constant" | "cosine") {
+            return Err(format!(
+                "grpo.schedule '{}' is not constant or cosine",
+                self.grpo.schedule
+            ));
+        }
+        if !(self.grpo.clip > 0.0 && self.grpo.clip < 1.0) {
+            return Err(format!("grpo.clip must be in (0, 1), got {}", self.grpo.clip));
+        }
+        for (name, v) in [
+            ("grpo.kl_coef", self.grpo.kl_coef),
+            ("grpo.entropy_coef", self.grpo.entropy_coef),
+            ("grpo.max_grad_norm", self.grpo.max_grad_norm),
+            ("grpo.weight_decay", self.grpo.weight_decay),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(format!("{name} must be 0 or more, got {v}"));
+            }
+        }
+        if self.grpo.micro_batch == 0 {
+            return Err("grpo.micro_batch must be at least 1".into());
+        }
+        if self.rollout.max_turns == 0 || self.rollout.max_turn_tokens == 0 || self.rollout.concurrency == 0 {
+            return Err("rollout.max_turns, rollout.max_turn_tokens and rollout.concurrency must be at least 1".into());
+        }
+        if !(self.rollout.temperature > 0.0) {
+            return Err("rollout.temperature must be above 0: GRPO needs sampled, varied rollouts".into());
+        }
+        if !(self.rollout.top_p > 0.0 && self.rollout.top_p <= 1.0) {
+            return Err(format!("rollout.top_p must be in (0, 1], got {}", self.rollout.top_p));
+        }
+        if self.checkpoint.every == 0 || self.checkpoint.keep_last == 0 {
+            return Err("checkpoint.every and checkpoint.keep_last must be at least 1".into());
+        }
+        if !matches!(self.checkpoint.keep_best.as_str(), "" | "reward" | "eval_f1") {
+            return Err(format!(
+                "checkpoint.keep_best '{}' is not reward, eval_f1 or empty",
+                self.checkpoint.keep_best
+            ));
+        }
+        if let Some(sft) = &self.sft {
+            positive("sft.lr", sft.lr)?;
+            if sft.epochs == 0 {
+                return Err("sft.epochs must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    }
+
+    #[test]
+    fn the_examples_load_and_the_gpu_one_has_the_papers_settings() {
+        let tiny = TrainConfig::load(&example("tiny-cpu.toml")).unwrap();
+        assert_eq!(tiny.model.path, "init-tiny");
+        assert!(tiny.sft.is_some());
+        let paper = TrainConfig::load(&example("qwen2.5-7b-gpu.toml")).unwrap();
+        assert_eq!((paper.data.questions_per_step, paper.data.group_size), (256, 16));
+        assert_eq!(paper.grpo.lr, 1e-6);
+        assert_eq!(
+            (paper.grpo.clip, paper.grpo.kl_coef, paper.grpo.entropy_coef),
+            (0.2, 0.001, 0.001)
+        );
+        assert_eq!(paper.model.device, "cuda:0");
+    }
+
+    #[test]
+    fn bad_configs_name_the_field_and_what_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::read_to_string(example("tiny-cpu.toml")).unwrap();
+        let check = |text: &str, expect: &str| {
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).unwrap();
+            let e = TrainConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(expect), "expected '{expect}' in: {e}");
+        };
+        check(
+            &base.replace("group_size = 4", "group_size = 1"),
+            "a group of one learns nothing",
+        );
+        check(
+            &base.replace("[grpo]", "[grpo]\nlearning_rate = 0.1"),
+            "unknown field `learning_rate`",
+        );
+        check(&base.replace("clip = 0.2", "clip = 2.0"), "grpo.clip must be in (0, 1)");
+        check(
+            &base.replace("device = \"cpu\"", "device = \"tpu\""),
+            "model.device 'tpu'",
+        );
+        check("name = \"x\"", "missing field");
+    }
+}

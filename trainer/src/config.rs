@@ -270,7 +270,7 @@ impl TrainConfig {
         if self.rollout.max_turns == 0 || self.rollout.max_turn_tokens == 0 || self.rollout.concurrency == 0 {
             return Err("rollout.max_turns, rollout.max_turn_tokens and rollout.concurrency must be at least 1".into());
         }
-        if !(self.rollout.temperature > 0.0) {
+        if self.rollout.temperature.is_nan() || self.rollout.temperature <= 0.0 {
             return Err("rollout.temperature must be above 0: GRPO needs sampled, varied rollouts".into());
         }
         if !(self.rollout.top_p > 0.0 && self.rollout.top_p <= 1.0) {

@@ -99,6 +99,10 @@ pub struct CandlePolicy {
     sampling: Sampling,
     version: u64,
     context: Vec<u32>,
+    /// Per context id: whether this policy sampled it.
+    generated: Vec<bool>,
+    /// Per context id: its sampling log-prob (0 where not sampled).
+    logprobs: Vec<f32>,
     /// Messages the context reflects (including this policy's own last turn).
     seen: usize,
     /// Whether the last turn's ids end with an end-of-turn token.
@@ -113,6 +117,8 @@ impl CandlePolicy {
             sampling,
             version,
             context: Vec::new(),
+            generated: Vec::new(),
+            logprobs: Vec::new(),
             seen: 0,
             ended: false,
         }
@@ -123,6 +129,19 @@ impl CandlePolicy {
     /// The episode's context so far, as ids.
     pub fn context(&self) -> &[u32] {
         &self.context
+    }
+
+    /// The episode as a training sequence: its context, which ids this
+    /// policy sampled (the only ones that carry loss), their sampling
+    /// log-probs, and the episode's advantage.
+    pub fn sequence(&self, advantage: f64) -> crate::grpo::Sequence {
+        crate::grpo::Sequence {
+            ids: self.context.clone(),
+            generated: self.generated.clone(),
+            old_logprobs: self.logprobs.clone(),
+            ref_logprobs: None,
+            advantage,
+        }
     }
 }
 
@@ -150,6 +169,8 @@ impl Policy for CandlePolicy {
                 match msg {
                     Message::Tool(text) | Message::User(text) => {
                         let ids = continuation(&m.tokenizer, self.ended, text).map_err(err)?;
+                        self.generated.extend(std::iter::repeat_n(false, ids.len()));
+                        self.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
                         self.context.extend(ids);
                         self.ended = true;
                     }
@@ -165,6 +186,8 @@ impl Policy for CandlePolicy {
                 .tokenizer
                 .encode(&protocol::render_chat(input.messages, true))
                 .map_err(err)?;
+            self.generated = vec![false; self.context.len()];
+            self.logprobs = vec![0.0; self.context.len()];
         }
         let prompt = self.context.clone();
         let stop: Vec<String> = STOP.iter().map(|s| s.to_string()).collect();
@@ -182,6 +205,8 @@ impl Policy for CandlePolicy {
         )
         .map_err(err)?;
         self.context.extend(&out.ids);
+        self.generated.extend(std::iter::repeat_n(true, out.ids.len()));
+        self.logprobs.extend(&out.logprobs);
         self.ended = out.ids.last().is_some_and(|id| m.tokenizer.end_ids().contains(id));
         self.seen = n + 1;
         Ok(Generation {

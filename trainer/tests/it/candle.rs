@@ -70,6 +70,22 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
         "the sampled ids are kept, never re-tokenised"
     );
 
+    // As a training sequence: only the sampled ids carry loss, with the
+    // log-probs they were sampled with.
+    let seq = policy.sequence(0.5);
+    assert_eq!(seq.ids, policy.context());
+    let start2 = prompt.len() + ids1.len() + cont.len();
+    for (i, g) in seq.generated.iter().enumerate() {
+        let sampled = (prompt.len()..prompt.len() + ids1.len()).contains(&i) || i >= start2;
+        assert_eq!(*g, sampled, "position {i}");
+    }
+    assert_eq!(
+        &seq.old_logprobs[prompt.len()..prompt.len() + ids1.len()],
+        first.logprobs.as_deref().unwrap()
+    );
+    assert_eq!(&seq.old_logprobs[start2..], second.logprobs.as_deref().unwrap());
+    assert_eq!(seq.loss_tokens(), ids1.len() + ids2.len());
+
     // A fresh policy on the same conversation starts over from the text.
     let mut other = CandlePolicy::new(model.clone(), hot, 0);
     other.generate(input(&messages, 1)).unwrap();

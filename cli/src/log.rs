@@ -288,20 +288,7 @@ fn load(data: &Path, args: LoadArgs, snapshots: AutoPolicy) -> anyhow::Result<Ex
         "events": args.events, "batch": args.batch, "relaxed": args.relaxed,
         "repeat": args.repeat, "body_min": args.body_min, "body_max": args.body_max, "seed": args.seed,
     });
-    store.append(&[Event::new(
-        run,
-        clock.now(),
-        RunStarted {
-            name: "log-load".into(),
-            run_kind: RunKind::Load,
-            config_json: config.to_string(),
-            seed: args.seed,
-            policy: "synthetic".into(),
-            model: String::new(),
-            code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),
-            attempt: 0,
-        },
-    )])?;
+    store.append(&[Event::new(run, clock.now(), load_run("log-load", config, args.seed))])?;
     let spec = WorkloadSpec {
         body_min: args.body_min,
         body_max: args.body_max,
@@ -394,18 +381,12 @@ fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: AutoPol
     store.append(&[Event::new(
         run,
         clock.now(),
-        RunStarted {
-            name: "synthetic-training".into(),
-            run_kind: RunKind::Load,
-            config_json: serde_json::json!({"episodes": episodes, "seed": args.seed, "steps": steps,
-                "questions_per_step": spec.questions_per_step, "group_size": spec.group_size})
-            .to_string(),
-            seed: args.seed,
-            policy: "synthetic".into(),
-            model: String::new(),
-            code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),
-            attempt: 0,
-        },
+        load_run(
+            "synthetic-training",
+            serde_json::json!({"episodes": episodes, "seed": args.seed, "steps": steps,
+                "questions_per_step": spec.questions_per_step, "group_size": spec.group_size}),
+            args.seed,
+        ),
     )])?;
     let pool = synthetic::page_pool(args.seed);
     let refs = store.put_blobs(&pool.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
@@ -453,4 +434,18 @@ fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: AutoPol
     crate::finish_snapshots(auto)?;
     println!("next: 'fathom sql \"SELECT * FROM step_metrics ORDER BY step LIMIT 10\"'");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `run_started` of a synthetic load run.
+fn load_run(name: &str, config: serde_json::Value, seed: u64) -> RunStarted {
+    RunStarted {
+        name: name.into(),
+        run_kind: RunKind::Load,
+        config_json: config.to_string(),
+        seed,
+        policy: "synthetic".into(),
+        model: String::new(),
+        code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),
+        attempt: 0,
+    }
 }

@@ -1,7 +1,11 @@
 //! Policies, the rollout engine, GRPO, checkpoints and resume (the agent,
 //! model-policy and trainer issues). Built so far: tool execution with the
-//! browsing agent ([`tools`]). May use `core`, `store` and `replay`; the web
-//! is reached only through `replay`'s gateway.
+//! browsing agent ([`tools`]), the rollout engine ([`rollout`]), the
+//! scripted, candle and OpenAI-compatible policies, and the training
+//! pieces ([`grpo`], [`optim`], [`checkpoint`], [`config`]) that the GRPO
+//! loop will use. May use `core`, `store`, `model` and `replay`; the web is
+//! reached only through `replay`'s gateway (the `openai` policy talks to
+//! model endpoints, never to the web).
 
 pub mod candle_policy;
 pub mod checkpoint;

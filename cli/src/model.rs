@@ -134,7 +134,7 @@ fn init_tiny(args: InitTinyArgs) -> anyhow::Result<ExitCode> {
 
 /// Text the tiny tokenizer learns from: the sandbox's pages and questions,
 /// and the protocol's prompt and turn shapes.
-fn tokenizer_corpus(seed: u64) -> Vec<String> {
+pub(crate) fn tokenizer_corpus(seed: u64) -> Vec<String> {
     let world = fathom_sandbox::world::World::generate(seed, 300);
     let mut texts: Vec<String> = fathom_sandbox::pages::render(&world)
         .into_iter()

@@ -89,8 +89,20 @@ pub(crate) fn question_rows(
     count: usize,
     hops: std::ops::RangeInclusive<u32>,
 ) -> Vec<fathom_store::verl::VerlRow> {
+    question_rows_seeded(seed, entities, seed, count, hops)
+}
+
+/// As [`question_rows`], with the questions drawn by `question_seed`
+/// (another seed gives other questions over the same world).
+pub(crate) fn question_rows_seeded(
+    seed: u64,
+    entities: usize,
+    question_seed: u64,
+    count: usize,
+    hops: std::ops::RangeInclusive<u32>,
+) -> Vec<fathom_store::verl::VerlRow> {
     let world = fathom_sandbox::World::generate(seed, entities);
-    fathom_sandbox::questions::generate(&world, seed, count, hops)
+    fathom_sandbox::questions::generate(&world, question_seed, count, hops)
         .into_iter()
         .map(|q| fathom_store::verl::VerlRow {
             data_source: format!("sandbox-{}hop", q.hops),

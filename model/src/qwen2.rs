@@ -292,7 +292,14 @@ impl Qwen2 {
     /// Logits (f32, `[b, t, vocab]`) for `ids: [b, t]` at positions
     /// `offset..offset + t`. With a cache, the keys and values of these
     /// tokens are added to it (and `offset` must equal its length).
-    pub fn forward(&self, ids: &Tensor, offset: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.logits(&self.hidden(ids, offset, cache)?)
+    }
+
+    /// The final (normed) hidden states `[b, t, hidden]`, before the
+    /// output projection: training computes logits only where tokens carry
+    /// loss.
+    pub fn hidden(&self, ids: &Tensor, offset: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if let Some(c) = cache.as_deref()
             && c.len() != offset
@@ -310,10 +317,15 @@ impl Qwen2 {
             let m = block.mlp.forward(&block.ln2.forward(&x)?)?;
             x = (x + m)?;
         }
-        let x = self.norm.forward(&x)?;
+        self.norm.forward(&x)
+    }
+
+    /// Logits (f32) of final hidden states `[..., hidden]` (from
+    /// [`Qwen2::hidden`], perhaps only some positions of them).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let logits = match &self.lm_head {
-            Some(head) => head.forward(&x)?,
-            None => x.broadcast_matmul(&self.embed.embeddings().t()?)?,
+            Some(head) => head.forward(hidden)?,
+            None => hidden.broadcast_matmul(&self.embed.embeddings().t()?)?,
         };
         logits.to_dtype(DType::F32)
     }

@@ -45,6 +45,12 @@ impl CandleModel {
         })
     }
 
+    /// Wraps a model already loaded (the trainer's, whose weights it updates in place).
+    pub fn from_loaded(loaded: LoadedModel) -> CandleModel {
+        let spec = format!("candle:{}", loaded.dir.display());
+        CandleModel { loaded, spec }
+    }
+
     /// The loaded model.
     pub fn loaded(&self) -> &LoadedModel {
         &self.loaded

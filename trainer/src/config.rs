@@ -62,6 +62,20 @@ pub struct DataSection {
     pub questions_per_step: u32,
     /// Rollouts per question (the GRPO group).
     pub group_size: u32,
+    /// With `train = "sandbox"`: how many questions to generate.
+    #[serde(default = "default_sandbox_questions")]
+    pub sandbox_questions: usize,
+    /// With sandbox questions: the fewest and most hops.
+    #[serde(default = "default_hops")]
+    pub hops: [u32; 2],
+}
+
+fn default_sandbox_questions() -> usize {
+    1000
+}
+
+fn default_hops() -> [u32; 2] {
+    [1, 4]
 }
 
 /// `[rollout]`.
@@ -78,6 +92,14 @@ pub struct RolloutSection {
     pub top_p: f64,
     /// Episodes run at once.
     pub concurrency: usize,
+    /// Characters of one tool response at most (what the policy reads
+    /// after each call; longer responses are cut).
+    #[serde(default = "default_tool_chars")]
+    pub max_tool_chars: usize,
+}
+
+fn default_tool_chars() -> usize {
+    8_000
 }
 
 impl Default for RolloutSection {
@@ -88,6 +110,7 @@ impl Default for RolloutSection {
             temperature: 1.0,
             top_p: 1.0,
             concurrency: 8,
+            max_tool_chars: default_tool_chars(),
         }
     }
 }
@@ -164,6 +187,9 @@ pub struct EvalSection {
     pub limit: usize,
     /// Steps between evaluations (0: only before and after).
     pub every: u64,
+    /// Sampling temperature of evaluation episodes (0: greedy).
+    #[serde(default)]
+    pub temperature: f64,
 }
 
 impl Default for EvalSection {
@@ -172,6 +198,7 @@ impl Default for EvalSection {
             questions: "sandbox".into(),
             limit: 50,
             every: 0,
+            temperature: 0.0,
         }
     }
 }
@@ -188,6 +215,13 @@ pub struct SftSection {
     pub epochs: u32,
     /// Learning rate.
     pub lr: f64,
+    /// Trajectories per optimizer step.
+    #[serde(default = "default_sft_batch")]
+    pub batch: usize,
+}
+
+fn default_sft_batch() -> usize {
+    8
 }
 
 fn default_device() -> String {
@@ -235,6 +269,15 @@ impl TrainConfig {
         if self.data.questions_per_step == 0 || self.data.group_size == 0 {
             return Err("data.questions_per_step and data.group_size must be at least 1".into());
         }
+        if !(1..=4).contains(&self.data.hops[0]) || !(self.data.hops[0]..=4).contains(&self.data.hops[1]) {
+            return Err(format!(
+                "data.hops must be [low, high] with 1 <= low <= high <= 4 (the sandbox's questions have 1 to 4 hops), got {:?}",
+                self.data.hops
+            ));
+        }
+        if self.data.sandbox_questions == 0 {
+            return Err("data.sandbox_questions must be at least 1".into());
+        }
         if self.data.group_size == 1 {
             return Err("data.group_size is 1: GRPO normalises rewards within a group, so a group of one learns nothing; use 2 or more (the paper uses 16)".into());
         }
@@ -267,6 +310,12 @@ impl TrainConfig {
         if self.grpo.micro_batch == 0 {
             return Err("grpo.micro_batch must be at least 1".into());
         }
+        if self.rollout.max_tool_chars < 200 {
+            return Err(format!(
+                "rollout.max_tool_chars must be at least 200 (one search result), got {}",
+                self.rollout.max_tool_chars
+            ));
+        }
         if self.rollout.max_turns == 0 || self.rollout.max_turn_tokens == 0 || self.rollout.concurrency == 0 {
             return Err("rollout.max_turns, rollout.max_turn_tokens and rollout.concurrency must be at least 1".into());
         }
@@ -279,6 +328,12 @@ impl TrainConfig {
         if self.checkpoint.every == 0 || self.checkpoint.keep_last == 0 {
             return Err("checkpoint.every and checkpoint.keep_last must be at least 1".into());
         }
+        if !(self.eval.temperature >= 0.0 && self.eval.temperature.is_finite()) {
+            return Err(format!(
+                "eval.temperature must be 0 (greedy) or more, got {}",
+                self.eval.temperature
+            ));
+        }
         if !matches!(self.checkpoint.keep_best.as_str(), "" | "reward" | "eval_f1") {
             return Err(format!(
                 "checkpoint.keep_best '{}' is not reward, eval_f1 or empty",
@@ -287,8 +342,8 @@ impl TrainConfig {
         }
         if let Some(sft) = &self.sft {
             positive("sft.lr", sft.lr)?;
-            if sft.epochs == 0 {
-                return Err("sft.epochs must be at least 1".into());
+            if sft.epochs == 0 || sft.batch == 0 {
+                return Err("sft.epochs and sft.batch must be at least 1".into());
             }
         }
         Ok(())

@@ -174,6 +174,35 @@ pub fn logprobs_and_entropy(
     Ok((taken, entropy))
 }
 
+/// What the model computes for one sequence: the logits at the positions
+/// whose next id carries loss (the only ones the loss needs; the forward
+/// pass stops at the last of them), and those next ids' indices in
+/// `seq.ids`.
+pub struct LossLogits {
+    /// `[k, vocab]`.
+    pub logits: Tensor,
+    /// Indices into `seq.ids` of the `k` predicted ids.
+    pub targets: Vec<usize>,
+}
+
+/// The logits `model` gives where `seq` carries loss; `None` when it
+/// carries none.
+pub fn loss_logits(model: &Qwen2, seq: &Sequence) -> candle_core::Result<Option<LossLogits>> {
+    let device = model.device();
+    let targets: Vec<usize> = (1..seq.ids.len()).filter(|&i| seq.generated[i]).collect();
+    let Some(&last) = targets.last() else {
+        return Ok(None);
+    };
+    let input = Tensor::new(&seq.ids[..last], device)?.unsqueeze(0)?;
+    let hidden = model.hidden(&input, 0, None)?.squeeze(0)?;
+    let rows: Vec<u32> = targets.iter().map(|&i| (i - 1) as u32).collect();
+    let hidden = hidden.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+    Ok(Some(LossLogits {
+        logits: model.logits(&hidden)?,
+        targets,
+    }))
+}
+
 /// The loss of `seqs` under `model` (one forward pass per sequence), with
 /// `denominator` loss tokens in the whole batch.
 pub fn sequence_loss(
@@ -186,27 +215,28 @@ pub fn sequence_loss(
     let mut total: Option<Tensor> = None;
     let (mut pg, mut kl, mut ent, mut clip, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0);
     for s in seqs {
-        let n = s.ids.len();
-        if n < 2 || s.loss_tokens() == 0 {
+        let Some(LossLogits { logits, targets }) = loss_logits(model, s)? else {
             continue;
-        }
-        let input = Tensor::new(&s.ids[..n - 1], device)?.unsqueeze(0)?;
-        let targets = Tensor::new(&s.ids[1..], device)?;
-        let logits = model.forward(&input, 0, None)?.squeeze(0)?;
-        let (logp, entropy) = logprobs_and_entropy(&logits, &targets, cfg.temperature)?;
-        let mask: Vec<f32> = s.generated[1..].iter().map(|g| if *g { 1.0 } else { 0.0 }).collect();
-        let mask = Tensor::new(mask.as_slice(), device)?;
-        let old = Tensor::new(&s.old_logprobs[1..], device)?;
-        let reference = match &s.ref_logprobs {
-            Some(r) => Some(Tensor::new(&r[1..], device)?),
-            None => None,
         };
-        let adv = Tensor::full(s.advantage as f32, n - 1, device)?;
+        let k = targets.len();
+        let ids: Vec<u32> = targets.iter().map(|&i| s.ids[i]).collect();
+        let (logp, entropy) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, cfg.temperature)?;
+        let mask = Tensor::ones(k, DType::F32, device)?;
+        let old: Vec<f32> = targets.iter().map(|&i| s.old_logprobs[i]).collect();
+        let old = Tensor::new(old.as_slice(), device)?;
+        let reference = match &s.ref_logprobs {
+            Some(r) if cfg.kl_coef > 0.0 => {
+                let r: Vec<f32> = targets.iter().map(|&i| r[i]).collect();
+                Some(Tensor::new(r.as_slice(), device)?)
+            }
+            _ => None,
+        };
+        let adv = Tensor::full(s.advantage as f32, k, device)?;
         let terms = token_loss(
             &TokenInputs {
                 logp: &logp,
                 old_logp: &old,
-                ref_logp: if cfg.kl_coef > 0.0 { reference.as_ref() } else { None },
+                ref_logp: reference.as_ref(),
                 advantage: &adv,
                 mask: &mask,
                 entropy: &entropy,
@@ -235,6 +265,54 @@ pub fn sequence_loss(
         clip_frac: clip,
         tokens,
     })
+}
+
+/// Log-probs of `seq`'s loss-carrying ids under `model` (no gradient),
+/// aligned with `seq.ids` (0 elsewhere): the reference policy's, for the
+/// KL term.
+pub fn sequence_logprobs(model: &Qwen2, seq: &Sequence, temperature: f64) -> candle_core::Result<Vec<f32>> {
+    let mut out = vec![0.0f32; seq.ids.len()];
+    if let Some(LossLogits { logits, targets }) = loss_logits(model, seq)? {
+        let ids: Vec<u32> = targets.iter().map(|&i| seq.ids[i]).collect();
+        let (lp, _) = logprobs_and_entropy(
+            &logits.detach(),
+            &Tensor::new(ids.as_slice(), model.device())?,
+            temperature,
+        )?;
+        for (&i, v) in targets.iter().zip(lp.to_vec1::<f32>()?) {
+            out[i] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// The behaviour-cloning loss of `seqs` for the supervised warm start:
+/// the negative log-likelihood of the generated ids, summed and divided by
+/// `denominator` (the batch's generated-token count, so micro-batches
+/// accumulate to the token-level mean). Prompts and tool responses are
+/// masked exactly as in GRPO. Returns the loss and its token count.
+pub fn nll_loss(model: &Qwen2, seqs: &[Sequence], denominator: f64) -> candle_core::Result<(Tensor, usize)> {
+    let device = model.device();
+    let mut total: Option<Tensor> = None;
+    let mut tokens = 0;
+    for s in seqs {
+        let Some(LossLogits { logits, targets }) = loss_logits(model, s)? else {
+            continue;
+        };
+        let ids: Vec<u32> = targets.iter().map(|&i| s.ids[i]).collect();
+        let (logp, _) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, 1.0)?;
+        let nll = (logp.sum_all()?.neg()? / denominator.max(1.0))?;
+        tokens += targets.len();
+        total = Some(match total {
+            Some(t) => (t + nll)?,
+            None => nll,
+        });
+    }
+    let loss = match total {
+        Some(t) => t,
+        None => Tensor::zeros((), DType::F32, device)?,
+    };
+    Ok((loss, tokens))
 }
 
 #[cfg(test)]

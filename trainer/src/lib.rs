@@ -11,9 +11,16 @@ pub mod candle_policy;
 pub mod checkpoint;
 pub mod config;
 pub mod grpo;
+pub mod harness;
 pub mod openai;
 pub mod optim;
 pub mod policy;
+pub mod recorded;
 pub mod rollout;
 pub mod scripted;
+pub mod sft;
 pub mod tools;
+pub mod train;
+
+/// The code version every run records.
+pub const CODE_VERSION: &str = concat!("fathom ", env!("CARGO_PKG_VERSION"));

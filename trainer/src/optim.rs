@@ -14,6 +14,22 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
+/// Adds the gradients of `vars` in `grads` to `acc` (gradient
+/// accumulation over micro-batches; everything else `grads` holds, the
+/// intermediate tensors' gradients, is dropped).
+pub fn accumulate(acc: &mut GradStore, grads: &GradStore, vars: &[Var]) -> candle_core::Result<()> {
+    for v in vars {
+        if let Some(x) = grads.get(v.as_tensor()) {
+            let sum = match acc.get(v.as_tensor()) {
+                Some(a) => (a + x)?,
+                None => x.clone(),
+            };
+            acc.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(())
+}
+
 /// AdamW's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {

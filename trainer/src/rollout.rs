@@ -88,6 +88,34 @@ pub struct EpisodeOutcome {
     pub n_tool_calls: u32,
     /// Behaviours found.
     pub behaviours: Vec<behaviour::Detection>,
+    /// Where the episode's time went.
+    pub timings: EpisodeTimings,
+}
+
+/// Where an episode's wall time went, in nanoseconds (from the injected
+/// clock): the policy's generation, tool execution (web requests and the
+/// browsing agent), scoring and behaviour detection, and appending to the
+/// log (events and blobs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpisodeTimings {
+    /// In `Policy::generate`.
+    pub generate_ns: u64,
+    /// Running tool calls.
+    pub tools_ns: u64,
+    /// Reward and behaviour detectors.
+    pub reward_ns: u64,
+    /// Log appends and blob writes.
+    pub log_ns: u64,
+}
+
+impl EpisodeTimings {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &EpisodeTimings) {
+        self.generate_ns += other.generate_ns;
+        self.tools_ns += other.tools_ns;
+        self.reward_ns += other.reward_ns;
+        self.log_ns += other.log_ns;
+    }
 }
 
 /// Why an episode could not be run or recorded.
@@ -187,6 +215,7 @@ impl Rollout {
         spec: &EpisodeSpec,
     ) -> Result<EpisodeOutcome, RolloutError> {
         let started = self.clock.now();
+        let mut timings = EpisodeTimings::default();
         let episode_id = self.new_episode_id()?;
         let mut messages = vec![
             Message::System(protocol::system_prompt(&self.config.today)),
@@ -208,7 +237,9 @@ impl Rollout {
             replay_of: None,
             n_prompt_tokens,
         });
+        let t_log = self.clock.now();
         self.append(&[started_event], Durability::Relaxed)?;
+        timings.log_ns += self.clock.now().nanos_since(t_log);
         let mut runner = ToolRunner::new(self.config.tools.clone());
         let mut steps: Vec<Step> = Vec::new();
         let mut model_turns: Vec<String> = Vec::new();
@@ -233,7 +264,9 @@ impl Rollout {
                 }
             };
             let latency_ns = self.clock.now().nanos_since(t0);
+            timings.generate_ns += latency_ns;
             n_tokens += u64::from(g.n_tokens);
+            let t_log = self.clock.now();
             let token_ids = match &g.token_ids {
                 Some(ids) => self.put_blob(&ids.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
                 None => None,
@@ -242,6 +275,7 @@ impl Rollout {
                 Some(lp) => self.put_blob(&lp.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?,
                 None => None,
             };
+            timings.log_ns += self.clock.now().nanos_since(t_log);
             let truncated = g.finish == FinishReason::Length || g.n_tokens > self.config.max_turn_tokens;
             let mut events = vec![self.event(TurnGenerated {
                 episode_id,
@@ -304,7 +338,9 @@ impl Rollout {
                 episode: Some(episode_id),
                 turn: Some(turn),
             };
+            let t_tool = self.clock.now();
             let outcome = runner.run(&self.gateway, reader, ctx, &spec.question, &call).await;
+            timings.tools_ns += self.clock.now().nanos_since(t_tool);
             for r in &outcome.reads {
                 events.push(self.event(PageSegmentRead {
                     episode_id,
@@ -339,6 +375,7 @@ impl Rollout {
             messages.push(Message::Tool(wrapped));
         }
 
+        let t_reward = self.clock.now();
         let mut score = reward::score_turns(&model_turns, &spec.ground_truths);
         if let Some(note) = error_note {
             score = Score::failure(note, None);
@@ -347,6 +384,7 @@ impl Rollout {
             steps,
             ground_truths: spec.ground_truths.clone(),
         });
+        timings.reward_ns += self.clock.now().nanos_since(t_reward);
         let mut events: Vec<Event> = behaviours
             .iter()
             .map(|d| {
@@ -383,7 +421,9 @@ impl Rollout {
         } else {
             Durability::Relaxed
         };
+        let t_log = self.clock.now();
         self.append(&pending, durability)?;
+        timings.log_ns += self.clock.now().nanos_since(t_log);
         Ok(EpisodeOutcome {
             episode_id,
             score,
@@ -391,6 +431,7 @@ impl Rollout {
             n_turns: model_turns.len() as u32,
             n_tool_calls,
             behaviours,
+            timings,
         })
     }
 }

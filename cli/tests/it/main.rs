@@ -9,6 +9,7 @@ mod model;
 mod sandbox;
 mod score;
 mod snapshot;
+mod train;
 mod web;
 
 use std::path::Path;

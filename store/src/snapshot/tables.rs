@@ -855,7 +855,11 @@ fn web_requests_def() -> Def<WebRow> {
                 "Time to the full response.",
             ),
             req("source", Get::Str(|r| Some(r.source)), "`live`, `sandbox` or `replay`."),
-            req("attempt", Get::I64(|r| i(r.attempt)), "Retry attempt, from 0."),
+            req(
+                "attempt",
+                Get::I64(|r| i(r.attempt)),
+                "Attempt: 0 when started, one more at each `fathom train --resume`.",
+            ),
             opt(
                 "error",
                 Get::Str(|r| r.error.as_deref()),
@@ -1258,6 +1262,14 @@ impl Projector {
             payload_json: serde_json::to_string(payload).expect("payloads serialise to JSON"),
         });
         match payload {
+            Payload::RunStarted(p) if self.runs.contains_key(&run.0) => {
+                // A later attempt of the same run (a resume): the run is
+                // running again; what it recorded so far stays.
+                let r = self.runs.get_mut(&run.0).expect("checked");
+                r.attempt = p.attempt;
+                r.status = "running".into();
+                r.finished_at = None;
+            }
             Payload::RunStarted(p) => {
                 self.runs.insert(
                     run.0,

@@ -1,0 +1,380 @@
+//! `fathom train`: GRPO training from a TOML configuration (with the
+//! supervised warm start first when the configuration has `[sft]`), and
+//! `--resume` after an interruption. The loop itself lives in
+//! `fathom_trainer::train`; this file resolves the configuration into
+//! questions, a web and starting weights, and draws the progress.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use fathom_core::{Clock, QuestionId, SystemClock};
+use fathom_replay::Gateway;
+use fathom_store::Options;
+use fathom_trainer::config::TrainConfig;
+use fathom_trainer::harness::{Env, Observer, Question};
+use fathom_trainer::train::{Data, StepTimings, TrainSummary, Trainer};
+
+use crate::web::{Web, WebArgs, connect};
+
+/// Arguments of `fathom train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The run's configuration (see examples/tiny-cpu.toml; every field is documented there and in docs/TRAINING.md).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Train this many steps in all, instead of the configuration's `steps`.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Continue the newest run of this configuration's name where it stopped.
+    #[arg(long, conflicts_with = "sft")]
+    pub resume: bool,
+    /// Only run the supervised warm start (behaviour cloning of the scripted researcher), then stop.
+    #[arg(long)]
+    pub sft: bool,
+    /// Where the model runs: `cpu` or `cuda:N`, instead of the configuration's `model.device`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print where each step's time went.
+    #[arg(long)]
+    pub timings: bool,
+    #[command(flatten)]
+    pub web_args: WebArgs,
+}
+
+/// A progress bar per phase, on stderr.
+pub(crate) struct Bars {
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    pub(crate) fn new() -> Bars {
+        Bars { bar: Mutex::new(None) }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Some(b) = self.bar.lock().expect("bar lock").take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Bars {
+    fn phase(&self, what: &str, total: u64) {
+        let mut bar = self.bar.lock().expect("bar lock");
+        if let Some(b) = bar.take() {
+            b.finish_and_clear();
+        }
+        *bar = Some(crate::progress_bar(total, what));
+    }
+
+    fn progress(&self, done: u64, message: &str) {
+        if let Some(b) = self.bar.lock().expect("bar lock").as_ref() {
+            b.set_position(done);
+            let prefix = b.message();
+            let what = prefix.split(" · ").next().unwrap_or("").to_string();
+            b.set_message(format!("{what} · {message}"));
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match self.bar.lock().expect("bar lock").as_ref() {
+            Some(b) if !b.is_hidden() => b.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+/// What a training command runs with.
+pub(crate) struct Setup {
+    pub(crate) env: Env,
+    pub(crate) data: Data,
+    pub(crate) bars: Arc<Bars>,
+    pub(crate) store: Arc<fathom_store::Store>,
+    _web: Web,
+}
+
+fn rows_to_questions(rows: &[fathom_store::verl::VerlRow]) -> Vec<Question> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| Question {
+            id: QuestionId(if r.index.is_empty() {
+                format!("q{i}")
+            } else {
+                r.index.clone()
+            }),
+            data_source: r.data_source.clone(),
+            text: r.question().to_string(),
+            ground_truths: r.ground_truths(),
+            hops: r.hops(),
+        })
+        .collect()
+}
+
+/// The questions a configuration names: a verl Parquet file, or `sandbox`
+/// (generated over the in-process sandbox; the held-out ones with another
+/// seed, and none that is also a training question).
+fn questions(config: &TrainConfig, web: &WebArgs) -> anyhow::Result<Data> {
+    let load = |spec: &str, seed: u64, count: usize| -> anyhow::Result<Vec<Question>> {
+        if spec == "sandbox" {
+            let [lo, hi] = config.data.hops;
+            Ok(rows_to_questions(&crate::sandbox::question_rows_seeded(
+                web.sandbox_seed,
+                web.sandbox_entities,
+                seed,
+                count,
+                lo..=hi,
+            )))
+        } else {
+            let rows = fathom_store::verl::read(Path::new(spec))
+                .with_context(|| format!("reading the questions in {spec}"))?;
+            if rows.is_empty() {
+                anyhow::bail!("{spec} holds no questions");
+            }
+            Ok(rows_to_questions(&rows))
+        }
+    };
+    let train = load(&config.data.train, web.sandbox_seed, config.data.sandbox_questions)?;
+    let seen: std::collections::HashSet<&str> = train.iter().map(|q| q.text.as_str()).collect();
+    let want = if config.eval.limit == 0 { 200 } else { config.eval.limit };
+    // Generated candidates repeat training questions when the sandbox has
+    // few of a kind (one-hop questions), so draw plenty and keep the new.
+    let eval: Vec<Question> = load(
+        &config.eval.questions,
+        web.sandbox_seed.wrapping_add(1_000_003),
+        if config.eval.questions == "sandbox" {
+            want * 20
+        } else {
+            0
+        },
+    )?
+    .into_iter()
+    .filter(|q| !seen.contains(q.text.as_str()))
+    .take(if config.eval.limit == 0 {
+        usize::MAX
+    } else {
+        config.eval.limit
+    })
+    .collect();
+    Ok(Data { train, eval })
+}
+
+/// Opens the log, starts the web, and generates or reads the questions.
+pub(crate) async fn setup(data_dir: &Path, config: &TrainConfig, web_args: &WebArgs) -> anyhow::Result<Setup> {
+    let uses_sandbox = config.data.train == "sandbox" || config.eval.questions == "sandbox";
+    if uses_sandbox && (web_args.search_url.is_some() || web_args.searxng_url.is_some()) {
+        anyhow::bail!(
+            "data.train or eval.questions is \"sandbox\", whose answers exist only in the sandbox web; drop --search-url/--searxng-url or name verl Parquet files"
+        );
+    }
+    // The sandbox keeps its fixed address (127.0.0.1:8930 unless told),
+    // so that a resumed run, a replay and a second run see the same URLs.
+    let data = questions(config, web_args)?;
+    let web = connect(web_args).await?;
+    let store = Arc::new(crate::open_store(data_dir, Options::default())?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let gateway = Arc::new(Gateway::record(web.config.clone(), store.clone(), clock.clone())?);
+    let bars = Arc::new(Bars::new());
+    Ok(Setup {
+        env: Env {
+            store: store.clone(),
+            gateway,
+            clock,
+            observer: bars.clone(),
+        },
+        data,
+        bars,
+        store,
+        _web: web,
+    })
+}
+
+/// `model.path`, with `init-tiny` made (once) under the data directory.
+pub(crate) fn model_dir(data_dir: &Path, config: &TrainConfig, web: &WebArgs) -> anyhow::Result<PathBuf> {
+    if config.model.path != "init-tiny" {
+        let dir = PathBuf::from(&config.model.path);
+        if !dir.join("config.json").exists() {
+            anyhow::bail!(
+                "model.path {} is not a model directory (no config.json); give a Hugging Face Qwen2 directory or \"init-tiny\"",
+                dir.display()
+            );
+        }
+        return Ok(dir);
+    }
+    let dir = data_dir.join("models").join(format!("{}-tiny", config.name));
+    if !dir.join("config.json").exists() {
+        let spec = fathom_model::init::TinySpec {
+            seed: config.seed,
+            ..Default::default()
+        };
+        let texts = crate::model::tokenizer_corpus(web.sandbox_seed);
+        fathom_model::init::write_tiny(&dir, &spec, texts.iter())
+            .with_context(|| format!("making the tiny model in {}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
+pub(crate) const TODAY: &str = "2026-01-01";
+
+pub fn run(data: &Path, args: TrainArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
+    let mut config = TrainConfig::load(&args.config)?;
+    if let Some(d) = &args.device {
+        config.model.device = d.clone();
+        config.validate().map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    }
+    if args.steps == Some(0) {
+        anyhow::bail!("--steps must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(train(data, args, config, snapshots))
+}
+
+async fn train(
+    data: &Path,
+    args: TrainArgs,
+    config: TrainConfig,
+    snapshots: fathom_store::snapshot::AutoPolicy,
+) -> anyhow::Result<ExitCode> {
+    let setup = setup(data, &config, &args.web_args).await?;
+    let auto = crate::auto_snapshot(&setup.store, snapshots);
+    let result = async {
+        if args.sft {
+            let model = model_dir(data, &config, &args.web_args)?;
+            let w = fathom_trainer::sft::warm_start(&setup.env, &config, &model, &setup.data.train, TODAY).await?;
+            setup.bars.clear();
+            println!(
+                "warm start {}: {} trajectories, {} updates, loss {:.3} -> {:.3}; model in {}",
+                w.run,
+                w.trajectories,
+                w.updates,
+                w.loss.0,
+                w.loss.1,
+                w.dir.display()
+            );
+            return anyhow::Ok(None);
+        }
+        let trainer = if args.resume {
+            Trainer::resume(setup.env.clone(), config.clone(), args.steps, setup.data.clone())?
+        } else {
+            let start = starting_weights(data, &config, &setup, &args.web_args).await?;
+            let mut c = config.clone();
+            if let Some(n) = args.steps {
+                c.steps = n;
+            }
+            Trainer::start(setup.env.clone(), c, &start, setup.data.clone(), TODAY)?
+        };
+        eprintln!("training run {}", trainer.run_id());
+        let summary = trainer.run().await?;
+        setup.bars.clear();
+        anyhow::Ok(Some(summary))
+    }
+    .await;
+    setup.bars.clear();
+    crate::finish_snapshots(auto)?;
+    if let Some(summary) = result? {
+        print_summary(&summary);
+        if args.timings {
+            print_timings(&summary.timings);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The weights GRPO starts from: the warm start's (run first when the
+/// configuration has `[sft]` and the log holds none), else `model.path`.
+pub(crate) async fn starting_weights(
+    data: &Path,
+    config: &TrainConfig,
+    setup: &Setup,
+    web: &WebArgs,
+) -> anyhow::Result<PathBuf> {
+    let model = model_dir(data, config, web)?;
+    if config.sft.is_none() {
+        return Ok(model);
+    }
+    if let Some(dir) = fathom_trainer::sft::find_warm_start(&setup.store, &config.name)? {
+        setup
+            .env
+            .observer
+            .note(&format!("starting from the warm start in {}", dir.display()));
+        return Ok(dir);
+    }
+    let w = fathom_trainer::sft::warm_start(&setup.env, config, &model, &setup.data.train, TODAY).await?;
+    setup.env.observer.note(&format!(
+        "warm start {}: {} trajectories, {} updates, loss {:.3} -> {:.3}",
+        w.run, w.trajectories, w.updates, w.loss.0, w.loss.1
+    ));
+    Ok(w.dir)
+}
+
+fn print_summary(s: &TrainSummary) {
+    println!("run {}: {} steps", s.run, s.steps);
+    if let (Some(first), Some(last)) = (s.step_rewards.first(), s.step_rewards.last()) {
+        println!(
+            "training reward: step {} {:.3} -> step {} {:.3}",
+            first.0, first.1, last.0, last.1
+        );
+    }
+    for (name, e) in [("before", &s.eval_before), ("after", &s.eval_after)] {
+        if let Some(e) = e {
+            println!(
+                "held-out {name}: reward {:.3}, F1 {:.3}, EM {:.3}, well-formed {:.1}% ({} questions, run {})",
+                e.overall.mean_reward(),
+                e.overall.mean_f1(),
+                e.overall.mean_em(),
+                100.0 * e.overall.format_ok(),
+                e.overall.n,
+                e.run
+            );
+        }
+    }
+    if let Some(dir) = &s.last_checkpoint {
+        println!("last checkpoint: {}", dir.display());
+    }
+}
+
+/// The median of each part of the step time, and logging's share.
+pub(crate) fn print_timings(t: &[StepTimings]) {
+    if t.is_empty() {
+        return;
+    }
+    let median = |f: &dyn Fn(&StepTimings) -> u64| -> f64 {
+        let mut v: Vec<u64> = t.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2] as f64 / 1e6
+    };
+    let total = median(&|x| x.total_ns);
+    println!("\nstep time, median of {} steps (ms):", t.len());
+    let rows: [(&str, f64); 12] = [
+        ("rollouts (wall)", median(&|x| x.rollout_ns)),
+        ("  generation", median(&|x| x.episodes.generate_ns)),
+        ("  tools", median(&|x| x.episodes.tools_ns)),
+        ("  reward", median(&|x| x.episodes.reward_ns)),
+        ("  episode logging", median(&|x| x.episodes.log_ns)),
+        ("read batch", median(&|x| x.read_ns)),
+        ("reference", median(&|x| x.reference_ns)),
+        ("forward+backward", median(&|x| x.forward_backward_ns)),
+        ("optimizer", median(&|x| x.optimizer_ns)),
+        ("step logging", median(&|x| x.log_ns)),
+        ("checkpoint", median(&|x| x.checkpoint_ns)),
+        ("evaluation", median(&|x| x.eval_ns)),
+    ];
+    for (name, ms) in rows {
+        println!("{name:<20} {ms:>10.1}");
+    }
+    println!("{:<20} {total:>10.1}", "step (wall)");
+    let logging: Vec<f64> = t
+        .iter()
+        .map(|x| (x.episodes.log_ns + x.log_ns) as f64 / x.total_ns.max(1) as f64)
+        .collect();
+    let mut sorted = logging.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    println!(
+        "logging share (episode and step logging / step wall time): median {:.2}%",
+        100.0 * sorted[sorted.len() / 2]
+    );
+}

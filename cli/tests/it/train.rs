@@ -1,0 +1,287 @@
+//! `fathom train`: GRPO steps recorded in the log, checkpoints, the warm
+//! start, and a resume after SIGKILL that ends on the same bytes as an
+//! uninterrupted run.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::{fathom, run, stderr, stdout};
+
+/// Six consecutive free loopback ports (the sandbox's search endpoint and
+/// its five sites), so that two runs see the same URLs.
+fn free_ports() -> u16 {
+    for attempt in 0..200u32 {
+        let base = 20_000 + ((std::process::id() * 7919 + attempt * 104_729) % 40_000) as u16;
+        let held: Vec<_> = (0..6)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == 6 {
+            return base;
+        }
+    }
+    panic!("no six consecutive free ports");
+}
+
+fn config(dir: &Path, model: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("run.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "t"
+seed = 5
+steps = 5
+
+[model]
+path = "{}"
+
+[data]
+train = "sandbox"
+sandbox_questions = 50
+hops = [1, 2]
+questions_per_step = 2
+group_size = 2
+
+[rollout]
+max_turns = 3
+max_turn_tokens = 24
+temperature = 1.0
+top_p = 1.0
+concurrency = 2
+max_tool_chars = 400
+
+[grpo]
+lr = 1e-3
+schedule = "constant"
+warmup_steps = 0
+clip = 0.2
+kl_coef = 0.01
+entropy_coef = 0.01
+max_grad_norm = 1.0
+weight_decay = 0.0
+micro_batch = 3
+
+[checkpoint]
+every = 2
+keep_last = 2
+keep_best = "reward"
+
+[eval]
+questions = "sandbox"
+limit = 2
+every = 0
+{extra}"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn tiny_model(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("model");
+    let out = run(
+        dir,
+        &["model", "init-tiny", "--out", model.to_str().unwrap(), "--vocab", "600"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    model
+}
+
+fn train_args<'a>(config: &'a str, sandbox: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--config",
+        config,
+        "--sandbox",
+        sandbox,
+        "--sandbox-entities",
+        "300",
+    ]
+}
+
+fn sql_json(data: &Path, query: &str) -> serde_json::Value {
+    let out = run(data, &["sql", "--format", "json", query]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights_and_sql_counts_each_episode_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = config(dir.path(), &model, "");
+    let cfg = cfg.to_str().unwrap();
+    let sandbox = format!("127.0.0.1:{}", free_ports());
+
+    // Straight through.
+    let straight = dir.path().join("straight");
+    let out = run(&straight, &train_args(cfg, &sandbox));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("run r-1: 5 steps"), "{}", stdout(&out));
+
+    // Killed during step 4, then resumed.
+    let killed = dir.path().join("killed");
+    let mut child = fathom(&killed)
+        .args(train_args(cfg, &sandbox))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("step 3: reward") {
+            break;
+        }
+    }
+    assert!(seen.contains("step 3: reward"), "the run did not reach step 3: {seen}");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(lines);
+
+    let out = run(&killed, &[train_args(cfg, &sandbox), vec!["--resume"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    // The kill landed in step 4: step 3 is recomputed from the log on top
+    // of the checkpoint of step 2.
+    assert!(
+        err.contains("resuming run r-1 after step 3 (checkpoint of step 2, 1 step(s) recomputed from the log"),
+        "{err}"
+    );
+    assert!(stdout(&out).contains("run r-1: 5 steps"), "{}", stdout(&out));
+
+    // The same weights, byte for byte.
+    let weights = |root: &Path| std::fs::read(root.join("checkpoints/r-1/step-000005/model.safetensors")).unwrap();
+    assert!(weights(&straight) == weights(&killed), "resumed weights differ");
+    // Older checkpoints beyond keep_last (and the best) were removed.
+    let kept: Vec<String> = std::fs::read_dir(killed.join("checkpoints/r-1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.len() <= 3 && kept.contains(&"step-000005".to_string()), "{kept:?}");
+
+    // Each (step, group, index) is counted once; interrupted episodes are
+    // kept, marked aborted, and left out of the per-step metrics.
+    let v = sql_json(
+        &killed,
+        "SELECT count(*) AS n, count(DISTINCT step * 100 + group_id * 10 + group_index) AS slots \
+         FROM episodes WHERE run_id = 'r-1' AND ended_by <> 'aborted'",
+    );
+    assert_eq!(
+        (v[0]["n"].as_u64(), v[0]["slots"].as_u64()),
+        (Some(20), Some(20)),
+        "{v}"
+    );
+    let v = sql_json(
+        &killed,
+        "SELECT sum(episodes) AS n, count(*) AS steps FROM step_metrics WHERE run_id = 'r-1'",
+    );
+    assert_eq!((v[0]["n"].as_u64(), v[0]["steps"].as_u64()), (Some(20), Some(5)), "{v}");
+    let v = sql_json(
+        &killed,
+        "SELECT count(*) AS n, count(DISTINCT step) AS steps, max(attempt) AS attempts FROM updates u \
+         JOIN runs r ON u.run_id = r.run_id WHERE u.run_id = 'r-1'",
+    );
+    assert_eq!((v[0]["n"].as_u64(), v[0]["steps"].as_u64()), (Some(5), Some(5)), "{v}");
+    assert_eq!(v[0]["attempts"].as_u64(), Some(1), "{v}");
+    let v = sql_json(
+        &straight,
+        "SELECT count(*) AS n FROM evals WHERE run_id = 'r-1' AND metric = 'f1' AND data_source = 'overall'",
+    );
+    assert_eq!(v[0]["n"].as_u64(), Some(2), "evaluations before and after: {v}");
+
+    // Resuming a finished run to the same step count has nothing to do;
+    // a changed configuration is refused, naming the field.
+    let changed = config(dir.path(), &model, "").to_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&changed)
+        .unwrap()
+        .replace("clip = 0.2", "clip = 0.3");
+    std::fs::write(&changed, text).unwrap();
+    let out = run(&killed, &[train_args(&changed, &sandbox), vec!["--resume"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("grpo.clip (recorded 0.2, now 0.3)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_warm_start_clones_scripted_trajectories_and_grpo_starts_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = config(
+        dir.path(),
+        &model,
+        "\n[sft]\nscripted_episodes = 6\nmin_reward = 0.5\nepochs = 2\nlr = 1e-3\nbatch = 3\n",
+    );
+    // The scripted researcher's turns need more than the 24 tokens the
+    // random model gets elsewhere in these tests.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_turn_tokens = 24", "max_turn_tokens = 80");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let data = dir.path().join("data");
+    let sandbox = "127.0.0.1:0";
+    let out = run(&data, &[train_args(cfg, sandbox), vec!["--sft"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("warm start r-1:"), "{text}");
+    // Every scripted trajectory kept was cloned: the sequences' generated
+    // tokens are the scripted turns, and the loss is the mean NLL.
+    let v = sql_json(
+        &data,
+        "SELECT count(*) AS updates, min(loss) AS lo, max(loss) AS hi, sum(episodes) AS episodes FROM updates WHERE run_id = 'r-1'",
+    );
+    assert!(v[0]["updates"].as_u64().unwrap() >= 2, "{v}");
+    assert!(v[0]["hi"].as_f64().unwrap() > v[0]["lo"].as_f64().unwrap(), "{v}");
+    let kept = sql_json(
+        &data,
+        "SELECT count(*) AS n FROM episodes WHERE run_id = 'r-1' AND reward >= 0.5",
+    );
+    assert_eq!(
+        v[0]["episodes"].as_u64().unwrap(),
+        2 * kept[0]["n"].as_u64().unwrap(),
+        "two epochs over the kept trajectories: {v} {kept}"
+    );
+    assert!(data.join("checkpoints/r-1/sft/model.safetensors").exists());
+
+    // GRPO without --sft starts from that warm start.
+    let out = run(&data, &[train_args(cfg, sandbox), vec!["--steps", "1"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starting from the warm start"),
+        "{}",
+        stderr(&out)
+    );
+    let v = sql_json(&data, "SELECT policy FROM runs WHERE kind = 'train'");
+    assert!(v[0]["policy"].as_str().unwrap().ends_with("sft"), "{v}");
+}
+
+#[test]
+fn bad_training_requests_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = config(dir.path(), &model, "");
+    let out = run(
+        &dir.path().join("data"),
+        &[train_args(cfg.to_str().unwrap(), "127.0.0.1:0"), vec!["--resume"]].concat(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no training run named 't' to resume"),
+        "{}",
+        stderr(&out)
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\nsteps = 0\n").unwrap();
+    let out = run(dir.path(), &["train", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing field"), "{}", stderr(&out));
+}

@@ -25,6 +25,10 @@ pub(crate) const DEMO_CONFIG: &str = include_str!("../../examples/tiny-cpu.toml"
 /// Arguments of `fathom demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
+    /// Run the demo with this configuration instead of the built-in one
+    /// (`examples/tiny-cpu.toml`); its model must be `init-tiny` or a model directory.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
     /// GRPO steps (default: the demo configuration's).
     #[arg(long)]
     pub steps: Option<u64>,
@@ -36,8 +40,14 @@ pub struct DemoArgs {
 }
 
 pub fn run(data: &Path, args: DemoArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
-    let mut config: TrainConfig = toml::from_str(DEMO_CONFIG).context("the built-in demo configuration")?;
-    config.name = "demo".into();
+    let mut config: TrainConfig = match &args.config {
+        Some(path) => TrainConfig::load(path)?,
+        None => {
+            let mut c: TrainConfig = toml::from_str(DEMO_CONFIG).context("the built-in demo configuration")?;
+            c.name = "demo".into();
+            c
+        }
+    };
     if let Some(n) = args.steps {
         if n == 0 {
             anyhow::bail!("--steps must be at least 1");

@@ -285,3 +285,63 @@ fn bad_training_requests_say_what_to_do() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing field"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_demo_runs_end_to_end_and_its_suggested_queries_work() {
+    // The built-in configuration takes minutes; the same pipeline runs here
+    // on a smaller one (a few scripted trajectories, two GRPO steps).
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = config(
+        dir.path(),
+        &model,
+        "\n[sft]\nscripted_episodes = 4\nmin_reward = 0.5\nepochs = 1\nlr = 1e-3\nbatch = 2\n",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_turn_tokens = 24", "max_turn_tokens = 80")
+        .replace("steps = 5", "steps = 2");
+    std::fs::write(&cfg, text).unwrap();
+    let data = dir.path().join("data");
+    let out = run(
+        &data,
+        &[
+            "demo",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sandbox",
+            "127.0.0.1:0",
+            "--sandbox-entities",
+            "300",
+            "--timings",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for row in [
+        "initial model",
+        "after warm start",
+        "after 2 GRPO steps",
+        "GRPO training reward: step 1",
+        "recorded ",
+        "logging share",
+    ] {
+        assert!(text.contains(row), "no '{row}' in:\n{text}");
+    }
+    // Every query the demo suggests runs and returns rows.
+    let queries: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .split_once(" sql \"")
+                .map(|(_, q)| q.trim_end_matches('"').to_string())
+        })
+        .collect();
+    assert_eq!(queries.len(), 3, "{text}");
+    for q in queries {
+        let out = run(&data, &["sql", "--format", "json", &q]);
+        assert!(out.status.success(), "{q}: {}", stderr(&out));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(!rows.as_array().unwrap().is_empty(), "{q} returned no rows");
+    }
+}

@@ -7,6 +7,7 @@ use fathom_model::init::{TinySpec, write_tiny};
 use fathom_model::sample::Sampling;
 use fathom_trainer::candle_policy::{CandleModel, CandlePolicy, continuation};
 use fathom_trainer::policy::{Policy, PolicyInput};
+use fathom_trainer::recorded::{RecordedEpisode, RecordedTurn, TurnIds, prompt_ids, sequence};
 
 #[test]
 fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
@@ -85,6 +86,46 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
     );
     assert_eq!(&seq.old_logprobs[start2..], second.logprobs.as_deref().unwrap());
     assert_eq!(seq.loss_tokens(), ids1.len() + ids2.len());
+
+    // The trainer rebuilds the same sequence from what the log records of
+    // the episode (the turns' sampled ids and log-probs, and the tool
+    // response text), bit for bit.
+    let recorded = RecordedEpisode {
+        episode_id: fathom_core::EpisodeId(1),
+        step: 1,
+        group_id: 0,
+        group_index: 0,
+        question_id: fathom_core::QuestionId("q".into()),
+        seed: 3,
+        turns: vec![
+            RecordedTurn {
+                text: first.text.clone(),
+                ids: first.token_ids.clone(),
+                logprobs: first.logprobs.clone(),
+                tool_text: Some("<tool_response>The museum was founded by Ada.</tool_response>".into()),
+            },
+            RecordedTurn {
+                text: second.text.clone(),
+                ids: second.token_ids.clone(),
+                logprobs: second.logprobs.clone(),
+                tool_text: None,
+            },
+        ],
+        end: None,
+    };
+    let prompt_again = prompt_ids(tok, "2026-01-01", "Who founded it?").unwrap();
+    assert_eq!(prompt_again, prompt);
+    let rebuilt = sequence(tok, &prompt_again, &recorded, 0.5, TurnIds::Sampled).unwrap();
+    assert_eq!(rebuilt, seq);
+    // Without sampled ids a GRPO sequence is refused; behaviour cloning
+    // tokenises the text instead.
+    let mut text_only = recorded.clone();
+    text_only.turns[0].ids = None;
+    text_only.turns[0].logprobs = None;
+    let err = sequence(tok, &prompt, &text_only, 0.5, TurnIds::Sampled).unwrap_err();
+    assert!(err.to_string().contains("no sampled token ids"), "{err}");
+    let cloned = sequence(tok, &prompt, &text_only, 1.0, TurnIds::TextAllowed).unwrap();
+    assert!(cloned.loss_tokens() > ids2.len());
 
     // A fresh policy on the same conversation starts over from the text.
     let mut other = CandlePolicy::new(model.clone(), hot, 0);

@@ -1,17 +1,9 @@
-//! GRPO on a real (tiny) model: observation masking, and learning on a
-//! task with a known optimum.
-
-use std::collections::HashMap;
+//! GRPO's loss on a real (tiny) model, computed only where tokens carry loss.
 
 use candle_core::{Device, Tensor, Var};
-use fathom_model::generate::{Request, generate};
 use fathom_model::init::{TinySpec, write_tiny};
-use fathom_model::sample::Sampling;
 use fathom_model::{LoadedModel, load};
-use fathom_trainer::grpo::{
-    GrpoConfig, Sequence, TokenInputs, advantages, logprobs_and_entropy, sequence_loss, token_loss,
-};
-use fathom_trainer::optim::{AdamW, AdamWConfig};
+use fathom_trainer::grpo::{GrpoConfig, Sequence, TokenInputs, logprobs_and_entropy, sequence_loss, token_loss};
 
 fn tiny(dir: &std::path::Path, seed: u64) -> LoadedModel {
     let corpus: Vec<String> = (0..100)
@@ -64,24 +56,17 @@ fn episode(tool_a: [u32; 5], tool_b: [u32; 4]) -> Sequence {
     }
 }
 
+/// The loss skips the logits of masked positions; it must equal the
+/// masked loss over every position written out (candle.rs checks that
+/// masked tokens carry no gradient).
 #[test]
-fn only_generated_tokens_carry_loss() {
+fn the_loss_over_generated_positions_equals_the_masked_loss_over_all() {
     let dir = tempfile::tempdir().unwrap();
     let m = tiny(dir.path(), 1);
     let cfg = GrpoConfig::default();
     let base = episode([60, 61, 62, 63, 64], [70, 71, 72, 73]);
     let g0 = grads_of(&m, std::slice::from_ref(&base), &cfg);
     assert!(g0.iter().flatten().any(|x| *x != 0.0), "the loss has a gradient");
-
-    // The tool response after the last generated token, and the recorded
-    // log-probs at masked positions, do not touch the gradients.
-    let mut other = episode([60, 61, 62, 63, 64], [90, 91, 92, 93]);
-    for (i, lp) in other.old_logprobs.iter_mut().enumerate() {
-        if !other.generated[i] {
-            *lp = 3.0;
-        }
-    }
-    assert_eq!(grads_of(&m, &[other], &cfg), g0);
 
     // The loss over the whole sequence with the mask written out equals
     // the loss over the generated positions only.
@@ -125,84 +110,4 @@ fn only_generated_tokens_carry_loss() {
         *g = true;
     }
     assert_ne!(grads_of(&m, &[unmasked], &cfg), g0);
-}
-
-/// A task with a known optimum: the reward is the fraction of sampled
-/// tokens whose id is even, so the best policy emits only even ids
-/// (reward 1); a random tiny model starts near 0.5.
-#[test]
-fn grpo_raises_the_reward_on_a_task_with_a_known_optimum() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = tiny(dir.path(), 7);
-    let mut vars: HashMap<String, Var> = m.vars.data().lock().unwrap().clone();
-    vars.retain(|_, _| true);
-    let mut opt = AdamW::new(
-        &vars,
-        AdamWConfig {
-            weight_decay: 0.0,
-            ..AdamWConfig::default()
-        },
-    )
-    .unwrap();
-    let cfg = GrpoConfig {
-        kl_coef: 0.0,
-        entropy_coef: 0.0,
-        ..GrpoConfig::default()
-    };
-    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5], vec![20, 30], vec![7, 8, 9, 10]];
-    let group = 8;
-    let mut means = Vec::new();
-    for step in 0..10u64 {
-        let mut seqs = Vec::new();
-        let mut rewards = Vec::new();
-        let mut groups = Vec::new();
-        for (p, prompt) in prompts.iter().enumerate() {
-            for i in 0..group {
-                let out = generate(
-                    &m.model,
-                    &m.tokenizer,
-                    &Request {
-                        prompt,
-                        max_new_tokens: 8,
-                        sampling: Sampling {
-                            temperature: 1.0,
-                            top_p: 1.0,
-                        },
-                        seed: step * 1000 + (p * group + i) as u64,
-                        stop: &[],
-                    },
-                )
-                .unwrap();
-                let even = out.ids.iter().filter(|t| *t % 2 == 0).count() as f64;
-                rewards.push(even / out.ids.len().max(1) as f64);
-                groups.push(p as u64);
-                let mut ids = prompt.clone();
-                ids.extend(&out.ids);
-                let mut generated = vec![false; prompt.len()];
-                generated.extend(vec![true; out.ids.len()]);
-                let mut old = vec![0.0; prompt.len()];
-                old.extend(&out.logprobs);
-                seqs.push(Sequence {
-                    ids,
-                    generated,
-                    old_logprobs: old,
-                    ref_logprobs: None,
-                    advantage: 0.0,
-                });
-            }
-        }
-        means.push(rewards.iter().sum::<f64>() / rewards.len() as f64);
-        for (s, a) in seqs.iter_mut().zip(advantages(&rewards, &groups)) {
-            s.advantage = a;
-        }
-        let denom = seqs.iter().map(Sequence::loss_tokens).sum::<usize>() as f64;
-        let terms = sequence_loss(&m.model, &seqs, &cfg, denom).unwrap();
-        opt.step(&terms.loss.backward().unwrap(), 3e-2, 1.0).unwrap();
-    }
-    let first = (means[0] + means[1]) / 2.0;
-    let last = (means[8] + means[9]) / 2.0;
-    assert!(
-        last >= first + 0.2,
-        "GRPO should raise the even-token reward: per step {means:?}"
-    );
 }

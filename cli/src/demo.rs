@@ -66,11 +66,12 @@ pub fn run(data: &Path, args: DemoArgs, snapshots: fathom_store::snapshot::AutoP
 
 fn row(name: &str, e: &EvalSummary) {
     println!(
-        "{name:<26} {:>8.3} {:>7.3} {:>7.3} {:>11.1}%",
+        "{name:<26} {:>8.3} {:>7.3} {:>7.3} {:>11.1}% {:>11.2}",
         e.overall.mean_reward(),
         e.overall.mean_f1(),
         e.overall.mean_em(),
-        100.0 * e.overall.format_ok()
+        100.0 * e.overall.format_ok(),
+        e.overall.mean_tool_calls()
     );
 }
 
@@ -136,8 +137,8 @@ async fn demo(
     let snap_bytes = dir_bytes(&setup.store.dir().snapshots_dir());
     println!();
     println!(
-        "{:<26} {:>8} {:>7} {:>7} {:>12}",
-        "held-out questions", "reward", "F1", "EM", "well-formed"
+        "{:<26} {:>8} {:>7} {:>7} {:>12} {:>11}",
+        "held-out questions", "reward", "F1", "EM", "well-formed", "tool calls"
     );
     row("initial model", &initial);
     if let Some(e) = &summary.eval_before {

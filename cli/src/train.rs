@@ -267,10 +267,34 @@ async fn train(
             }
             Trainer::start(setup.env.clone(), c, &start, setup.data.clone(), TODAY)?
         };
-        eprintln!("training run {}", trainer.run_id());
-        let summary = trainer.run().await?;
-        setup.bars.clear();
-        anyhow::Ok(Some(summary))
+        let run = trainer.run_id();
+        eprintln!("training run {run}");
+        tokio::select! {
+            summary = trainer.run() => {
+                setup.bars.clear();
+                anyhow::Ok(Some(summary?))
+            }
+            _ = tokio::signal::ctrl_c() => {
+                setup.bars.clear();
+                let mut steps_completed = 0;
+                for record in setup.store.run_events(run) {
+                    if let fathom_core::Payload::GradientUpdate(u) = record?.event.payload {
+                        steps_completed = steps_completed.max(u.step);
+                    }
+                }
+                setup.store.append(&[fathom_core::Event::new(
+                    run,
+                    setup.env.clock.now(),
+                    fathom_core::event::RunFinished {
+                        status: fathom_core::event::RunStatus::Interrupted,
+                        steps_completed,
+                        message: "interrupted (Ctrl-C); continue with --resume".into(),
+                    },
+                )])?;
+                eprintln!("interrupted; 'fathom train --config {} --resume' continues run {run}", args.config.display());
+                anyhow::Ok(None)
+            }
+        }
     }
     .await;
     setup.bars.clear();

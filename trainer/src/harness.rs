@@ -171,12 +171,15 @@ pub struct Tally {
     pub em: f64,
     /// Format failures.
     pub format_failures: u64,
+    /// Tool calls made.
+    pub tool_calls: u64,
 }
 
 impl Tally {
     /// Counts one score.
-    pub fn add(&mut self, s: &Score) {
+    pub fn add(&mut self, s: &Score, tool_calls: u32) {
         self.n += 1;
+        self.tool_calls += u64::from(tool_calls);
         self.reward += s.reward;
         self.f1 += s.eval_f1();
         self.em += s.em;
@@ -202,6 +205,11 @@ impl Tally {
     /// Mean EM.
     pub fn mean_em(&self) -> f64 {
         self.mean(self.em)
+    }
+
+    /// Mean tool calls per episode.
+    pub fn mean_tool_calls(&self) -> f64 {
+        self.mean(self.tool_calls as f64)
     }
 
     /// Fraction of well-formed episodes.
@@ -241,6 +249,7 @@ impl EvalSummary {
                 ("em", t.mean_em()),
                 ("format_ok", t.format_ok()),
                 ("reward", t.mean_reward()),
+                ("tool_calls", t.mean_tool_calls()),
             ] {
                 out.push(Event::new(
                     run,
@@ -336,12 +345,12 @@ pub async fn evaluate(env: &Env, job: EvalJob<'_>) -> Result<EvalSummary, JobErr
         by_source: BTreeMap::new(),
     };
     for (q, o) in job.questions.iter().zip(&outcomes) {
-        summary.overall.add(&o.score);
+        summary.overall.add(&o.score, o.n_tool_calls);
         summary
             .by_source
             .entry(q.data_source.clone())
             .or_default()
-            .add(&o.score);
+            .add(&o.score, o.n_tool_calls);
     }
     let mut events = summary.results(run, clock, 0, &job.benchmark);
     events.push(Event::new(

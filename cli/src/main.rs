@@ -16,6 +16,7 @@ mod log;
 mod model;
 mod sandbox;
 mod score;
+mod serve;
 mod serve_model;
 mod snapshot;
 mod sql;
@@ -70,6 +71,8 @@ enum Command {
     /// Make and inspect model directories (Hugging Face layout).
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// The dashboard: runs, curves, episodes, behaviours and SQL in the browser (127.0.0.1:8080).
+    Serve(serve::ServeArgs),
     /// Serve a model as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models).
     ServeModel(serve_model::ServeModelArgs),
 }
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Web(cmd) => web::run(&cli.data, cmd),
+        Command::Serve(args) => serve::run(&cli.data, args),
         Command::Demo(args) => demo::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Train(args) => train::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Eval(args) => eval::run(&cli.data, args, cli.snapshot_every.clone()),

@@ -57,6 +57,14 @@ pub enum QueryError {
     Execution(String),
 }
 
+impl QueryError {
+    /// Whether the error is a snapshot file compacted away after the
+    /// tables were opened (reopening and retrying succeeds).
+    pub fn is_stale(&self) -> bool {
+        matches!(self, QueryError::Execution(msg) if is_missing_file(msg))
+    }
+}
+
 /// Where a [`Db`]'s rows come from.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -282,6 +290,13 @@ impl Db {
                 other => return other,
             }
         }
+    }
+
+    /// Runs one read-only statement through a shared session (no reopen
+    /// and retry: callers that hold a `Db` for many readers reopen it
+    /// themselves when [`QueryError::is_stale`] says a file went away).
+    pub async fn query(&self, query: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        self.sql_once(query).await
     }
 
     /// Plans one statement under the read-only rules.

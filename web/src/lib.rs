@@ -1,5 +1,258 @@
-//! The dashboard: an axum server rendering runs, curves, episodes and
-//! behaviours (to be built by the dashboard issue). May use `core`, `store`
-//! and `query`.
+//! The dashboard (`fathom serve`): an axum server over the SQL layer.
+//! Pages are rendered on the server (charts as SVG, no JavaScript), and
+//! every page has a JSON twin under `/api` built by the same function, so
+//! the HTML shows exactly what the API returns. Documented in `docs/API.md`.
+//!
+//! Security: the binary binds to 127.0.0.1 unless told otherwise; with a
+//! token, every route needs it (`Authorization: Bearer T`, or `?token=T`
+//! once, which sets an HttpOnly cookie); every response carries a strict
+//! Content-Security-Policy that allows no script at all; everything
+//! recorded is escaped ([`html::esc`]); ids in paths are parsed, never
+//! pasted into SQL; SQL is read-only (the query layer refuses the rest).
 //!
 //! **Architecture Invariant:** this crate never writes to the log.
+
+pub mod html;
+mod pages;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use fathom_core::Clock;
+use fathom_query::{Db, OpenOptions, QueryError};
+use tokio::sync::Mutex;
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory.
+    pub data: PathBuf,
+    /// A token every request must carry, when set.
+    pub token: Option<String>,
+    /// How long one opened view of the tables serves requests before it
+    /// is reopened to see newer events.
+    pub refresh: Duration,
+}
+
+/// The tables, reopened now and then so that pages follow a training run.
+struct Tables {
+    db: Option<(Arc<Db>, fathom_core::Timestamp)>,
+}
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    tables: Arc<Mutex<Tables>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AppState {
+    /// State for `config`.
+    pub fn new(config: Config) -> AppState {
+        AppState {
+            config: Arc::new(config),
+            tables: Arc::new(Mutex::new(Tables { db: None })),
+            clock: Arc::new(fathom_core::SystemClock),
+        }
+    }
+
+    async fn db(&self, fresh: bool) -> Result<Arc<Db>, QueryError> {
+        let mut t = self.tables.lock().await;
+        let now = self.clock.now();
+        if let Some((db, at)) = &t.db
+            && !fresh
+            && now.nanos_since(*at) < self.config.refresh.as_nanos() as u64
+        {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(Db::open(&self.config.data, OpenOptions::default()).await?);
+        t.db = Some((db.clone(), now));
+        Ok(db)
+    }
+
+    /// Rows of a read-only query as JSON objects.
+    pub(crate) async fn rows(&self, sql: &str) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, WebError> {
+        Ok(self.table(sql).await?.1)
+    }
+
+    /// A read-only query's column names, in order, and its rows.
+    pub(crate) async fn table(&self, sql: &str) -> Result<(Vec<String>, Vec<pages::Row>), WebError> {
+        let mut fresh = false;
+        loop {
+            let db = self.db(fresh).await?;
+            match db.query(sql).await {
+                Err(e) if e.is_stale() && !fresh => fresh = true,
+                Err(e) => return Err(e.into()),
+                Ok(batches) => {
+                    let columns = batches
+                        .first()
+                        .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect())
+                        .unwrap_or_default();
+                    let text = fathom_query::format::json(&batches).map_err(WebError::Internal)?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&text).map_err(|e| WebError::Internal(e.to_string()))?;
+                    let rows = match v {
+                        serde_json::Value::Array(a) => a
+                            .into_iter()
+                            .filter_map(|r| match r {
+                                serde_json::Value::Object(m) => Some(m),
+                                _ => None,
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    return Ok((columns, rows));
+                }
+            }
+        }
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &std::path::Path {
+        &self.config.data
+    }
+}
+
+/// What can go wrong serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// Nothing there.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A query failed (for the SQL console: the user's query).
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// Something else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::BadRequest(_) | WebError::Query(QueryError::Sql(_) | QueryError::ReadOnly(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = html::page(
+            status.canonical_reason().unwrap_or("error"),
+            &format!("<pre>{}</pre>", html::esc(&self.to_string())),
+        );
+        (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+    }
+}
+
+/// The Content-Security-Policy of every response: no script, no plugin,
+/// no frame, styles and images only from the server itself.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+async fn headers_and_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut set_cookie = None;
+    if let Some(token) = &state.config.token {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let cookie = cookie_token(req.headers());
+        let query = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(|v| v.to_string())
+        });
+        let ok = bearer.is_some_and(|b| eq(b, token))
+            || cookie.as_deref().is_some_and(|c| eq(c, token))
+            || query.as_deref().is_some_and(|q| eq(q, token));
+        if !ok {
+            let mut r = (
+                StatusCode::UNAUTHORIZED,
+                "this dashboard needs its token: open it with ?token=… or send Authorization: Bearer …\n",
+            )
+                .into_response();
+            secure(r.headers_mut());
+            return r;
+        }
+        if query.is_some() {
+            set_cookie = Some(format!("fathom_token={token}; HttpOnly; SameSite=Strict; Path=/"));
+        }
+    }
+    let mut response = next.run(req).await;
+    secure(response.headers_mut());
+    if let Some(c) = set_cookie
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+fn secure(h: &mut HeaderMap) {
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+fn cookie_token(h: &HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix("fathom_token=").map(|s| s.to_string()))
+}
+
+/// Compares in time independent of where the strings differ.
+fn eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        html::STYLE,
+    )
+}
+
+/// The dashboard's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(pages::runs_page))
+        .route("/api/runs", get(pages::runs_api))
+        .route("/runs/{id}", get(pages::run_page))
+        .route("/api/runs/{id}", get(pages::run_api))
+        .route("/runs/{id}/episodes", get(pages::episodes_page))
+        .route("/api/runs/{id}/episodes", get(pages::episodes_api))
+        .route("/compare", get(pages::compare_page))
+        .route("/episodes/{id}", get(pages::episode_page))
+        .route("/api/episodes/{id}", get(pages::episode_api))
+        .route("/behaviours", get(pages::behaviours_page))
+        .route("/api/behaviours", get(pages::behaviours_api))
+        .route("/sql", get(pages::sql_page))
+        .route("/sql.csv", get(pages::sql_csv))
+        .route("/api/sql", get(pages::sql_api))
+        .route("/assets/style.css", get(style))
+        .fallback(|| async { WebError::NotFound("no such page".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), headers_and_token))
+        .with_state(state)
+}
+
+/// Serves the dashboard on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
+    axum::serve(listener, router(AppState::new(config))).await
+}

@@ -5,7 +5,9 @@
 //! line, `after N\n`, and receives every event with a sequence number above
 //! `N` up to the last visible one, each as a little-endian `u32` length
 //! followed by the event's frame (the format of `store/README.md`), then a
-//! zero length. Frames are checked by the client as they are read from the
+//! zero length. Or it sends `blob HEX\n` (a BLAKE3 digest) and receives the
+//! blob's bytes after a little-endian `u64` length (`u64::MAX`: no such
+//! blob); the client checks the digest. Frames are checked by the client as they are read from the
 //! log (CRC and validation), so a damaged transfer is an error, never a
 //! wrong row.
 
@@ -86,6 +88,21 @@ fn serve(store: &Store, conn: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    if let Some(hex) = line.trim().strip_prefix("blob ") {
+        let mut out = std::io::BufWriter::new(conn);
+        let blob = match fathom_core::Digest::from_hex(hex) {
+            Some(d) => store.get_blob(&d).map_err(std::io::Error::other)?,
+            None => None,
+        };
+        match blob {
+            Some(bytes) => {
+                out.write_all(&(bytes.len() as u64).to_le_bytes())?;
+                out.write_all(&bytes)?;
+            }
+            None => out.write_all(&u64::MAX.to_le_bytes())?,
+        }
+        return out.flush();
+    }
     let after = line
         .trim()
         .strip_prefix("after ")
@@ -140,4 +157,56 @@ pub fn fetch(data: &Path, after: Seq) -> Result<Option<Vec<Record>>> {
         records.push(Record { seq, event });
     }
     Ok(Some(records))
+}
+
+/// Asks the writer of `data` for a blob. `Ok(None)` when no writer serves
+/// the endpoint; `Ok(Some(None))` when the log has no such blob.
+pub fn fetch_blob(data: &Path, digest: &fathom_core::Digest) -> Result<Option<Option<Vec<u8>>>> {
+    let path = data.join(SOCKET);
+    let Ok(mut conn) = UnixStream::connect(&path) else {
+        return Ok(None);
+    };
+    let io = |source| Error::Io {
+        action: "read a blob from the writer through",
+        path: path.clone(),
+        source,
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
+    conn.write_all(format!("blob {}\n", digest.to_hex()).as_bytes())
+        .map_err(io)?;
+    let mut reader = BufReader::new(conn);
+    let mut len = [0u8; 8];
+    reader.read_exact(&mut len).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    if len == u64::MAX {
+        return Ok(Some(None));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    reader.read_exact(&mut bytes).map_err(io)?;
+    if blake3::hash(&bytes).as_bytes() != &digest.0 {
+        return Err(Error::Internal(format!(
+            "blob {} from the writer does not match its digest",
+            digest.short()
+        )));
+    }
+    Ok(Some(Some(bytes)))
+}
+
+/// A blob of the log in `data`, from the writer that holds it (through its
+/// endpoint) or, when none does, from the log itself (opened briefly).
+pub fn read_blob(data: &Path, digest: &fathom_core::Digest) -> Result<Option<Vec<u8>>> {
+    if let Some(found) = fetch_blob(data, digest)? {
+        return Ok(found);
+    }
+    if !data.join("log").exists() {
+        return Ok(None);
+    }
+    let store = Store::open(
+        data,
+        crate::Options {
+            cache_bytes: 64 << 20,
+            ..crate::Options::default()
+        },
+    )?;
+    store.get_blob(digest)
 }

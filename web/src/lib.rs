@@ -241,6 +241,7 @@ pub fn router(state: AppState) -> Router {
         .route("/compare", get(pages::compare_page))
         .route("/episodes/{id}", get(pages::episode_page))
         .route("/api/episodes/{id}", get(pages::episode_api))
+        .route("/episodes/{id}/web/{request}", get(pages::recorded_page))
         .route("/behaviours", get(pages::behaviours_page))
         .route("/api/behaviours", get(pages::behaviours_api))
         .route("/sql", get(pages::sql_page))

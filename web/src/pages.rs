@@ -727,9 +727,14 @@ pub(crate) async fn episode_page(State(state): State<AppState>, Path(eid): Path<
         let rows: Vec<Vec<String>> = web
             .iter()
             .map(|r| {
+                let req = s(r, "request_id");
                 vec![
                     td(&text_of(r, "turn")),
-                    td(&text_of(r, "request_id")),
+                    if s(r, "body_hash").is_empty() {
+                        td(req)
+                    } else {
+                        link(&format!("/episodes/{eid}/web/{req}"), req)
+                    },
                     td(s(r, "kind")),
                     td(s(r, "url_or_query")),
                     td(&text_of(r, "status")),
@@ -756,6 +761,73 @@ pub(crate) async fn episode_page(State(state): State<AppState>, Path(eid): Path<
         ));
     }
     Ok(html_response(html::page(&format!("Episode {eid}"), &body)))
+}
+
+/// Recorded bodies shown at most (the rest is cut, with a note).
+const BODY_CHARS: usize = 200_000;
+
+pub(crate) async fn recorded_page(
+    State(state): State<AppState>,
+    Path((eid, req)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    let eid = id(&eid, "e", "episode")?;
+    let req = id(&req, "w", "web request")?;
+    let rows = state
+        .rows(&format!(
+            "SELECT turn, kind, url_or_query, status, bytes, body_hash, truncated, source, backend \
+             FROM web_requests WHERE episode_id = {} AND request_id = {}",
+            lit(&eid),
+            lit(&req)
+        ))
+        .await?;
+    let Some(r) = rows.into_iter().next() else {
+        return Err(WebError::NotFound(format!("episode {eid} made no web request {req}")));
+    };
+    let hash = s(&r, "body_hash").to_string();
+    let digest = fathom_core::Digest::from_hex(&hash)
+        .ok_or_else(|| WebError::NotFound(format!("request {req} recorded no body")))?;
+    let data = state.data().to_path_buf();
+    let body = tokio::task::spawn_blocking(move || fathom_store::tail::read_blob(&data, &digest))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
+        .map_err(|e| WebError::Internal(format!("reading the recorded body: {e}")))?
+        .ok_or_else(|| WebError::NotFound(format!("the body of {req} is not in the log's blob store")))?;
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    let mut note = String::new();
+    if text.chars().count() > BODY_CHARS {
+        text = text.chars().take(BODY_CHARS).collect();
+        note = format!(" (first {BODY_CHARS} characters shown)");
+    }
+    let mut page = html::table(
+        &[
+            "turn",
+            "kind",
+            "URL or query",
+            "status",
+            "bytes",
+            "source",
+            "backend",
+            "cut at record time",
+            "body (BLAKE3)",
+        ],
+        &[vec![
+            td(&text_of(&r, "turn")),
+            td(s(&r, "kind")),
+            td(s(&r, "url_or_query")),
+            td(&text_of(&r, "status")),
+            td(&body.len().to_string()),
+            td(s(&r, "source")),
+            td(s(&r, "backend")),
+            td(&text_of(&r, "truncated")),
+            td(&hash),
+        ]],
+    );
+    let _ = write!(
+        page,
+        "<p><a href=\"/episodes/{eid}\">Back to episode {eid}</a> · the response exactly as recorded, as text{note}</p><pre>{}</pre>",
+        esc(&text)
+    );
+    Ok(html_response(html::page(&format!("Recorded response {req}"), &page)))
 }
 
 // ---------------------------------------------------------------- behaviours

@@ -268,3 +268,26 @@ fn verify_names_blobs_that_events_refer_to_but_the_store_lacks() {
     assert!(missing[0].starts_with("event 5 refers to blob 1111"), "{missing:?}");
     assert_eq!(report.first_bad_seq(), Some(Seq(5)));
 }
+
+#[test]
+fn blobs_are_read_through_the_writers_endpoint_or_from_the_log() {
+    use fathom_store::tail::{TailServer, fetch_blob, read_blob};
+    let dir = tempfile::tempdir().unwrap();
+    let page = b"<html>a recorded page</html>".repeat(50);
+    let digest = {
+        let store =
+            std::sync::Arc::new(fathom_store::Store::open(dir.path(), fathom_store::Options::default()).unwrap());
+        let r = store.put_blob(&page).unwrap();
+        store.flush().unwrap();
+        // While the writer holds the log, its endpoint serves the blob.
+        let _server = TailServer::start(store.clone()).unwrap();
+        assert_eq!(fetch_blob(dir.path(), &r.digest).unwrap(), Some(Some(page.clone())));
+        let missing = fathom_core::Digest([7; 32]);
+        assert_eq!(fetch_blob(dir.path(), &missing).unwrap(), Some(None));
+        assert_eq!(read_blob(dir.path(), &r.digest).unwrap(), Some(page.clone()));
+        r.digest
+    };
+    // With no writer, no endpoint: the log is opened to read it.
+    assert_eq!(fetch_blob(dir.path(), &digest).unwrap(), None);
+    assert_eq!(read_blob(dir.path(), &digest).unwrap(), Some(page));
+}

@@ -145,7 +145,15 @@ fn fixture() -> tempfile::TempDir {
                     backend: "sandbox".into(),
                     status: 200,
                     headers: Vec::new(),
-                    body: None,
+                    body: if hostile {
+                        Some(
+                            store
+                                .put_blob(b"<html><body onload=\"alert(9)\"><script>alert(10)</script><a href=\"javascript:alert(11)\">x</a></body></html>")
+                                .unwrap(),
+                        )
+                    } else {
+                        None
+                    },
                     body_truncated: false,
                     latency_ns: 2_000_000,
                     source: WebSource::Sandbox,
@@ -421,6 +429,15 @@ async fn pages_show_the_log_and_render_recorded_content_inert() {
     assert!(ep.contains("<mark>"), "the evidence highlighted");
     assert!(ep.contains("&lt;iframe"), "the reader's notes, escaped");
     assert!(ep.contains("javascript:alert(6)"), "the request target, as text");
+    assert!(
+        ep.contains("href=\"/episodes/e-1/web/w-1\""),
+        "a link to the recorded body"
+    );
+    let (status, _, raw) = get(&app, "/episodes/e-1/web/w-1").await;
+    assert_eq!(status, StatusCode::OK, "{raw}");
+    assert!(raw.contains("&lt;script&gt;alert(10)&lt;/script&gt;"), "{raw}");
+    let (status, _, _) = get(&app, "/episodes/e-2/web/w-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a request of another episode");
     let (_, _, ep2) = get(&app, "/episodes/e-40").await;
     assert!(ep2.contains("born in 1950") && ep2.contains("1904"), "{ep2}");
     assert!(ep2.contains("<span class=\"answer\">&lt;answer&gt;1904"), "{ep2}");
@@ -436,6 +453,7 @@ async fn pages_show_the_log_and_render_recorded_content_inert() {
         "/runs/r-1/episodes",
         "/runs/r-1/episodes?q=%3Cscript%3E",
         "/episodes/e-1",
+        "/episodes/e-1/web/w-1",
         "/behaviours",
         "/compare?runs=r-1",
         "/sql?q=SELECT%20question%2C%20answer%20FROM%20episodes",

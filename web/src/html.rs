@@ -54,8 +54,17 @@ textarea { width: 100%; font-family: monospace; }
 
 /// A whole page: the frame, the title and `body`.
 pub fn page(title: &str, body: &str) -> String {
+    page_refreshing(title, body, None)
+}
+
+/// A page that reloads itself every `refresh` seconds (a run still
+/// training), without any script.
+pub fn page_refreshing(title: &str, body: &str, refresh: Option<u32>) -> String {
+    let meta = refresh.map_or(String::new(), |s| {
+        format!("<meta http-equiv=\"refresh\" content=\"{s}\">")
+    });
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · fathom</title>\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{meta}<title>{} · fathom</title>\
          <link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body>\
          <header><b>fathom</b><a href=\"/\">Runs</a><a href=\"/behaviours\">Behaviours</a><a href=\"/sql\">SQL</a></header>\
          <main><h1>{}</h1>{}</main></body></html>",
@@ -179,6 +188,7 @@ pub fn line_chart(title: &str, series: &[Series]) -> String {
             short(v)
         );
     }
+    let mut legend_x = 4.0;
     for (i, s) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         if !s.band.is_empty() {
@@ -208,11 +218,11 @@ pub fn line_chart(title: &str, series: &[Series]) -> String {
         if series.len() > 1 {
             let _ = write!(
                 out,
-                "<text x=\"{}\" y=\"{}\" font-size=\"10\" fill=\"{colour}\">{}</text>",
-                left + 4.0 + 70.0 * i as f64,
+                "<text x=\"{legend_x:.1}\" y=\"{}\" font-size=\"10\" fill=\"{colour}\">{}</text>",
                 h - 2.0,
                 esc(&s.name)
             );
+            legend_x += 6.0 * s.name.chars().count() as f64 + 10.0;
         }
     }
     out.push_str("</svg>");

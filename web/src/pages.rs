@@ -324,9 +324,12 @@ pub(crate) async fn run_page(State(state): State<AppState>, Path(rid): Path<Stri
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| config.to_string());
     let _ = write!(body, "<h2>Configuration</h2><pre>{}</pre>", esc(&pretty));
-    Ok(html_response(html::page(
+    // A run still going reloads itself, so its curves follow the training.
+    let refresh = (s(&run, "status") == "running").then_some(10);
+    Ok(html_response(html::page_refreshing(
         &format!("Run {rid}: {}", s(&run, "name")),
         &body,
+        refresh,
     )))
 }
 

@@ -2,6 +2,7 @@
 //! by topic. Each test runs the real executable against a temporary data
 //! directory.
 
+mod browser;
 mod crash;
 mod eval;
 mod log;

@@ -23,7 +23,7 @@ fn free_ports() -> u16 {
     panic!("no six consecutive free ports");
 }
 
-fn config(dir: &Path, model: &Path, extra: &str) -> std::path::PathBuf {
+pub(crate) fn config(dir: &Path, model: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("run.toml");
     std::fs::write(
         &path,
@@ -78,7 +78,7 @@ every = 0
     path
 }
 
-fn tiny_model(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn tiny_model(dir: &Path) -> std::path::PathBuf {
     let model = dir.join("model");
     let out = run(
         dir,

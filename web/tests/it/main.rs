@@ -382,6 +382,7 @@ async fn pages_show_the_log_and_render_recorded_content_inert() {
         "the evaluation table"
     );
     assert!(run.contains("&lt;/pre&gt;&lt;script&gt;"), "the configuration, escaped");
+    assert!(run.contains("http-equiv=\"refresh\""), "a running run reloads itself");
 
     let (_, _, api) = get(&app, "/api/runs/r-1").await;
     let v: serde_json::Value = serde_json::from_str(&api).unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::train::{config, tiny_model};
+use crate::train::small_demo;
 use crate::{fathom, run, stderr};
 
 /// Kills a child process when dropped, so a failing assertion leaves no
@@ -166,31 +166,7 @@ fn the_dashboard_in_headless_chromium_shows_runs_curves_turns_and_tags() {
     }
     // A recorded demo run (the demo's pipeline on a small configuration).
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let cfg = config(
-        dir.path(),
-        &model,
-        "\n[sft]\nscripted_episodes = 4\nmin_reward = 0.5\nepochs = 1\nlr = 1e-3\nbatch = 2\n",
-    );
-    let text_cfg = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max_turn_tokens = 24", "max_turn_tokens = 80")
-        .replace("steps = 5", "steps = 2");
-    std::fs::write(&cfg, text_cfg).unwrap();
-    let data = dir.path().join("data");
-    let out = run(
-        &data,
-        &[
-            "demo",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--sandbox",
-            "127.0.0.1:0",
-            "--sandbox-entities",
-            "300",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (data, _) = small_demo(dir.path());
     let train = sql_one(&data, "SELECT run_id FROM runs WHERE kind = 'train'");
     let train = train["run_id"].as_str().unwrap().to_string();
     let tagged = sql_one(

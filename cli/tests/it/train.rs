@@ -286,14 +286,13 @@ fn bad_training_requests_say_what_to_do() {
     assert!(stderr(&out).contains("missing field"), "{}", stderr(&out));
 }
 
-#[test]
-fn the_demo_runs_end_to_end_and_its_suggested_queries_work() {
-    // The built-in configuration takes minutes; the same pipeline runs here
-    // on a smaller one (a few scripted trajectories, two GRPO steps).
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
+/// Runs `fathom demo` on a small configuration (a few scripted
+/// trajectories, two GRPO steps) into `<dir>/data`; returns the data
+/// directory and the command's output.
+pub(crate) fn small_demo(dir: &Path) -> (std::path::PathBuf, std::process::Output) {
+    let model = tiny_model(dir);
     let cfg = config(
-        dir.path(),
+        dir,
         &model,
         "\n[sft]\nscripted_episodes = 4\nmin_reward = 0.5\nepochs = 1\nlr = 1e-3\nbatch = 2\n",
     );
@@ -302,7 +301,7 @@ fn the_demo_runs_end_to_end_and_its_suggested_queries_work() {
         .replace("max_turn_tokens = 24", "max_turn_tokens = 80")
         .replace("steps = 5", "steps = 2");
     std::fs::write(&cfg, text).unwrap();
-    let data = dir.path().join("data");
+    let data = dir.join("data");
     let out = run(
         &data,
         &[
@@ -317,6 +316,15 @@ fn the_demo_runs_end_to_end_and_its_suggested_queries_work() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    (data, out)
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_its_suggested_queries_work() {
+    // The built-in configuration takes minutes; the same pipeline runs here
+    // on a smaller one.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = small_demo(dir.path());
     let text = stdout(&out);
     for row in [
         "initial model",

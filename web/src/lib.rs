@@ -44,7 +44,15 @@ pub struct Config {
 /// The tables, reopened now and then so that pages follow a training run.
 struct Tables {
     db: Option<(Arc<Db>, fathom_core::Timestamp)>,
+    /// The last event the open tables cover: page data computed over the
+    /// same events is reused.
+    last_seq: u64,
+    /// Page data by route and query, with the `last_seq` it was computed at.
+    pages: std::collections::HashMap<String, (u64, serde_json::Value)>,
 }
+
+/// Page data kept at most (the oldest entries go first).
+const CACHED_PAGES: usize = 512;
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -59,7 +67,11 @@ impl AppState {
     pub fn new(config: Config) -> AppState {
         AppState {
             config: Arc::new(config),
-            tables: Arc::new(Mutex::new(Tables { db: None })),
+            tables: Arc::new(Mutex::new(Tables {
+                db: None,
+                last_seq: 0,
+                pages: Default::default(),
+            })),
             clock: Arc::new(fathom_core::SystemClock),
         }
     }
@@ -74,8 +86,41 @@ impl AppState {
             return Ok(db.clone());
         }
         let db = Arc::new(Db::open(&self.config.data, OpenOptions::default()).await?);
+        t.last_seq = db.source().last_seq;
         t.db = Some((db.clone(), now));
         Ok(db)
+    }
+
+    /// The data of a page, computed by `make` or reused when the tables
+    /// have not changed since it was computed: many readers of a training
+    /// run share one computation per refresh.
+    pub(crate) async fn cached<F, Fut>(&self, key: String, make: F) -> Result<serde_json::Value, WebError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, WebError>>,
+    {
+        self.db(false).await?;
+        let seen = {
+            let t = self.tables.lock().await;
+            if let Some((seq, v)) = t.pages.get(&key)
+                && *seq == t.last_seq
+            {
+                return Ok(v.clone());
+            }
+            t.last_seq
+        };
+        let v = make().await?;
+        let mut t = self.tables.lock().await;
+        if t.last_seq == seen {
+            if t.pages.len() >= CACHED_PAGES {
+                t.pages.retain(|_, (seq, _)| *seq == seen);
+                if t.pages.len() >= CACHED_PAGES {
+                    t.pages.clear();
+                }
+            }
+            t.pages.insert(key, (seen, v.clone()));
+        }
+        Ok(v)
     }
 
     /// Rows of a read-only query as JSON objects.

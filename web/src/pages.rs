@@ -71,6 +71,10 @@ fn html_response(body: String) -> Response {
 // ---------------------------------------------------------------- runs
 
 async fn runs_data(state: &AppState) -> Result<Value, WebError> {
+    state.cached("runs".into(), || runs_query(state)).await
+}
+
+async fn runs_query(state: &AppState) -> Result<Value, WebError> {
     let runs = state
         .rows(
             "SELECT run_id, name, kind, status, started_at, finished_at, last_step, episodes, policy, attempt \
@@ -144,6 +148,10 @@ pub(crate) async fn runs_page(State(state): State<AppState>) -> Result<Response,
 // ---------------------------------------------------------------- run
 
 async fn run_data(state: &AppState, rid: &str) -> Result<Value, WebError> {
+    state.cached(format!("run {rid}"), || run_query(state, rid)).await
+}
+
+async fn run_query(state: &AppState, rid: &str) -> Result<Value, WebError> {
     let q = lit(rid);
     let run = state.rows(&format!("SELECT * FROM runs WHERE run_id = {q}")).await?;
     let Some(run) = run.into_iter().next() else {
@@ -563,6 +571,12 @@ pub(crate) async fn episodes_page(
 // ---------------------------------------------------------------- episode
 
 async fn episode_data(state: &AppState, eid: &str) -> Result<Value, WebError> {
+    state
+        .cached(format!("episode {eid}"), || episode_query(state, eid))
+        .await
+}
+
+async fn episode_query(state: &AppState, eid: &str) -> Result<Value, WebError> {
     let q = lit(eid);
     let ep = state
         .rows(&format!("SELECT * FROM episodes WHERE episode_id = {q}"))
@@ -836,6 +850,10 @@ pub(crate) async fn recorded_page(
 // ---------------------------------------------------------------- behaviours
 
 async fn behaviours_data(state: &AppState) -> Result<Value, WebError> {
+    state.cached("behaviours".into(), || behaviours_query(state)).await
+}
+
+async fn behaviours_query(state: &AppState) -> Result<Value, WebError> {
     let rates = state
         .rows("SELECT * FROM behaviour_rates ORDER BY run_id, step")
         .await?;

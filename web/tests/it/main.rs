@@ -533,3 +533,48 @@ async fn bad_paths_sql_and_missing_tokens_are_refused() {
     let (s, _, _) = get_with(&app, req).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_pages_follow_new_events() {
+    let dir = fixture();
+    let app = fathom_web::router(fathom_web::AppState::new(fathom_web::Config {
+        data: dir.path().to_path_buf(),
+        token: None,
+        refresh: Duration::ZERO,
+    }));
+    let runs = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, _, first) = get(&app, "/api/runs").await;
+    let (_, _, again) = get(&app, "/api/runs").await;
+    assert_eq!(first, again);
+    assert_eq!(runs(&first), ["r-1"]);
+    {
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        store
+            .append(&[ev(
+                2,
+                999,
+                RunStarted {
+                    name: "second".into(),
+                    run_kind: RunKind::Eval,
+                    config_json: "{}".into(),
+                    seed: 0,
+                    policy: "scripted".into(),
+                    model: String::new(),
+                    code_version: "test".into(),
+                    attempt: 0,
+                },
+            )])
+            .unwrap();
+        store.close().unwrap();
+    }
+    let (_, _, after) = get(&app, "/api/runs").await;
+    assert_eq!(runs(&after), ["r-2", "r-1"], "the new run appears");
+}

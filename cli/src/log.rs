@@ -87,6 +87,10 @@ pub struct LoadArgs {
     /// Print `ack FIRST LAST` on stdout after each acknowledged batch.
     #[arg(long)]
     pub print_acks: bool,
+    /// With --episodes: wait this many milliseconds after each step, like a
+    /// training run that appends one step at a time (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub step_interval_ms: u64,
     /// Skip the verification pass at the end.
     #[arg(long)]
     pub no_verify: bool,
@@ -414,6 +418,9 @@ fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: AutoPol
             println!("ack step {step} events {}", store.last_seq());
         }
         bar.set_position(step);
+        if args.step_interval_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(args.step_interval_ms));
+        }
     }
     bar.finish_and_clear();
     store.append(&[Event::new(

@@ -44,11 +44,14 @@ pub struct Config {
 /// The tables, reopened now and then so that pages follow a training run.
 struct Tables {
     db: Option<(Arc<Db>, fathom_core::Timestamp)>,
+    /// A newer view is being opened in the background.
+    opening: bool,
     /// The last event the open tables cover: page data computed over the
     /// same events is reused.
     last_seq: u64,
-    /// Page data by route and query, with the `last_seq` it was computed at.
-    pages: std::collections::HashMap<String, (u64, serde_json::Value)>,
+    /// Page data by route and query, with the `last_seq` it is for; one
+    /// request computes it, the others wait for that result.
+    pages: std::collections::HashMap<String, (u64, Arc<tokio::sync::OnceCell<serde_json::Value>>)>,
 }
 
 /// Page data kept at most (the oldest entries go first).
@@ -69,6 +72,7 @@ impl AppState {
             config: Arc::new(config),
             tables: Arc::new(Mutex::new(Tables {
                 db: None,
+                opening: false,
                 last_seq: 0,
                 pages: Default::default(),
             })),
@@ -77,15 +81,40 @@ impl AppState {
     }
 
     async fn db(&self, fresh: bool) -> Result<Arc<Db>, QueryError> {
-        let mut t = self.tables.lock().await;
         let now = self.clock.now();
-        if let Some((db, at)) = &t.db
-            && !fresh
-            && now.nanos_since(*at) < self.config.refresh.as_nanos() as u64
         {
-            return Ok(db.clone());
+            let mut t = self.tables.lock().await;
+            if let Some((db, at)) = &t.db
+                && !fresh
+            {
+                let stale = now.nanos_since(*at) >= self.config.refresh.as_nanos() as u64;
+                if !stale {
+                    return Ok(db.clone());
+                }
+                // Readers keep the tables they have while newer ones open
+                // in the background (opening reads the log's tail, which
+                // takes a while during a busy run).
+                if !self.config.refresh.is_zero() {
+                    let db = db.clone();
+                    if !t.opening {
+                        t.opening = true;
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            let opened = Db::open(&this.config.data, open_options()).await;
+                            let mut t = this.tables.lock().await;
+                            t.opening = false;
+                            if let Ok(db) = opened {
+                                t.last_seq = db.source().last_seq;
+                                t.db = Some((Arc::new(db), this.clock.now()));
+                            }
+                        });
+                    }
+                    return Ok(db);
+                }
+            }
         }
-        let db = Arc::new(Db::open(&self.config.data, OpenOptions::default()).await?);
+        let db = Arc::new(Db::open(&self.config.data, open_options()).await?);
+        let mut t = self.tables.lock().await;
         t.last_seq = db.source().last_seq;
         t.db = Some((db.clone(), now));
         Ok(db)
@@ -100,27 +129,25 @@ impl AppState {
         Fut: std::future::Future<Output = Result<serde_json::Value, WebError>>,
     {
         self.db(false).await?;
-        let seen = {
-            let t = self.tables.lock().await;
-            if let Some((seq, v)) = t.pages.get(&key)
-                && *seq == t.last_seq
-            {
-                return Ok(v.clone());
-            }
-            t.last_seq
-        };
-        let v = make().await?;
-        let mut t = self.tables.lock().await;
-        if t.last_seq == seen {
-            if t.pages.len() >= CACHED_PAGES {
-                t.pages.retain(|_, (seq, _)| *seq == seen);
-                if t.pages.len() >= CACHED_PAGES {
-                    t.pages.clear();
+        let cell = {
+            let mut t = self.tables.lock().await;
+            let seq = t.last_seq;
+            match t.pages.get(&key) {
+                Some((s, cell)) if *s == seq => cell.clone(),
+                _ => {
+                    if t.pages.len() >= CACHED_PAGES {
+                        t.pages.retain(|_, (s, _)| *s == seq);
+                        if t.pages.len() >= CACHED_PAGES {
+                            t.pages.clear();
+                        }
+                    }
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    t.pages.insert(key, (seq, cell.clone()));
+                    cell
                 }
             }
-            t.pages.insert(key, (seen, v.clone()));
-        }
-        Ok(v)
+        };
+        cell.get_or_try_init(make).await.cloned()
     }
 
     /// Rows of a read-only query as JSON objects.
@@ -234,8 +261,14 @@ async fn headers_and_token(State(state): State<AppState>, req: Request, next: Ne
             set_cookie = Some(format!("fathom_token={token}; HttpOnly; SameSite=Strict; Path=/"));
         }
     }
+    let started = state.clock.now();
     let mut response = next.run(req).await;
     secure(response.headers_mut());
+    // How long the server took, for the load benchmark and browsers' tools.
+    let ms = state.clock.now().nanos_since(started) as f64 / 1e6;
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={ms:.2}")) {
+        response.headers_mut().insert("server-timing", v);
+    }
     if let Some(c) = set_cookie
         && let Ok(v) = HeaderValue::from_str(&c)
     {
@@ -301,4 +334,13 @@ pub fn router(state: AppState) -> Router {
 /// Serves the dashboard on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
     axum::serve(listener, router(AppState::new(config))).await
+}
+
+/// One partition per query: the server runs many queries at once, so
+/// splitting each over the cores only adds overhead.
+fn open_options() -> OpenOptions {
+    OpenOptions {
+        target_partitions: 1,
+        ..OpenOptions::default()
+    }
 }

@@ -31,6 +31,21 @@ pub struct Question {
     pub hops: Option<u32>,
 }
 
+impl Question {
+    /// An episode of this question.
+    pub fn episode(&self, step: u64, group_id: u32, group_index: u32, seed: u64) -> EpisodeSpec {
+        EpisodeSpec {
+            question_id: self.id.clone(),
+            question: self.text.clone(),
+            ground_truths: self.ground_truths.clone(),
+            step,
+            group_id,
+            group_index,
+            seed,
+        }
+    }
+}
+
 /// Progress of a long job, for a progress bar.
 pub trait Observer: Send + Sync {
     /// A phase begins with `total` units of work.
@@ -327,15 +342,7 @@ pub async fn evaluate(env: &Env, job: EvalJob<'_>) -> Result<EvalSummary, JobErr
         .questions
         .iter()
         .enumerate()
-        .map(|(i, q)| EpisodeSpec {
-            question_id: q.id.clone(),
-            question: q.text.clone(),
-            ground_truths: q.ground_truths.clone(),
-            step: 0,
-            group_id: i as u32,
-            group_index: 0,
-            seed: fathom_core::derive_seed(job.seed, "episode", i as u64),
-        })
+        .map(|(i, q)| q.episode(0, i as u32, 0, fathom_core::derive_seed(job.seed, "episode", i as u64)))
         .collect();
     env.observer.phase(&job.name, job.questions.len() as u64);
     let outcomes = run_episodes(&rollout, specs, &job.policies, job.concurrency, env.observer.as_ref()).await?;

@@ -196,15 +196,7 @@ async fn clone_trajectories(
         let specs: Vec<EpisodeSpec> = picked
             .iter()
             .enumerate()
-            .map(|(i, (q, _))| EpisodeSpec {
-                question_id: q.id.clone(),
-                question: q.text.clone(),
-                ground_truths: q.ground_truths.clone(),
-                step: 0,
-                group_id: i as u32,
-                group_index: 0,
-                seed: derive_seed(config.seed, "sft-episode", i as u64),
-            })
+            .map(|(i, (q, _))| q.episode(0, i as u32, 0, derive_seed(config.seed, "sft-episode", i as u64)))
             .collect();
         let policies: PolicyFactory = Arc::new(|| Box::new(ScriptedPolicy::new()));
         let rollout = Rollout::new(

@@ -40,11 +40,11 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
 use crate::grpo::{GrpoConfig, Sequence, advantages, sequence_logprobs, sequence_loss};
 use crate::harness::{
-    Env, EvalJob, EvalSummary, JobError, PolicyFactory, Question, Tally, evaluate, run_episodes, sampled_events,
+    Env, EvalJob, EvalSummary, JobError, PolicyFactory, Question, evaluate, run_episodes, sampled_events,
 };
 use crate::optim::{AdamW, AdamWConfig, accumulate};
 use crate::recorded::{self, RecordedEpisode, TurnIds};
-use crate::rollout::{EpisodeSpec, EpisodeTimings, Rollout, RolloutConfig};
+use crate::rollout::{EpisodeTimings, Rollout, RolloutConfig};
 
 /// What a training run records in `RunStarted.config_json`: the whole
 /// configuration and what it was resolved to.
@@ -537,7 +537,7 @@ impl Trainer {
                 ))
             })?;
             let recorded = &s.updates[&step];
-            let (update, _) = trainer.update(step, &ids)?;
+            let (update, _, _) = trainer.update(step, &ids)?;
             if update.loss.to_bits() != recorded.loss.to_bits()
                 || update.grad_norm.to_bits() != recorded.grad_norm.to_bits()
             {
@@ -628,7 +628,8 @@ impl Trainer {
     }
 
     /// One optimizer step on the recorded episodes `ids` (in group order).
-    fn update(&mut self, step: u64, ids: &[EpisodeId]) -> Result<(GradientUpdate, StepTimings), JobError> {
+    /// Returns the update, where its time went, and the batch's mean reward.
+    fn update(&mut self, step: u64, ids: &[EpisodeId]) -> Result<(GradientUpdate, StepTimings, f64), JobError> {
         let mut timings = StepTimings::default();
         let clock = self.env.clock.clone();
         let t_read = clock.now();
@@ -721,6 +722,7 @@ impl Trainer {
                 duration_ns: clock.now().nanos_since(t_fb),
             },
             timings,
+            rewards.iter().sum::<f64>() / rewards.len().max(1) as f64,
         ))
     }
 
@@ -790,15 +792,7 @@ impl Trainer {
                 if self.reuse.contains_key(&(g as u32, i as u32)) {
                     continue;
                 }
-                specs.push(EpisodeSpec {
-                    question_id: q.id.clone(),
-                    question: q.text.clone(),
-                    ground_truths: q.ground_truths.clone(),
-                    step: s,
-                    group_id: g as u32,
-                    group_index: i as u32,
-                    seed: *seed,
-                });
+                specs.push(q.episode(s, g as u32, i as u32, *seed));
             }
         }
         let sampling = Sampling {
@@ -844,14 +838,7 @@ impl Trainer {
         let ids = self
             .slots(&plan, &slots)
             .map_err(|k| JobError::Invalid(format!("episode {k:?} of step {s} did not run")))?;
-        let (update, u) = self.update(s, &ids)?;
-        let mut tally = Tally::default();
-        for id in &ids {
-            if let Some(e) = recorded::read_episode(&self.env.store, *id)?.and_then(|e| e.end) {
-                tally.n += 1;
-                tally.reward += e.reward;
-            }
-        }
+        let (update, u, reward) = self.update(s, &ids)?;
         let t = clock.now();
         self.env
             .store
@@ -868,7 +855,7 @@ impl Trainer {
         if s.is_multiple_of(c.checkpoint.every) || s == self.target {
             let t = clock.now();
             let metric = match c.checkpoint.keep_best.as_str() {
-                "reward" => Some(tally.mean_reward()),
+                "reward" => Some(reward),
                 "eval_f1" => eval.as_ref().map(|e| e.overall.mean_f1()),
                 _ => None,
             };
@@ -881,7 +868,7 @@ impl Trainer {
         timings.optimizer_ns = u.optimizer_ns;
         timings.log_ns = log_ns;
         timings.total_ns = clock.now().nanos_since(t_step);
-        Ok((tally.mean_reward(), timings, eval))
+        Ok((reward, timings, eval))
     }
 
     fn save_checkpoint(&mut self, metric: Option<f64>) -> Result<PathBuf, JobError> {

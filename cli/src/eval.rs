@@ -223,6 +223,15 @@ async fn evaluate(
             .map_or("questions".to_string(), |s| s.to_string_lossy().into_owned()),
         None => format!("sandbox-seed-{}", args.web_args.sandbox_seed),
     };
+    let config = RolloutConfig {
+        max_turns: args.max_turns,
+        max_turn_tokens: args.max_turn_tokens,
+        ..RolloutConfig::default()
+    };
+    let model_digest = match args.policy.strip_prefix("candle:") {
+        Some(dir) => fathom_trainer::checkpoint::weights_digest(Path::new(dir)).map(|d| d.to_hex()),
+        None => None,
+    };
     store.append(&[Event::new(
         run,
         clock.now(),
@@ -234,6 +243,8 @@ async fn evaluate(
                 "limit": args.limit, "seed": args.seed, "max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens,
                 "sandbox_seed": args.web_args.sandbox_seed, "sandbox_entities": args.web_args.sandbox_entities,
                 "sandbox_faults": args.web_args.sandbox_faults, "search": format!("{:?}", web.config.search),
+                "rollout": fathom_trainer::replay::rollout_json(&config), "model_digest": model_digest,
+                "model_name": args.model_name, "threads": candle_core::utils::get_num_threads(),
             })
             .to_string(),
             seed: args.seed,
@@ -282,11 +293,6 @@ async fn evaluate(
         store.append_with(&sampled, fathom_store::Durability::Relaxed)?;
     }
     let gateway = Arc::new(Gateway::record(web.config.clone(), store.clone(), clock.clone())?);
-    let config = RolloutConfig {
-        max_turns: args.max_turns,
-        max_turn_tokens: args.max_turn_tokens,
-        ..RolloutConfig::default()
-    };
     let rollout = Rollout::new(store.clone(), gateway, clock.clone(), run, config);
     let bar = crate::progress_bar(rows.len() as u64, "episodes");
     let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
@@ -300,6 +306,7 @@ async fn evaluate(
             group_id: i as u32,
             group_index: 0,
             seed: derive_seed(args.seed, "episode", i as u64),
+            replay_of: None,
         };
         let (rollout, limit) = (rollout.clone(), limit.clone());
         let mut policy = policies.make();

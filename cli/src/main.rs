@@ -14,6 +14,7 @@ mod demo;
 mod eval;
 mod log;
 mod model;
+mod replay;
 mod sandbox;
 mod score;
 mod serve;
@@ -64,6 +65,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a policy on a question set (verl Parquet): F1 and EM per data source.
     Eval(eval::EvalArgs),
+    /// Re-run recorded episodes from the log: --check confirms they are identical or names where
+    /// and why they diverge; --checkpoint / --policy re-run one counterfactually.
+    Replay(replay::ReplayArgs),
     /// Bring the Parquet snapshots up to date with the log (and compact them).
     Snapshot(snapshot::SnapshotArgs),
     /// Query runs, episodes, turns, tool calls, web requests, … with SQL (read-only).
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Train(args) => train::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Eval(args) => eval::run(&cli.data, args, cli.snapshot_every.clone()),
+        Command::Replay(args) => replay::run(&cli.data, args),
         Command::Snapshot(args) => snapshot::run(&cli.data, args),
         Command::Sql(args) => sql::run(&cli.data, args),
         Command::Model(cmd) => model::run(cmd),

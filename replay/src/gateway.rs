@@ -10,7 +10,13 @@
 //! - **replay**: answers only from recorded exchanges, matched on the
 //!   canonical request key and consumed in recorded order; no socket is
 //!   opened, and a request the recording does not hold is a divergence
-//!   error naming the run, episode, turn and request.
+//!   error naming the run, episode, turn and request. A replay gateway can
+//!   also record what it serves into a log (source `replay`, for
+//!   counterfactual re-runs that become episodes of their own) and fall
+//!   back to a live or sandbox web on a miss ([`Gateway::on_miss`]).
+//!
+//! A request the address guard refuses before any attempt is recorded
+//! too, with `attempt = 0`, so a replay gives the policy the same refusal.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,8 +42,9 @@ pub enum Mode {
     Replay,
 }
 
-/// A search API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A search API. Its `Debug` form never shows the key (configurations are
+/// recorded in the log).
+#[derive(Clone, PartialEq, Eq)]
 pub enum SearchBackend {
     /// Serper-compatible: `POST {url}` with `{"q", "num"}` and `X-API-KEY`.
     Serper {
@@ -51,6 +58,19 @@ pub enum SearchBackend {
         /// The endpoint.
         url: String,
     },
+}
+
+impl std::fmt::Debug for SearchBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SearchBackend::Serper { url, key } => f
+                .debug_struct("Serper")
+                .field("url", url)
+                .field("key", &key.as_ref().map(|_| "<redacted>"))
+                .finish(),
+            SearchBackend::Searxng { url } => f.debug_struct("Searxng").field("url", url).finish(),
+        }
+    }
 }
 
 impl SearchBackend {
@@ -160,6 +180,9 @@ pub enum WebError {
     /// Recording to the log failed.
     #[error("recording the exchange failed: {0}")]
     Record(String),
+    /// Replay: the recorded error of the exchange, worded as it was.
+    #[error("{0}")]
+    Recorded(String),
 }
 
 /// One search result.
@@ -197,6 +220,8 @@ pub struct Page {
 struct Exchange {
     /// The recorded request's id (record and replay modes).
     request_id: Option<RequestId>,
+    /// The attempt (from 1; 0 for a request refused before any attempt).
+    attempt: u32,
     status: u16,
     headers: Vec<Header>,
     body: Vec<u8>,
@@ -211,7 +236,11 @@ impl Exchange {
     }
 
     fn retryable(&self) -> bool {
-        matches!(self.error, Some(WebError::Timeout(_)) | Some(WebError::Transport(_)))
+        self.attempt > 0
+            && matches!(
+                self.error,
+                Some(WebError::Timeout(_)) | Some(WebError::Transport(_)) | Some(WebError::Recorded(_))
+            )
             || self.status == 429
             || (500..600).contains(&self.status)
     }
@@ -244,8 +273,9 @@ impl Recording {
                 Some(b) => store.get_blob(&b.digest)?.unwrap_or_default(),
                 None => Vec::new(),
             };
-            let error = w.error.as_ref().map(|e| WebError::Transport(e.clone()));
+            let error = w.error.as_ref().map(|e| WebError::Recorded(e.clone()));
             by_key.entry(w.canonical.clone()).or_default().push_back(Exchange {
+                attempt: w.attempt,
                 status: w.status,
                 headers: w.headers.clone(),
                 body,
@@ -277,6 +307,28 @@ impl Recording {
             .get_mut(key)
             .and_then(VecDeque::pop_front)
     }
+
+    /// Whether the next recorded exchange of `key` is attempt `attempt`
+    /// (a retry of the one just served, rather than a later request).
+    fn next_is_attempt(&self, key: &str, attempt: u32) -> bool {
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .and_then(VecDeque::front)
+            .is_some_and(|e| e.attempt == attempt)
+    }
+}
+
+/// A request a replay gateway's recording did not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Miss {
+    /// On whose behalf it was made.
+    pub context: Context,
+    /// The canonical request.
+    pub request: String,
+    /// Whether the fallback web answered it (`on_miss`), rather than an error.
+    pub answered: bool,
 }
 
 /// The gateway.
@@ -286,6 +338,7 @@ pub struct Gateway {
     http: Option<reqwest::Client>,
     store: Option<Arc<Store>>,
     recording: Option<Recording>,
+    misses: Mutex<Vec<Miss>>,
     clock: Arc<dyn Clock>,
     hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
@@ -396,6 +449,7 @@ impl Gateway {
             http,
             store: None,
             recording: None,
+            misses: Mutex::default(),
             clock,
             hosts: Mutex::default(),
         })
@@ -417,9 +471,32 @@ impl Gateway {
             http: None,
             store: None,
             recording: Some(recording),
+            misses: Mutex::default(),
             clock,
             hosts: Mutex::default(),
         }
+    }
+
+    /// Replay: records every exchange it serves into `store` (replayed
+    /// ones with source `replay` and new request ids), so the re-run's
+    /// episode has its web requests like any other.
+    pub fn recording_into(mut self, store: Arc<Store>) -> Gateway {
+        self.store = Some(store);
+        self
+    }
+
+    /// Replay: a request the recording lacks goes to the web `live`
+    /// describes (the sandbox or the live web, with its address guard)
+    /// instead of failing.
+    pub fn on_miss(mut self, live: GatewayConfig) -> Result<Gateway, WebError> {
+        self.http = Some(build_client(&live)?);
+        self.config = live;
+        Ok(self)
+    }
+
+    /// Replay: the requests the recording did not hold, in order.
+    pub fn misses(&self) -> Vec<Miss> {
+        self.misses.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The mode.
@@ -492,8 +569,24 @@ impl Gateway {
     pub async fn fetch(&self, ctx: Context, url: &str) -> Result<Page, WebError> {
         let key = canonical::fetch_key(url);
         let parsed = url::Url::parse(url.trim()).map_err(|e| WebError::Transport(format!("bad URL '{url}': {e}")))?;
-        if self.mode != Mode::Replay {
-            self.config.policy.check_url(&parsed)?;
+        if self.mode != Mode::Replay
+            && let Err(refused) = self.config.policy.check_url(&parsed)
+        {
+            if self.mode == Mode::Record {
+                let ex = Exchange {
+                    request_id: None,
+                    attempt: 0,
+                    status: 0,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    truncated: false,
+                    error: Some(WebError::Refused(refused.clone())),
+                    latency_ns: 0,
+                };
+                self.record_exchange(ctx, WebKind::Fetch, url, &key, &ex, self.config.source)
+                    .await?;
+            }
+            return Err(refused.into());
         }
         let ex = self
             .exchange(ctx, WebKind::Fetch, url, &key, &parsed, |client| {
@@ -551,46 +644,92 @@ impl Gateway {
         url: &url::Url,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Exchange, WebError> {
+        if self.mode == Mode::Replay {
+            return self.replayed(ctx, kind, target, key, url, &build).await;
+        }
+        self.over_the_wire(ctx, kind, target, key, url, &build).await
+    }
+
+    /// Live and record modes, and a replay's fallback: attempts with
+    /// retries, each recorded when there is a log.
+    async fn over_the_wire(
+        &self,
+        ctx: Context,
+        kind: WebKind,
+        target: &str,
+        key: &str,
+        url: &url::Url,
+        build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Exchange, WebError> {
         let attempts = self.config.retries + 1;
         for attempt in 1..=attempts {
-            let ex = match self.mode {
-                Mode::Replay => {
-                    let recording = self.recording.as_ref().expect("replay gateways hold a recording");
-                    recording.take(key).ok_or_else(|| WebError::Divergence {
-                        run: ctx.run,
-                        episode: ctx.episode.map_or("-".into(), |e| e.to_string()),
-                        turn: ctx.turn.map_or("-".into(), |t| t.to_string()),
-                        request: key.to_string(),
-                    })?
-                }
-                Mode::Live | Mode::Record => {
-                    let mut ex = self.attempt(url, &build).await;
-                    if self.mode == Mode::Record {
-                        ex.request_id = Some(self.record_exchange(ctx, kind, target, key, attempt, &ex).await?);
-                    }
-                    ex
-                }
-            };
+            let mut ex = self.attempt(url, build).await;
+            ex.attempt = attempt;
+            if self.store.is_some() {
+                ex.request_id = Some(
+                    self.record_exchange(ctx, kind, target, key, &ex, self.config.source)
+                        .await?,
+                );
+            }
             if ex.retryable() && attempt < attempts {
-                if self.mode != Mode::Replay {
-                    let retry_after = ex
-                        .header("retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(|s| Duration::from_secs(s.min(30)));
-                    let backoff = self.config.backoff * 2u32.saturating_pow(attempt - 1);
-                    tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
-                }
+                let retry_after = ex
+                    .header("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|s| Duration::from_secs(s.min(30)));
+                let backoff = self.config.backoff * 2u32.saturating_pow(attempt - 1);
+                tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
                 continue;
             }
-            if let Some(e) = ex.error {
-                return Err(e);
-            }
-            if ex.status >= 400 {
-                return Err(WebError::Status(ex.status));
-            }
-            return Ok(ex);
+            return finished(ex);
         }
         unreachable!("the last attempt always returns")
+    }
+
+    /// Replay mode: the recorded attempts of the request, in order (as many
+    /// as were recorded, whatever the retry setting now), or a miss.
+    async fn replayed(
+        &self,
+        ctx: Context,
+        kind: WebKind,
+        target: &str,
+        key: &str,
+        url: &url::Url,
+        build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Exchange, WebError> {
+        let recording = self.recording.as_ref().expect("replay gateways hold a recording");
+        let Some(mut ex) = recording.take(key) else {
+            let answered = self.http.is_some();
+            self.misses.lock().unwrap_or_else(|e| e.into_inner()).push(Miss {
+                context: ctx,
+                request: key.to_string(),
+                answered,
+            });
+            if !answered {
+                return Err(WebError::Divergence {
+                    run: ctx.run,
+                    episode: ctx.episode.map_or("-".into(), |e| e.to_string()),
+                    turn: ctx.turn.map_or("-".into(), |t| t.to_string()),
+                    request: key.to_string(),
+                });
+            }
+            if kind == WebKind::Fetch {
+                self.config.policy.check_url(url)?;
+            }
+            return self.over_the_wire(ctx, kind, target, key, url, build).await;
+        };
+        loop {
+            if self.store.is_some() {
+                ex.request_id = Some(
+                    self.record_exchange(ctx, kind, target, key, &ex, WebSource::Replay)
+                        .await?,
+                );
+            }
+            if ex.retryable() && recording.next_is_attempt(key, ex.attempt + 1) {
+                ex = recording.take(key).expect("the next attempt was just seen");
+                continue;
+            }
+            return finished(ex);
+        }
     }
 
     async fn attempt(&self, url: &url::Url, build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder) -> Exchange {
@@ -599,6 +738,7 @@ impl Gateway {
         let _permit = limit.acquire().await.expect("semaphores are never closed");
         let start = self.clock.now();
         let mut ex = Exchange {
+            attempt: 1,
             status: 0,
             headers: Vec::new(),
             body: Vec::new(),
@@ -649,8 +789,8 @@ impl Gateway {
         kind: WebKind,
         target: &str,
         key: &str,
-        attempt: u32,
         ex: &Exchange,
+        source: WebSource,
     ) -> Result<RequestId, WebError> {
         let store = self.store.clone().expect("recording gateways hold a store");
         let ts = self.clock.now();
@@ -658,7 +798,7 @@ impl Gateway {
             WebKind::Search => self.config.search.name().to_string(),
             WebKind::Fetch => "http".to_string(),
         };
-        let (target, key, source) = (target.to_string(), key.to_string(), self.config.source);
+        let (target, key, attempt) = (target.to_string(), key.to_string(), ex.attempt);
         let ex = ex.clone();
         tokio::task::spawn_blocking(move || -> Result<RequestId, fathom_store::Error> {
             let body = if ex.body.is_empty() && ex.status == 0 {
@@ -697,6 +837,17 @@ impl Gateway {
         .map_err(|e| WebError::Record(e.to_string()))?
         .map_err(|e| WebError::Record(e.to_string()))
     }
+}
+
+/// The result of a request's last attempt.
+fn finished(ex: Exchange) -> Result<Exchange, WebError> {
+    if let Some(e) = ex.error {
+        return Err(e);
+    }
+    if ex.status >= 400 {
+        return Err(WebError::Status(ex.status));
+    }
+    Ok(ex)
 }
 
 /// Asks a running fathom sandbox (at its search address) where its sites
@@ -755,6 +906,20 @@ mod tests {
             },
         };
         assert!(open.resolve("localhost".parse().unwrap()).await.is_ok());
+    }
+
+    #[test]
+    fn the_search_key_never_shows_in_debug_output() {
+        let b = SearchBackend::Serper {
+            url: "https://search.example/search".into(),
+            key: Some("sk-secret-123".into()),
+        };
+        let shown = format!("{b:?} {:?}", GatewayConfig::new(b.clone()));
+        assert!(!shown.contains("sk-secret-123"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("search.example"),
+            "{shown}"
+        );
     }
 
     #[test]

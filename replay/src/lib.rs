@@ -8,9 +8,12 @@
 //! (a replay gateway holds no HTTP client). It may use `core` and `store`.
 
 pub mod canonical;
+pub mod diff;
 pub mod gateway;
 pub mod html;
 pub mod policy;
 pub mod render;
 
-pub use gateway::{Context, Gateway, GatewayConfig, Mode, Page, Recording, SearchBackend, SearchResult, WebError};
+pub use gateway::{
+    Context, Gateway, GatewayConfig, Miss, Mode, Page, Recording, SearchBackend, SearchResult, WebError,
+};

@@ -42,6 +42,7 @@ fn bench(c: &mut Criterion) {
             group_id: i as u32,
             group_index: 0,
             seed: i as u64,
+            replay_of: None,
         })
         .collect();
 

@@ -83,6 +83,12 @@ fn digest_of(path: &Path) -> Result<(Digest, u64), CheckpointError> {
     Ok((Digest(*blake3::hash(&bytes).as_bytes()), bytes.len() as u64))
 }
 
+/// BLAKE3 of a model directory's `model.safetensors`, as `CheckpointSaved`
+/// records it; `None` when the file cannot be read.
+pub fn weights_digest(model_dir: &Path) -> Option<Digest> {
+    digest_of(&model_dir.join("model.safetensors")).ok().map(|(d, _)| d)
+}
+
 fn fsync(path: &Path) -> Result<(), CheckpointError> {
     File::open(path).and_then(|f| f.sync_all()).map_err(io("fsync", path))
 }

@@ -42,6 +42,7 @@ impl Question {
             group_id,
             group_index,
             seed,
+            replay_of: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod openai;
 pub mod optim;
 pub mod policy;
 pub mod recorded;
+pub mod replay;
 pub mod rollout;
 pub mod scripted;
 pub mod sft;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use fathom_core::event::{EndReason, TurnGenerated};
 use fathom_core::protocol::{self, Message};
-use fathom_core::{EpisodeId, Payload, QuestionId};
+use fathom_core::{EpisodeId, Payload, QuestionId, RunId};
 use fathom_model::ChatTokenizer;
 use fathom_store::Store;
 
@@ -36,6 +36,10 @@ pub struct RecordedTurn {
 pub struct RecordedEnd {
     /// Its reward.
     pub reward: f64,
+    /// Token F1 of the answer.
+    pub f1: f64,
+    /// Exact match.
+    pub em: f64,
     /// Why it ended.
     pub ended_by: EndReason,
 }
@@ -45,6 +49,14 @@ pub struct RecordedEnd {
 pub struct RecordedEpisode {
     /// The episode.
     pub episode_id: EpisodeId,
+    /// Its run.
+    pub run: RunId,
+    /// Optimizer updates the policy's weights had seen.
+    pub policy_version: u64,
+    /// The episode this one re-ran, for a replay.
+    pub replay_of: Option<EpisodeId>,
+    /// Wall time, when it finished.
+    pub duration_ns: u64,
     /// Training step.
     pub step: u64,
     /// GRPO group.
@@ -126,6 +138,10 @@ pub fn read_episode(store: &Store, episode: EpisodeId) -> Result<Option<Recorded
             Payload::EpisodeStarted(p) if p.episode_id == episode => {
                 out = Some(RecordedEpisode {
                     episode_id: episode,
+                    run: record.event.run,
+                    policy_version: p.policy_version,
+                    replay_of: p.replay_of,
+                    duration_ns: 0,
                     step: p.step,
                     group_id: p.group_id,
                     group_index: p.group_index,
@@ -145,8 +161,11 @@ pub fn read_episode(store: &Store, episode: EpisodeId) -> Result<Option<Recorded
             }
             Payload::EpisodeFinished(p) if p.episode_id == episode => {
                 if let Some(e) = out.as_mut() {
+                    e.duration_ns = p.duration_ns;
                     e.end = Some(RecordedEnd {
                         reward: p.reward,
+                        f1: p.f1,
+                        em: p.em,
                         ended_by: p.ended_by,
                     });
                 }

@@ -71,6 +71,8 @@ pub struct EpisodeSpec {
     pub group_index: u32,
     /// The episode's sampling seed.
     pub seed: u64,
+    /// The recorded episode this one re-runs (a counterfactual replay).
+    pub replay_of: Option<EpisodeId>,
 }
 
 /// What an episode came to.
@@ -234,7 +236,7 @@ impl Rollout {
             question_id: spec.question_id.clone(),
             policy_version: policy.version(),
             seed: spec.seed,
-            replay_of: None,
+            replay_of: spec.replay_of,
             n_prompt_tokens,
         });
         let t_log = self.clock.now();

@@ -135,6 +135,8 @@ pub async fn warm_start(
         today: today.to_string(),
         train_questions: train.len() as u64,
         eval_questions: 0,
+        start_digest: crate::checkpoint::weights_digest(start_model).map(|d| d.to_hex()),
+        threads: Some(candle_core::utils::get_num_threads()),
     };
     store.append(&[Event::new(
         run,

@@ -61,6 +61,14 @@ pub struct RunRecord {
     pub train_questions: u64,
     /// Held-out questions.
     pub eval_questions: u64,
+    /// BLAKE3 of the starting weights (`model.safetensors`), so a replay
+    /// can tell a changed model directory (absent in older logs).
+    #[serde(default)]
+    pub start_digest: Option<String>,
+    /// CPU threads the numerics ran on (results are bit-exact only on the
+    /// same count; absent in older logs).
+    #[serde(default)]
+    pub threads: Option<usize>,
 }
 
 /// The questions of a run.
@@ -368,6 +376,8 @@ impl Trainer {
             today: today.to_string(),
             train_questions: data.train.len() as u64,
             eval_questions: data.eval.len() as u64,
+            start_digest: crate::checkpoint::weights_digest(start_model).map(|d| d.to_hex()),
+            threads: Some(candle_core::utils::get_num_threads()),
             config,
         };
         let target = record.config.steps;

@@ -43,6 +43,7 @@ async fn a_recorded_episode_replays_identically_with_the_web_gone() {
         group_id: 0,
         group_index: 0,
         seed: 1,
+        replay_of: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());

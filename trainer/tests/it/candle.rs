@@ -92,6 +92,10 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
     // response text), bit for bit.
     let recorded = RecordedEpisode {
         episode_id: fathom_core::EpisodeId(1),
+        run: fathom_core::RunId(1),
+        policy_version: 0,
+        replay_of: None,
+        duration_ns: 0,
         step: 1,
         group_id: 0,
         group_index: 0,

@@ -50,6 +50,7 @@ async fn run_questions(faults: &str, count: usize) -> (tempfile::TempDir, Arc<St
             group_id: i as u32,
             group_index: 0,
             seed: i as u64,
+            replay_of: None,
         };
         let out = rollout
             .episode(&mut ScriptedPolicy::new(), &mut HeuristicReader, &spec)

@@ -1,0 +1,1125 @@
+//! Re-running recorded episodes from the log.
+//!
+//! - **Check** ([`Replayer::check`]): the episode again, with the web
+//!   answered only from its recorded exchanges (no socket opened), the
+//!   policy it was recorded with (the checkpoint of its policy version,
+//!   digests checked; the scripted researcher; or the same OpenAI-compatible
+//!   endpoint), its seed, question and budgets. The verdict is `identical`
+//!   or the first divergence: the turn, what was recorded against what was
+//!   produced, and the cause.
+//! - **Counterfactual** ([`Replayer::counterfactual`]): the same question,
+//!   seed and recorded web with another checkpoint or policy, recorded as a
+//!   new episode of a `replay` run whose `EpisodeStarted.replay_of` names
+//!   the original.
+//!
+//! How each run's episodes were made is read from its `RunStarted`: a
+//! training run's configuration ([`RunRecord`]) and its checkpoints, an
+//! evaluation's policy and sampling, a warm start's scripted episodes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use fathom_core::event::{CheckpointSaved, RunFinished, RunKind, RunStarted, RunStatus};
+use fathom_core::protocol::Message;
+use fathom_core::{Clock, Digest, EpisodeId, Event, Payload, QuestionId, Record, RunId};
+use fathom_model::sample::Sampling;
+use fathom_replay::{Gateway, GatewayConfig, Miss, Recording, SearchBackend};
+use fathom_store::Store;
+
+use crate::candle_policy::{CandleModel, CandlePolicy};
+use crate::harness::{JobError, Question, sampled_events};
+use crate::openai::{OpenAiConfig, OpenAiPolicy};
+use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
+use crate::recorded::{RecordedEpisode, read_episode};
+use crate::rollout::{EpisodeOutcome, Rollout, RolloutConfig};
+use crate::scripted::ScriptedPolicy;
+use crate::tools::{HeuristicReader, ToolLimits};
+use crate::train::{RunRecord, rollout_config};
+
+/// The policy an episode is re-run with.
+#[derive(Debug, Clone)]
+pub enum PolicyPlan {
+    /// The heuristic researcher.
+    Scripted,
+    /// A model directory (a checkpoint, or a model given by path).
+    Candle {
+        /// The directory.
+        dir: PathBuf,
+        /// The digest `model.safetensors` must have, when the log knows it.
+        expected: Option<Digest>,
+        /// Optimizer updates behind the weights (recorded in the episode).
+        version: u64,
+        /// Temperature and top-p.
+        sampling: Sampling,
+        /// `f32` or `bf16`.
+        dtype: String,
+        /// For people: `checkpoint of step 3 of r-2`.
+        label: String,
+    },
+    /// An OpenAI-compatible endpoint.
+    OpenAi(OpenAiConfig),
+}
+
+impl PolicyPlan {
+    /// `scripted`, `candle:DIR`, `openai:URL`: what `RunStarted.policy` records.
+    pub fn spec(&self) -> String {
+        match self {
+            PolicyPlan::Scripted => "scripted".into(),
+            PolicyPlan::Candle { dir, .. } => format!("candle:{}", dir.display()),
+            PolicyPlan::OpenAi(c) => format!("openai:{}", c.base_url),
+        }
+    }
+
+    /// For people.
+    pub fn describe(&self) -> String {
+        match self {
+            PolicyPlan::Scripted => "the scripted researcher".into(),
+            PolicyPlan::Candle { label, sampling, .. } => {
+                format!("candle, {label}, temperature {}", sampling.temperature)
+            }
+            PolicyPlan::OpenAi(c) => format!("the endpoint {} (model '{}')", c.base_url, c.model),
+        }
+    }
+}
+
+/// Which policy a re-run uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyChoice {
+    /// The one the episode was recorded with.
+    Recorded,
+    /// The checkpoint of this training step (of the episode's training run).
+    Checkpoint(u64),
+    /// `scripted`, `candle:DIR` or `openai:URL`.
+    Spec(String),
+}
+
+/// Why a re-run differs from its recording (or could not be made).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cause {
+    /// The policy asked for a web request the recording does not hold.
+    RequestNotRecorded {
+        /// The canonical request.
+        request: String,
+    },
+    /// The policy sampled another token.
+    SampledToken,
+    /// The same tokens, with log-probabilities that are not bit-identical.
+    LogProb,
+    /// Another text (a policy without token ids).
+    Text,
+    /// The same turn and the same recorded web, but another tool response:
+    /// a recorded response body no longer matches what the episode saw, or
+    /// the tool or reader code changed.
+    ToolResponse {
+        /// The recorded requests that served the turn.
+        requests: Vec<String>,
+    },
+    /// The same turns, another score (the reward code changed).
+    Score,
+    /// The weights the episode was sampled with are not on disk.
+    CheckpointMissing {
+        /// What was looked for.
+        what: String,
+    },
+    /// The weights on disk are not the recorded ones.
+    CheckpointDigest {
+        /// The file.
+        path: PathBuf,
+        /// The recorded digest.
+        expected: Digest,
+        /// The file's digest now.
+        found: Digest,
+    },
+    /// The policy could not be rebuilt or run.
+    Policy(String),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::RequestNotRecorded { request } => write!(f, "a web request that was never recorded: {request}"),
+            Cause::SampledToken => write!(f, "a sampled token differs"),
+            Cause::LogProb => write!(f, "the same tokens with other log-probabilities (the numerics changed)"),
+            Cause::Text => write!(f, "the policy wrote another text"),
+            Cause::ToolResponse { requests } => write!(
+                f,
+                "the recorded web ({}) now gives another tool response: a recorded body was altered, or the tool code changed",
+                if requests.is_empty() {
+                    "no request".to_string()
+                } else {
+                    requests.join(", ")
+                }
+            ),
+            Cause::Score => write!(f, "the same turns score differently (the reward code changed)"),
+            Cause::CheckpointMissing { what } => write!(f, "checkpoint missing: {what}"),
+            Cause::CheckpointDigest { path, expected, found } => write!(
+                f,
+                "checkpoint with another digest: {} is {} but the log recorded {}",
+                path.display(),
+                found.short(),
+                expected.short()
+            ),
+            Cause::Policy(m) => write!(f, "the policy could not be run: {m}"),
+        }
+    }
+}
+
+/// One token on either side of a divergence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenAt {
+    /// The id.
+    pub id: u32,
+    /// Its text.
+    pub piece: String,
+    /// Its sampling log-probability.
+    pub logprob: Option<f32>,
+}
+
+/// The first place a re-run differs from its recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Divergence {
+    /// The turn (none when the run could not start).
+    pub turn: Option<u32>,
+    /// Why.
+    pub cause: Cause,
+    /// What was recorded there.
+    pub recorded: String,
+    /// What the re-run produced there.
+    pub produced: String,
+    /// The first differing token: its index in the turn, then each side.
+    pub token: Option<(usize, Option<TokenAt>, Option<TokenAt>)>,
+    /// What else changed since the recording (code version, thread count).
+    pub environment: Vec<String>,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The episode.
+    pub episode: EpisodeId,
+    /// Its run.
+    pub run: RunId,
+    /// The policy it was re-run with.
+    pub policy: String,
+    /// Turns recorded.
+    pub turns: usize,
+    /// Sampled tokens recorded (those with ids).
+    pub tokens: usize,
+    /// Web exchanges the recording held.
+    pub requests: usize,
+    /// The recorded episode's wall time.
+    pub recorded_ns: u64,
+    /// The re-run's wall time.
+    pub replay_ns: u64,
+    /// `None` when identical.
+    pub divergence: Option<Divergence>,
+}
+
+/// A counterfactual re-run and its original.
+#[derive(Debug, Clone)]
+pub struct Rerun {
+    /// The original, as recorded.
+    pub original: RecordedEpisode,
+    /// The re-run, as recorded.
+    pub rerun: RecordedEpisode,
+    /// The `replay` run holding it.
+    pub run: RunId,
+    /// The policy it ran with.
+    pub policy: String,
+    /// Requests the recording lacked (answered by the fallback web, or failed).
+    pub misses: Vec<Miss>,
+}
+
+/// What one run recorded about how its episodes were made.
+struct RunInfo {
+    started: RunStarted,
+    config: serde_json::Value,
+    rollout: RolloutConfig,
+    /// The training run whose weights this run's episodes used, and its record.
+    train: Option<(RunId, RunRecord)>,
+    questions: HashMap<QuestionId, Question>,
+    threads: Option<usize>,
+}
+
+/// Re-runs episodes of one log; loaded models are shared between episodes.
+pub struct Replayer {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    device: String,
+    runs: Mutex<HashMap<RunId, Arc<RunInfo>>>,
+    checkpoints: Mutex<HashMap<RunId, Arc<BTreeMap<u64, CheckpointSaved>>>>,
+    models: Mutex<HashMap<PathBuf, Arc<CandleModel>>>,
+}
+
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayer")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The episode budgets an evaluation or replay run records in its
+/// configuration (`rollout`), with older logs' top-level fields understood.
+pub fn rollout_json(c: &RolloutConfig) -> serde_json::Value {
+    serde_json::json!({
+        "max_turns": c.max_turns,
+        "max_turn_tokens": c.max_turn_tokens,
+        "today": c.today,
+        "max_tool_chars": c.tools.max_response_chars,
+    })
+}
+
+fn rollout_from_json(config: &serde_json::Value) -> RolloutConfig {
+    let r = config.get("rollout").unwrap_or(config);
+    let d = RolloutConfig::default();
+    let num = |k: &str| r.get(k).and_then(serde_json::Value::as_u64);
+    RolloutConfig {
+        max_turns: num("max_turns").map_or(d.max_turns, |v| v as u32),
+        max_turn_tokens: num("max_turn_tokens").map_or(d.max_turn_tokens, |v| v as u32),
+        today: r
+            .get("today")
+            .and_then(|v| v.as_str())
+            .map_or(d.today.clone(), str::to_string),
+        tools: ToolLimits {
+            max_response_chars: num("max_tool_chars").map_or(d.tools.max_response_chars, |v| v as usize),
+            ..d.tools
+        },
+        durable_episodes: false,
+    }
+}
+
+fn sampling_from_json(config: &serde_json::Value) -> Sampling {
+    Sampling {
+        temperature: config.get("temperature").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        top_p: config.get("top_p").and_then(|v| v.as_f64()).unwrap_or(1.0),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> JobError {
+    JobError::Invalid(message.into())
+}
+
+/// What a policy saw and produced at each turn of a re-run.
+#[derive(Default)]
+struct Witnessed {
+    /// Each turn's generation, or the policy's error.
+    turns: Vec<Result<Generation, PolicyError>>,
+    /// The tool response shown after each turn.
+    tool_texts: BTreeMap<u32, String>,
+}
+
+/// Wraps a policy and keeps what it was shown and what it produced.
+struct Witness {
+    inner: Box<dyn Policy>,
+    seen: Arc<Mutex<Witnessed>>,
+}
+
+impl Policy for Witness {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn version(&self) -> u64 {
+        self.inner.version()
+    }
+
+    fn generate(&mut self, input: PolicyInput<'_>) -> Result<Generation, PolicyError> {
+        let out = self.inner.generate(input);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if input.turn > 0
+            && let Some(Message::Tool(text)) = input.messages.last()
+        {
+            seen.tool_texts.insert(input.turn - 1, text.clone());
+        }
+        seen.turns.push(out.clone());
+        out
+    }
+}
+
+impl Replayer {
+    /// A replayer over `store`, running models on `device` (`cpu`, `cuda:N`).
+    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>, device: &str) -> Replayer {
+        Replayer {
+            store,
+            clock,
+            device: device.to_string(),
+            runs: Mutex::default(),
+            checkpoints: Mutex::default(),
+            models: Mutex::default(),
+        }
+    }
+
+    /// The log.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Reads an episode, or says it is not in the log.
+    pub fn episode(&self, episode: EpisodeId) -> Result<RecordedEpisode, JobError> {
+        read_episode(&self.store, episode)?.ok_or_else(|| {
+            invalid(format!(
+                "the log holds no episode {episode}; list some with: fathom sql \"SELECT episode_id, run_id, reward FROM episodes LIMIT 20\""
+            ))
+        })
+    }
+
+    /// The finished, non-aborted episodes of `run`, in order.
+    pub fn episodes_of(&self, run: RunId) -> Result<Vec<EpisodeId>, JobError> {
+        let mut started = Vec::new();
+        let mut ended = HashMap::new();
+        for record in self.store.run_events(run) {
+            match record?.event.payload {
+                Payload::EpisodeStarted(p) => started.push(p.episode_id),
+                Payload::EpisodeFinished(p) => {
+                    ended.insert(p.episode_id, p.ended_by);
+                }
+                _ => {}
+            }
+        }
+        if started.is_empty() && !self.store.runs()?.contains(&run) {
+            return Err(invalid(format!(
+                "the log holds no run {run}; list them with: fathom sql \"SELECT * FROM runs\""
+            )));
+        }
+        Ok(started
+            .into_iter()
+            .filter(|e| {
+                ended
+                    .get(e)
+                    .is_some_and(|r| *r != fathom_core::event::EndReason::Aborted)
+            })
+            .collect())
+    }
+
+    fn run_info(&self, run: RunId) -> Result<Arc<RunInfo>, JobError> {
+        if let Some(info) = self.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&run) {
+            return Ok(info.clone());
+        }
+        let mut started: Option<RunStarted> = None;
+        let mut questions = HashMap::new();
+        for record in self.store.run_events(run) {
+            match record?.event.payload {
+                Payload::RunStarted(p) if started.is_none() => started = Some(p),
+                Payload::QuestionSampled(q) => {
+                    questions.insert(
+                        q.question_id.clone(),
+                        Question {
+                            id: q.question_id,
+                            data_source: q.data_source,
+                            text: q.question,
+                            ground_truths: q.ground_truths,
+                            hops: q.hops,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        let started = started.ok_or_else(|| invalid(format!("run {run} has no run_started event in the log")))?;
+        let config: serde_json::Value = serde_json::from_str(&started.config_json).unwrap_or(serde_json::Value::Null);
+        let train_record = |json: &str, of: RunId| -> Result<RunRecord, JobError> {
+            serde_json::from_str(json).map_err(|e| {
+                invalid(format!(
+                    "run {of}'s recorded configuration does not parse ({e}); it was written by another version of fathom"
+                ))
+            })
+        };
+        let (rollout, train, threads) = match started.run_kind {
+            RunKind::Train | RunKind::Sft => {
+                let record = train_record(&started.config_json, run)?;
+                let rollout = rollout_config(&record.config, &record.today);
+                let threads = record.threads;
+                (rollout, Some((run, record)), threads)
+            }
+            RunKind::Eval | RunKind::Replay => {
+                let threads = config.get("threads").and_then(|v| v.as_u64()).map(|t| t as usize);
+                let train = match config.get("train_run").and_then(|v| v.as_str()) {
+                    Some(id) => {
+                        let of: RunId = id.parse().map_err(|_| {
+                            invalid(format!("run {run} names a training run '{id}' that is not a run id"))
+                        })?;
+                        let first = self.store.run_events(of).next().transpose()?;
+                        match first.map(|r| r.event.payload) {
+                            Some(Payload::RunStarted(p)) => Some((of, train_record(&p.config_json, of)?)),
+                            _ => {
+                                return Err(invalid(format!(
+                                    "run {run} was made with the weights of run {of}, which the log does not hold"
+                                )));
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                let rollout = match (&train, config.get("rollout")) {
+                    (Some((_, record)), None) => rollout_config(&record.config, &record.today),
+                    _ => rollout_from_json(&config),
+                };
+                (rollout, train, threads)
+            }
+            other => {
+                return Err(invalid(format!(
+                    "run {run} is a {other} run; only training, warm-start, evaluation and replay runs have episodes to re-run"
+                )));
+            }
+        };
+        let info = Arc::new(RunInfo {
+            started,
+            config,
+            rollout,
+            train,
+            questions,
+            threads,
+        });
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run, info.clone());
+        Ok(info)
+    }
+
+    fn checkpoints(&self, run: RunId) -> Result<Arc<BTreeMap<u64, CheckpointSaved>>, JobError> {
+        if let Some(c) = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).get(&run) {
+            return Ok(c.clone());
+        }
+        let mut out = BTreeMap::new();
+        for record in self.store.run_events(run) {
+            if let Payload::CheckpointSaved(c) = record?.event.payload {
+                out.insert(c.policy_version, c);
+            }
+        }
+        let out = Arc::new(out);
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run, out.clone());
+        Ok(out)
+    }
+
+    /// The weights of `version` of training run `train`: its starting
+    /// model for 0, else the checkpoint of that step.
+    fn weights(&self, train: RunId, record: &RunRecord, version: u64, sampling: Sampling) -> Result<PolicyPlan, Cause> {
+        if version == 0 {
+            return Ok(PolicyPlan::Candle {
+                dir: PathBuf::from(&record.start_model),
+                expected: record.start_digest.as_deref().and_then(Digest::from_hex),
+                version,
+                sampling,
+                dtype: record.config.model.dtype.clone(),
+                label: format!("the starting weights of {train}"),
+            });
+        }
+        let checkpoints = self.checkpoints(train).map_err(|e| Cause::Policy(e.to_string()))?;
+        match checkpoints.get(&version) {
+            Some(c) => Ok(PolicyPlan::Candle {
+                dir: PathBuf::from(&c.path),
+                expected: Some(c.weights_digest),
+                version,
+                sampling,
+                dtype: record.config.model.dtype.clone(),
+                label: format!("checkpoint of step {} of {train}", c.step),
+            }),
+            None => Err(Cause::CheckpointMissing {
+                what: format!(
+                    "run {train} recorded no checkpoint after step {version} (checkpoint.every = {}; the kept ones: {}); re-run it with --checkpoint STEP to use another",
+                    record.config.checkpoint.every,
+                    checkpoints.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// The policy `episode` was recorded with.
+    fn recorded_plan(&self, info: &RunInfo, episode: &RecordedEpisode) -> Result<PolicyPlan, Cause> {
+        let started = &info.started;
+        match started.run_kind {
+            // A warm start records the scripted researcher's episodes.
+            RunKind::Sft => Ok(PolicyPlan::Scripted),
+            RunKind::Train => {
+                let (train, record) = info.train.as_ref().expect("training runs carry their record");
+                let sampling = Sampling {
+                    temperature: record.config.rollout.temperature,
+                    top_p: record.config.rollout.top_p,
+                };
+                self.weights(*train, record, episode.policy_version, sampling)
+            }
+            _ => {
+                let sampling = sampling_from_json(&info.config);
+                if let Some((train, record)) = &info.train {
+                    return self.weights(*train, record, episode.policy_version, sampling);
+                }
+                self.parse_spec(&started.policy, Some(&info.config), sampling)
+            }
+        }
+    }
+
+    fn parse_spec(
+        &self,
+        spec: &str,
+        config: Option<&serde_json::Value>,
+        sampling: Sampling,
+    ) -> Result<PolicyPlan, Cause> {
+        if spec == "scripted" {
+            return Ok(PolicyPlan::Scripted);
+        }
+        if let Some(dir) = spec.strip_prefix("candle:") {
+            let expected = config
+                .and_then(|c| c.get("model_digest"))
+                .and_then(|v| v.as_str())
+                .and_then(Digest::from_hex);
+            return Ok(PolicyPlan::Candle {
+                dir: PathBuf::from(dir),
+                expected,
+                version: 0,
+                sampling,
+                dtype: config
+                    .and_then(|c| c.get("dtype"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("f32")
+                    .to_string(),
+                label: format!("the model directory {dir}"),
+            });
+        }
+        if let Some(url) = spec.strip_prefix("openai:") {
+            let mut c = OpenAiConfig::new(url);
+            if let Some(model) = config.and_then(|c| c.get("model_name")).and_then(|v| v.as_str()) {
+                c.model = model.to_string();
+            }
+            c.temperature = sampling.temperature;
+            c.top_p = sampling.top_p;
+            return Ok(PolicyPlan::OpenAi(c));
+        }
+        Err(Cause::Policy(format!(
+            "'{spec}' is not a policy: use scripted, candle:DIR or openai:URL"
+        )))
+    }
+
+    fn model(&self, dir: &PathBuf, expected: Option<Digest>, dtype: &str) -> Result<Arc<CandleModel>, Cause> {
+        if let Some(m) = self.models.lock().unwrap_or_else(|e| e.into_inner()).get(dir) {
+            return Ok(m.clone());
+        }
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(Cause::CheckpointMissing {
+                what: format!(
+                    "{} is not on disk (deleted by checkpoint retention, or moved)",
+                    weights.display()
+                ),
+            });
+        }
+        if let Some(expected) = expected {
+            let found = crate::checkpoint::weights_digest(dir).ok_or_else(|| Cause::CheckpointMissing {
+                what: format!("{} cannot be read", weights.display()),
+            })?;
+            if found != expected {
+                return Err(Cause::CheckpointDigest {
+                    path: weights,
+                    expected,
+                    found,
+                });
+            }
+        }
+        let model = CandleModel::load(dir, &self.device, dtype)
+            .map_err(|e| Cause::Policy(format!("loading {}: {e}", dir.display())))?;
+        let model = Arc::new(model);
+        self.models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.clone(), model.clone());
+        Ok(model)
+    }
+
+    fn make_policy(&self, plan: &PolicyPlan) -> Result<Built, Cause> {
+        Ok(match plan {
+            PolicyPlan::Scripted => (Box::new(ScriptedPolicy::new()), None),
+            PolicyPlan::Candle {
+                dir,
+                expected,
+                version,
+                sampling,
+                dtype,
+                ..
+            } => {
+                let model = self.model(dir, *expected, dtype)?;
+                (
+                    Box::new(CandlePolicy::new(model.clone(), *sampling, *version)),
+                    Some(model),
+                )
+            }
+            PolicyPlan::OpenAi(c) => (
+                Box::new(OpenAiPolicy::new(c.clone()).map_err(|e| Cause::Policy(e.to_string()))?),
+                None,
+            ),
+        })
+    }
+
+    /// The policy a choice names, for `episode`.
+    pub fn plan(&self, episode: &RecordedEpisode, choice: &PolicyChoice) -> Result<PolicyPlan, JobError> {
+        let info = self.run_info(episode.run)?;
+        let result = match choice {
+            PolicyChoice::Recorded => self.recorded_plan(&info, episode),
+            PolicyChoice::Checkpoint(step) => {
+                let Some((train, record)) = &info.train else {
+                    return Err(invalid(format!(
+                        "episode {} belongs to run {}, which has no training run behind it; pass --policy candle:DIR instead of --checkpoint",
+                        episode.episode_id, episode.run
+                    )));
+                };
+                let sampling = match self.recorded_plan(&info, episode) {
+                    Ok(PolicyPlan::Candle { sampling, .. }) => sampling,
+                    _ => Sampling {
+                        temperature: record.config.rollout.temperature,
+                        top_p: record.config.rollout.top_p,
+                    },
+                };
+                self.weights(*train, record, *step, sampling)
+            }
+            PolicyChoice::Spec(spec) => {
+                let sampling = match self.recorded_plan(&info, episode) {
+                    Ok(PolicyPlan::Candle { sampling, .. }) => sampling,
+                    _ => Sampling {
+                        temperature: 0.0,
+                        top_p: 1.0,
+                    },
+                };
+                self.parse_spec(spec, None, sampling).map(|mut p| {
+                    if let PolicyPlan::Candle { expected, .. } = &mut p {
+                        *expected = None;
+                    }
+                    p
+                })
+            }
+        };
+        result.map_err(|c| invalid(c.to_string()))
+    }
+
+    fn question(&self, info: &RunInfo, episode: &RecordedEpisode) -> Result<Question, JobError> {
+        info.questions.get(&episode.question_id).cloned().ok_or_else(|| {
+            invalid(format!(
+                "run {} recorded no question_sampled event for question '{}' of episode {}",
+                episode.run, episode.question_id, episode.episode_id
+            ))
+        })
+    }
+
+    /// The episode's recorded web exchanges, and a gateway config whose
+    /// search backend matches them.
+    fn recording(&self, episode: EpisodeId) -> Result<(Recording, usize, GatewayConfig), JobError> {
+        let records: Vec<Record> = self.store.episode_events(episode).collect::<Result<_, _>>()?;
+        let mut backend = "serper".to_string();
+        let mut results = fathom_core::protocol::RESULTS_PER_QUERY;
+        let mut n = 0;
+        for r in &records {
+            if let Payload::WebExchange(w) = &r.event.payload {
+                n += 1;
+                if w.request_kind == fathom_core::event::WebKind::Search {
+                    backend = w.backend.clone();
+                    if let Some(num) = w
+                        .canonical
+                        .split_whitespace()
+                        .find_map(|p| p.strip_prefix("num="))
+                        .and_then(|v| v.parse().ok())
+                    {
+                        results = num;
+                    }
+                }
+            }
+        }
+        let recording = Recording::from_records(&self.store, &records)?;
+        // No socket is opened in replay: the URL only selects how search
+        // answers are read.
+        let search = match backend.as_str() {
+            "searxng" => SearchBackend::Searxng {
+                url: "http://replay.invalid/search".into(),
+            },
+            _ => SearchBackend::Serper {
+                url: "http://replay.invalid/search".into(),
+                key: None,
+            },
+        };
+        let mut config = GatewayConfig::new(search);
+        config.results_per_query = results;
+        Ok((recording, n, config))
+    }
+
+    fn environment(&self, info: &RunInfo, plan: &PolicyPlan) -> Vec<String> {
+        let mut out = Vec::new();
+        if info.started.code_version != crate::CODE_VERSION {
+            out.push(format!(
+                "recorded by {}, re-run by {}",
+                info.started.code_version,
+                crate::CODE_VERSION
+            ));
+        }
+        if matches!(plan, PolicyPlan::Candle { .. }) {
+            let now = candle_core::utils::get_num_threads();
+            if let Some(t) = info.threads
+                && t != now
+            {
+                out.push(format!("recorded on {t} CPU threads, re-run on {now}"));
+            }
+            if self.device != "cpu" {
+                out.push(format!("re-run on {}", self.device));
+            }
+        }
+        out
+    }
+
+    /// Re-runs `episode` with the policy it was recorded with, against its
+    /// recorded web only, and compares.
+    pub async fn check(&self, episode: EpisodeId) -> Result<Verdict, JobError> {
+        let recorded = self.episode(episode)?;
+        let info = self.run_info(recorded.run)?;
+        let question = self.question(&info, &recorded)?;
+        let (recording, n_requests, gateway_config) = self.recording(episode)?;
+        let mut verdict = Verdict {
+            episode,
+            run: recorded.run,
+            policy: String::new(),
+            turns: recorded.turns.len(),
+            tokens: recorded.turns.iter().filter_map(|t| t.ids.as_ref()).map(Vec::len).sum(),
+            requests: n_requests,
+            recorded_ns: recorded.duration_ns,
+            replay_ns: 0,
+            divergence: None,
+        };
+        let stop = |cause: Cause, environment: Vec<String>| Divergence {
+            turn: None,
+            cause,
+            recorded: String::new(),
+            produced: String::new(),
+            token: None,
+            environment,
+        };
+        let plan = match self.recorded_plan(&info, &recorded) {
+            Ok(p) => p,
+            Err(cause) => {
+                verdict.divergence = Some(stop(cause, Vec::new()));
+                return Ok(verdict);
+            }
+        };
+        verdict.policy = plan.describe();
+        let environment = self.environment(&info, &plan);
+        let (inner, model) = match self.make_policy(&plan) {
+            Ok(p) => p,
+            Err(cause) => {
+                verdict.divergence = Some(stop(cause, environment));
+                return Ok(verdict);
+            }
+        };
+        let seen = Arc::new(Mutex::new(Witnessed::default()));
+        let mut policy = Witness {
+            inner,
+            seen: seen.clone(),
+        };
+        let gateway = Arc::new(Gateway::replay(gateway_config, recording, self.clock.clone()));
+        let rollout = Rollout::unlogged(gateway.clone(), self.clock.clone(), recorded.run, info.rollout.clone());
+        let mut spec = question.episode(recorded.step, recorded.group_id, recorded.group_index, recorded.seed);
+        spec.replay_of = Some(episode);
+        let t0 = self.clock.now();
+        let outcome = rollout.episode(&mut policy, &mut HeuristicReader, &spec).await?;
+        verdict.replay_ns = self.clock.now().nanos_since(t0);
+        let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
+        let tokenizer = model.as_ref().map(|m| &m.loaded().tokenizer);
+        verdict.divergence = compare(
+            &recorded,
+            &seen,
+            &outcome,
+            &gateway.misses(),
+            tokenizer,
+            &self.store,
+            episode,
+        )?
+        .map(|mut d| {
+            d.environment = environment;
+            d
+        });
+        Ok(verdict)
+    }
+
+    /// Re-runs `episode` with `choice` against its recorded web, as a new
+    /// episode of a new `replay` run linked to the original. A request the
+    /// recording lacks goes to `fallback` (a sandbox or the live web) when
+    /// given, else fails (the policy sees the error, as it would a dead link).
+    pub async fn counterfactual(
+        &self,
+        episode: EpisodeId,
+        choice: &PolicyChoice,
+        fallback: Option<GatewayConfig>,
+    ) -> Result<Rerun, JobError> {
+        let original = self.episode(episode)?;
+        let info = self.run_info(original.run)?;
+        let question = self.question(&info, &original)?;
+        let plan = self.plan(&original, choice)?;
+        let (inner, _) = self.make_policy(&plan).map_err(|c| invalid(c.to_string()))?;
+        let (recording, _, gateway_config) = self.recording(episode)?;
+        let on_miss = if fallback.is_some() { "fallback" } else { "fail" };
+        let mut gateway =
+            Gateway::replay(gateway_config, recording, self.clock.clone()).recording_into(self.store.clone());
+        if let Some(live) = fallback {
+            gateway = gateway.on_miss(live).map_err(|e| invalid(e.to_string()))?;
+        }
+        let gateway = Arc::new(gateway);
+        let (sampling, digest, version) = match &plan {
+            PolicyPlan::Candle {
+                sampling, dir, version, ..
+            } => (
+                *sampling,
+                crate::checkpoint::weights_digest(dir).map(|d| d.to_hex()),
+                *version,
+            ),
+            PolicyPlan::OpenAi(c) => (
+                Sampling {
+                    temperature: c.temperature,
+                    top_p: c.top_p,
+                },
+                None,
+                0,
+            ),
+            PolicyPlan::Scripted => (
+                Sampling {
+                    temperature: 0.0,
+                    top_p: 1.0,
+                },
+                None,
+                0,
+            ),
+        };
+        let run = self.store.new_run_id()?;
+        let choice_text = match choice {
+            PolicyChoice::Recorded => "recorded".to_string(),
+            PolicyChoice::Checkpoint(s) => format!("checkpoint {s}"),
+            PolicyChoice::Spec(s) => s.clone(),
+        };
+        let mut config = serde_json::json!({
+            "replay_of": episode.to_string(),
+            "original_run": original.run.to_string(),
+            "choice": choice_text,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "model_digest": digest,
+            "on_miss": on_miss,
+            "rollout": rollout_json(&info.rollout),
+            "threads": candle_core::utils::get_num_threads(),
+        });
+        if let PolicyPlan::OpenAi(c) = &plan {
+            config["model_name"] = c.model.clone().into();
+        }
+        let clock = self.clock.as_ref();
+        self.store.append(&[Event::new(
+            run,
+            clock.now(),
+            RunStarted {
+                name: format!("replay of {episode} with {}", plan.describe()),
+                run_kind: RunKind::Replay,
+                config_json: config.to_string(),
+                seed: original.seed,
+                policy: plan.spec(),
+                model: String::new(),
+                code_version: crate::CODE_VERSION.into(),
+                attempt: 0,
+            },
+        )])?;
+        self.store
+            .append(&sampled_events(run, clock, original.step, &[(&question, 0)]))?;
+        let rollout = Rollout::new(
+            self.store.clone(),
+            gateway.clone(),
+            self.clock.clone(),
+            run,
+            RolloutConfig {
+                durable_episodes: true,
+                ..info.rollout.clone()
+            },
+        );
+        let mut spec = question.episode(original.step, original.group_id, original.group_index, original.seed);
+        spec.replay_of = Some(episode);
+        let mut policy = RerunPolicy { inner, version };
+        let result = rollout.episode(&mut policy, &mut HeuristicReader, &spec).await;
+        let (status, message) = match &result {
+            Ok(o) => (RunStatus::Completed, format!("reward {:.3}", o.score.reward)),
+            Err(e) => (RunStatus::Failed, e.to_string()),
+        };
+        self.store.append(&[Event::new(
+            run,
+            clock.now(),
+            RunFinished {
+                status,
+                steps_completed: 1,
+                message,
+            },
+        )])?;
+        let outcome: EpisodeOutcome = result?;
+        let rerun = self.episode(outcome.episode_id)?;
+        Ok(Rerun {
+            original,
+            rerun,
+            run,
+            policy: plan.describe(),
+            misses: gateway.misses(),
+        })
+    }
+}
+
+/// A policy, and its model when it has one (for decoding tokens).
+type Built = (Box<dyn Policy>, Option<Arc<CandleModel>>);
+
+/// A counterfactual's policy, reporting the version of the weights it runs.
+struct RerunPolicy {
+    inner: Box<dyn Policy>,
+    version: u64,
+}
+
+impl Policy for RerunPolicy {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn generate(&mut self, input: PolicyInput<'_>) -> Result<Generation, PolicyError> {
+        self.inner.generate(input)
+    }
+}
+
+fn piece(tokenizer: Option<&fathom_model::ChatTokenizer>, id: u32) -> String {
+    tokenizer
+        .and_then(|t| t.decode(&[id]).ok())
+        .unwrap_or_else(|| format!("<{id}>"))
+}
+
+fn token_at(
+    ids: &[u32],
+    logprobs: Option<&Vec<f32>>,
+    i: usize,
+    tok: Option<&fathom_model::ChatTokenizer>,
+) -> Option<TokenAt> {
+    ids.get(i).map(|&id| TokenAt {
+        id,
+        piece: piece(tok, id),
+        logprob: logprobs.and_then(|l| l.get(i).copied()),
+    })
+}
+
+/// The requests that served `turn` of `episode` in the recording.
+fn requests_of(store: &Store, episode: EpisodeId, turn: u32) -> Result<Vec<String>, JobError> {
+    let mut out = Vec::new();
+    for r in store.episode_events(episode) {
+        if let Payload::WebExchange(w) = r?.event.payload
+            && w.turn == Some(turn)
+        {
+            out.push(format!("{} ({})", w.request_id, w.canonical));
+        }
+    }
+    Ok(out)
+}
+
+/// The first difference between a recorded episode and its re-run.
+fn compare(
+    recorded: &RecordedEpisode,
+    seen: &Witnessed,
+    outcome: &EpisodeOutcome,
+    misses: &[Miss],
+    tokenizer: Option<&fathom_model::ChatTokenizer>,
+    store: &Store,
+    episode: EpisodeId,
+) -> Result<Option<Divergence>, JobError> {
+    let diverge = |turn: u32, cause: Cause, recorded: String, produced: String| Divergence {
+        turn: Some(turn),
+        cause,
+        recorded,
+        produced,
+        token: None,
+        environment: Vec::new(),
+    };
+    let n = recorded.turns.len().max(seen.turns.len());
+    for t in 0..n {
+        let turn = t as u32;
+        let r = recorded.turns.get(t);
+        let p = seen.turns.get(t);
+        let produced_text = match p {
+            Some(Ok(g)) => g.text.clone(),
+            Some(Err(e)) => format!("(the policy failed: {e})"),
+            None => format!("(no turn: the re-run ended, {})", outcome.ended_by),
+        };
+        let Some(r) = r else {
+            return Ok(Some(diverge(
+                turn,
+                Cause::Text,
+                "(no turn: the recorded episode had ended)".into(),
+                produced_text,
+            )));
+        };
+        match p {
+            Some(Ok(g)) => {
+                if let (Some(rids), Some(pids)) = (&r.ids, &g.token_ids) {
+                    if let Some(i) = (0..rids.len().max(pids.len())).find(|&i| rids.get(i) != pids.get(i)) {
+                        let mut d = diverge(turn, Cause::SampledToken, r.text.clone(), produced_text);
+                        d.token = Some((
+                            i,
+                            token_at(rids, r.logprobs.as_ref(), i, tokenizer),
+                            token_at(pids, g.logprobs.as_ref(), i, tokenizer),
+                        ));
+                        return Ok(Some(d));
+                    }
+                    if let (Some(rl), Some(pl)) = (&r.logprobs, &g.logprobs)
+                        && let Some(i) = (0..rl.len().max(pl.len()))
+                            .find(|&i| rl.get(i).map(|x| x.to_bits()) != pl.get(i).map(|x| x.to_bits()))
+                    {
+                        let mut d = diverge(turn, Cause::LogProb, r.text.clone(), produced_text);
+                        d.token = Some((
+                            i,
+                            token_at(rids, Some(rl), i, tokenizer),
+                            token_at(pids, Some(pl), i, tokenizer),
+                        ));
+                        return Ok(Some(d));
+                    }
+                } else if r.text != g.text {
+                    return Ok(Some(diverge(turn, Cause::Text, r.text.clone(), produced_text)));
+                }
+            }
+            Some(Err(e)) => {
+                return Ok(Some(diverge(
+                    turn,
+                    Cause::Policy(e.to_string()),
+                    r.text.clone(),
+                    produced_text,
+                )));
+            }
+            None => return Ok(Some(diverge(turn, Cause::Text, r.text.clone(), produced_text))),
+        }
+        let produced_tool = seen.tool_texts.get(&turn);
+        let missed = misses.iter().find(|m| m.context.turn == Some(turn));
+        if r.tool_text.as_ref() != produced_tool || missed.is_some() {
+            let cause = match missed {
+                Some(m) => Cause::RequestNotRecorded {
+                    request: m.request.clone(),
+                },
+                None => Cause::ToolResponse {
+                    requests: requests_of(store, episode, turn)?,
+                },
+            };
+            return Ok(Some(diverge(
+                turn,
+                cause,
+                r.tool_text.clone().unwrap_or_else(|| "(no tool response)".into()),
+                produced_tool.cloned().unwrap_or_else(|| "(no tool response)".into()),
+            )));
+        }
+    }
+    if let Some(end) = &recorded.end
+        && (end.reward.to_bits() != outcome.score.reward.to_bits() || end.ended_by != outcome.ended_by)
+    {
+        let last = recorded.turns.len().saturating_sub(1) as u32;
+        return Ok(Some(diverge(
+            last,
+            Cause::Score,
+            format!("reward {} ({})", end.reward, end.ended_by),
+            format!("reward {} ({})", outcome.score.reward, outcome.ended_by),
+        )));
+    }
+    Ok(None)
+}

@@ -15,7 +15,7 @@
 //! one leaves the queries with the snapshots only, and [`Db::source`] says
 //! how far they reach.
 //!
-//! Views on top: `step_metrics` and `behaviour_rates` (see `docs/SQL.md`).
+//! Views on top: `step_metrics`, `behaviour_rates` and `replays` (see `docs/SQL.md`).
 //!
 //! **Architecture Invariant:** this crate never writes to the log. SQL is
 //! read-only: no DDL, no DML, no `COPY`, no `SET`, no external tables.
@@ -139,6 +139,20 @@ pub const VIEWS: &[(&str, &str, &str)] = &[
          FROM episodes e LEFT JOIN flags f ON e.run_id = f.run_id AND e.episode_id = f.episode_id
          WHERE e.ended_by <> 'aborted'
          GROUP BY e.run_id, e.step",
+    ),
+    (
+        "replays",
+        "One row per re-run episode (`fathom replay --checkpoint` / `--policy`) beside its original: both runs, both policies, and the answer, reward, F1, turns and tool calls of each. Turn-by-turn comparisons join `turns` on `episode_id` and `turn`.",
+        "SELECT r.episode_id, r.run_id, rr.policy, r.replay_of AS original_id, o.run_id AS original_run_id,
+                orr.policy AS original_policy, o.step,
+                o.answer AS original_answer, r.answer,
+                o.reward AS original_reward, r.reward, r.reward - o.reward AS reward_change,
+                o.f1 AS original_f1, r.f1,
+                o.n_turns AS original_turns, r.n_turns AS turns,
+                o.n_tool_calls AS original_tool_calls, r.n_tool_calls AS tool_calls
+         FROM episodes r JOIN episodes o ON r.replay_of = o.episode_id
+              LEFT JOIN runs rr ON r.run_id = rr.run_id
+              LEFT JOIN runs orr ON o.run_id = orr.run_id",
     ),
 ];
 

@@ -595,7 +595,27 @@ impl Replayer {
         )))
     }
 
-    fn model(&self, dir: &PathBuf, expected: Option<Digest>, dtype: &str) -> Result<Arc<CandleModel>, Cause> {
+    /// A recorded model path: as written, or (when the data directory was
+    /// given another way, or moved) its `checkpoints/…` or `models/…` part
+    /// inside this data directory.
+    fn resolve(&self, dir: &std::path::Path) -> PathBuf {
+        if dir.exists() {
+            return dir.to_path_buf();
+        }
+        let text = dir.to_string_lossy();
+        for part in ["checkpoints/", "models/"] {
+            if let Some(i) = text.rfind(part) {
+                let inside = self.store.dir().root().join(&text[i..]);
+                if inside.exists() {
+                    return inside;
+                }
+            }
+        }
+        dir.to_path_buf()
+    }
+
+    fn model(&self, dir: &std::path::Path, expected: Option<Digest>, dtype: &str) -> Result<Arc<CandleModel>, Cause> {
+        let dir = &self.resolve(dir);
         if let Some(m) = self.models.lock().unwrap_or_else(|e| e.into_inner()).get(dir) {
             return Ok(m.clone());
         }

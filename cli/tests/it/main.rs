@@ -7,6 +7,7 @@ mod crash;
 mod eval;
 mod log;
 mod model;
+mod replay;
 mod sandbox;
 mod score;
 mod snapshot;

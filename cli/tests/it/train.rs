@@ -10,7 +10,7 @@ use crate::{fathom, run, stderr, stdout};
 
 /// Six consecutive free loopback ports (the sandbox's search endpoint and
 /// its five sites), so that two runs see the same URLs.
-fn free_ports() -> u16 {
+pub(crate) fn free_ports() -> u16 {
     for attempt in 0..200u32 {
         let base = 20_000 + ((std::process::id() * 7919 + attempt * 104_729) % 40_000) as u16;
         let held: Vec<_> = (0..6)

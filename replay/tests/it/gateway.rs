@@ -218,3 +218,58 @@ async fn internal_addresses_are_refused_in_live_mode() {
         assert!(matches!(err, WebError::Refused(_)), "{path}: {err:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_gives_back_retries_errors_and_refusals_as_they_were_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
+    let clock = Arc::new(SystemClock);
+    // Half the requests fail with 500, stalls time out: retries happen.
+    let sb = sandbox("500=0.4,stall=0.2:5s").await;
+    let mut c = config_for(&sb);
+    c.retries = 2;
+    c.timeout = Duration::from_millis(200);
+    let g = Gateway::record(c, store.clone(), clock.clone()).unwrap();
+    let url = first_page_url(&sb);
+    let mut live = Vec::new();
+    for _ in 0..8 {
+        live.push(g.fetch(CTX, &url).await.map(|p| p.text).map_err(|e| e.to_string()));
+    }
+    // Refused before any attempt: recorded with attempt 0.
+    let refused = g.fetch(CTX, "http://10.0.0.1/admin").await.unwrap_err().to_string();
+    drop(sb);
+    let records: Vec<_> = store.run_events(RunId(1)).map(Result::unwrap).collect();
+    let attempts: Vec<u32> = records
+        .iter()
+        .filter_map(|r| match &r.event.payload {
+            fathom_core::Payload::WebExchange(w) => Some(w.attempt),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        attempts.iter().any(|&a| a > 1),
+        "some requests were retried: {attempts:?}"
+    );
+    assert_eq!(attempts.last(), Some(&0), "the refusal is recorded");
+
+    // Replayed with another retry setting: the recorded attempts decide.
+    let mut c = GatewayConfig::new(fathom_replay::SearchBackend::Serper {
+        url: "http://127.0.0.1:1/search".into(),
+        key: None,
+    });
+    c.retries = 0;
+    let recording = Recording::from_records(&store, &records).unwrap();
+    let g = Gateway::replay(c, recording, clock);
+    let mut replayed = Vec::new();
+    for _ in 0..8 {
+        replayed.push(g.fetch(CTX, &url).await.map(|p| p.text).map_err(|e| e.to_string()));
+    }
+    assert_eq!(replayed, live, "the same pages and the same error texts");
+    assert_eq!(
+        g.fetch(CTX, "http://10.0.0.1/admin").await.unwrap_err().to_string(),
+        refused
+    );
+    assert!(g.misses().is_empty());
+    assert!(g.fetch(CTX, &url).await.is_err());
+    assert_eq!(g.misses().len(), 1, "the one request too many is a miss");
+}

@@ -1,0 +1,309 @@
+//! `fathom replay`: recorded runs (scripted and candle) re-run identically
+//! from the log with no web at all; tampering with a response body, a web
+//! exchange or a checkpoint is caught at the right turn with the right
+//! cause; a counterfactual re-run is recorded, linked and diffed.
+
+use std::path::Path;
+
+use fathom_core::event::WebKind;
+use fathom_core::{Event, IdKind, Payload};
+use fathom_store::{Options, Store};
+
+use crate::train::{config, free_ports, tiny_model};
+use crate::{run, stderr, stdout};
+
+/// Copies the log of `from` into a new data directory `to`, event by event
+/// with their blobs, through `edit` (which may change an event, or drop it
+/// by returning `false`): the only way to tamper with an append-only log.
+fn copy_log(from: &Path, to: &Path, mut edit: impl FnMut(&Store, &mut Event) -> bool) {
+    let src = Store::open(from, Options::default()).unwrap();
+    let dst = Store::open(to, Options::default()).unwrap();
+    for record in src.iter() {
+        let mut event = record.unwrap().event;
+        let mut blobs = Vec::new();
+        match &event.payload {
+            Payload::WebExchange(w) => blobs.extend(w.body.clone()),
+            Payload::TurnGenerated(t) => blobs.extend(t.token_ids.iter().chain(&t.logprobs).cloned()),
+            _ => {}
+        }
+        for b in blobs {
+            dst.put_blob(&src.get_blob(&b.digest).unwrap().unwrap()).unwrap();
+        }
+        if edit(&dst, &mut event) {
+            dst.append(&[event]).unwrap();
+        }
+    }
+    // New ids (of re-runs) continue after the copied ones, as in the original.
+    for kind in [IdKind::Run, IdKind::Episode, IdKind::Request] {
+        dst.reserve_ids(kind, 1_000).unwrap();
+    }
+    dst.close().unwrap();
+}
+
+/// A scripted evaluation over an in-process sandbox that is gone once the
+/// command ends.
+fn scripted_run(data: &Path) {
+    let out = run(
+        data,
+        &[
+            "eval",
+            "--limit",
+            "6",
+            "--sandbox-entities",
+            "300",
+            "--snapshot-every",
+            "off",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn replay(data: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["replay", "--snapshot-every", "off"];
+    all.extend_from_slice(args);
+    let out = run(data, &all);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    (out.status.success(), text)
+}
+
+/// The first browse (fetch with a body) of the log: its episode, turn and request id.
+fn first_fetch(data: &Path) -> (String, u32, String) {
+    let store = Store::open(data, Options::default()).unwrap();
+    for record in store.iter() {
+        if let Payload::WebExchange(w) = record.unwrap().event.payload
+            && w.request_kind == WebKind::Fetch
+            && w.status == 200
+        {
+            return (
+                w.episode_id.unwrap().to_string(),
+                w.turn.unwrap(),
+                w.request_id.to_string(),
+            );
+        }
+    }
+    panic!("the scripted researcher browsed no page");
+}
+
+#[test]
+fn a_scripted_run_replays_identically_and_tampered_web_records_are_caught_at_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    scripted_run(&data);
+
+    // Every episode, with the sandbox gone.
+    let (ok, text) = replay(&data, &["--run", "r-1", "--check", "--jobs", "3"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("6 episode(s) re-run") && text.contains("identical   6"),
+        "{text}"
+    );
+    assert!(text.contains("diverged    0"), "{text}");
+    let (episode, turn, request) = first_fetch(&data);
+    let (ok, text) = replay(&data, &["--episode", &episode, "--check"]);
+    assert!(ok && text.contains(": identical:"), "{text}");
+
+    // A recorded response body replaced by another page.
+    let altered = dir.path().join("altered");
+    copy_log(&data, &altered, |dst, e| {
+        if let Payload::WebExchange(w) = &mut e.payload
+            && w.request_id.to_string() == request
+        {
+            w.body = Some(
+                dst.put_blob(b"<html><body><p>Nothing about anything here.</p></body></html>")
+                    .unwrap(),
+            );
+        }
+        true
+    });
+    let (ok, text) = replay(&altered, &["--episode", &episode, "--check"]);
+    assert!(!ok, "a changed body must not replay identically: {text}");
+    assert!(text.contains(&format!("DIVERGES at turn {turn}")), "{text}");
+    assert!(
+        text.contains("now gives another tool response") && text.contains(&request),
+        "the cause names the recorded request: {text}"
+    );
+
+    // A web exchange removed.
+    let removed = dir.path().join("removed");
+    copy_log(
+        &data,
+        &removed,
+        |_, e| !matches!(&e.payload, Payload::WebExchange(w) if w.request_id.to_string() == request),
+    );
+    let (ok, text) = replay(&removed, &["--episode", &episode, "--check"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("DIVERGES at turn {turn}")), "{text}");
+    assert!(
+        text.contains("a web request that was never recorded: GET http://"),
+        "{text}"
+    );
+    // The other episodes of the run still replay.
+    let (ok, text) = replay(&removed, &["--run", "r-1", "--check"]);
+    assert!(
+        !ok && text.contains("identical   5") && text.contains("diverged    1"),
+        "{text}"
+    );
+
+    // A counterfactual re-run on a log missing a search: with the default
+    // `--on-miss fail` the researcher sees an error; with `sandbox`, a
+    // sandbox of the same world answers and the question is solved again.
+    let (searched, search) = {
+        let store = Store::open(data.as_path(), Options::default()).unwrap();
+        store
+            .iter()
+            .find_map(|r| match r.unwrap().event.payload {
+                Payload::WebExchange(w) if w.request_kind == WebKind::Search => {
+                    Some((w.episode_id.unwrap().to_string(), w.request_id))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let no_search = dir.path().join("no-search");
+    copy_log(
+        &data,
+        &no_search,
+        |_, e| !matches!(&e.payload, Payload::WebExchange(w) if w.request_id == search),
+    );
+    let (ok, text) = replay(&no_search, &["--episode", &searched, "--policy", "scripted"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("-> failed") && text.contains("first difference at turn 0"),
+        "{text}"
+    );
+    let (ok, text) = replay(
+        &no_search,
+        &[
+            "--episode",
+            &searched,
+            "--policy",
+            "scripted",
+            "--on-miss",
+            "sandbox",
+            "--sandbox",
+            &format!("127.0.0.1:{}", free_ports()),
+            "--sandbox-entities",
+            "300",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("-> answered by the fallback web"), "{text}");
+    let scores = text.lines().nth(1).unwrap();
+    assert_eq!(scores.matches("reward 1.000").count(), 2, "both solved: {text}");
+
+    // Bad requests.
+    let (ok, text) = replay(&data, &["--episode", "e-999", "--check"]);
+    assert!(!ok && text.contains("holds no episode e-999"), "{text}");
+    let (ok, text) = replay(&data, &["--episode", &episode]);
+    assert!(!ok && text.contains("--check"), "{text}");
+    let (ok, text) = replay(&data, &["--episode", &episode, "--checkpoint", "1"]);
+    assert!(!ok && text.contains("no training run behind it"), "{text}");
+}
+
+#[test]
+fn a_candle_run_replays_identically_and_a_swapped_checkpoint_or_another_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = config(dir.path(), &model, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("steps = 5", "steps = 2")
+        .replace("every = 2", "every = 1");
+    std::fs::write(&cfg, text).unwrap();
+    let data = dir.path().join("data");
+    let sandbox = format!("127.0.0.1:{}", free_ports());
+    let out = run(
+        &data,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sandbox",
+            &sandbox,
+            "--sandbox-entities",
+            "300",
+            "--snapshot-every",
+            "off",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Every training episode (policy versions 0 and 1), and the evaluations
+    // before and after (the starting weights, the checkpoint of step 2).
+    for run_id in ["r-1", "r-2", "r-3"] {
+        let (ok, text) = replay(&data, &["--run", run_id, "--check"]);
+        assert!(ok, "{run_id}: {text}");
+        assert!(text.contains("diverged    0"), "{text}");
+    }
+    let (_, text) = replay(&data, &["--run", "r-1", "--check"]);
+    assert!(
+        text.contains("8 episode(s) re-run") && text.contains("sampled token(s) compared"),
+        "{text}"
+    );
+
+    // A counterfactual: an episode of step 1 with the weights after step 2.
+    let out = run(
+        &data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT episode_id FROM episodes WHERE run_id = 'r-1' AND step = 1 ORDER BY seq LIMIT 1",
+        ],
+    );
+    let first = stdout(&out).lines().nth(1).expect("an episode of step 1").to_string();
+    let (ok, text) = replay(&data, &["--episode", &first, "--checkpoint", "2", "--width", "100"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("{first} (recorded)")) && text.contains("checkpoint of step 2 of r-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("first difference at turn 0") || text.contains("identical"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("recorded as "))
+        .expect("the re-run's id");
+    let rerun = line.split_whitespace().nth(2).unwrap().to_string();
+    let out = run(
+        &data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT episode_id, original_id, original_run_id, policy FROM replays",
+        ],
+    );
+    let csv = stdout(&out);
+    assert!(
+        csv.contains(&format!("{rerun},{first},r-1,candle:")),
+        "{csv}{}",
+        stderr(&out)
+    );
+    assert!(csv.contains("step-000002"), "{csv}");
+    // The re-run is itself a recorded episode that replays identically.
+    let (ok, text) = replay(&data, &["--episode", &rerun, "--check"]);
+    assert!(ok, "{text}");
+
+    // The checkpoint of step 1 swapped for the one of step 2: the
+    // episodes of step 2 (sampled with it) cannot be re-run as recorded.
+    let ckpt = data.join("checkpoints/r-1");
+    std::fs::copy(
+        ckpt.join("step-000002/model.safetensors"),
+        ckpt.join("step-000001/model.safetensors"),
+    )
+    .unwrap();
+    let (ok, text) = replay(&data, &["--run", "r-1", "--check"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("identical   4") && text.contains("diverged    4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("checkpoint with another digest") && text.contains("step-000001"),
+        "{text}"
+    );
+    assert!(text.contains("DIVERGES before the first turn"), "{text}");
+}

@@ -14,6 +14,7 @@ mod demo;
 mod eval;
 mod log;
 mod model;
+mod rebuild;
 mod replay;
 mod sandbox;
 mod score;
@@ -65,6 +66,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a policy on a question set (verl Parquet): F1 and EM per data source.
     Eval(eval::EvalArgs),
+    /// Recompute every Parquet table from the raw log and check it equals the committed snapshots.
+    Rebuild(rebuild::RebuildArgs),
     /// Re-run recorded episodes from the log: --check confirms they are identical or names where
     /// and why they diverge; --checkpoint / --policy re-run one counterfactually.
     Replay(replay::ReplayArgs),
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Train(args) => train::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Eval(args) => eval::run(&cli.data, args, cli.snapshot_every.clone()),
+        Command::Rebuild(args) => rebuild::run(&cli.data, args),
         Command::Replay(args) => replay::run(&cli.data, args),
         Command::Snapshot(args) => snapshot::run(&cli.data, args),
         Command::Sql(args) => sql::run(&cli.data, args),

@@ -22,8 +22,8 @@ fn copy_log(from: &Path, to: &Path, mut edit: impl FnMut(&Store, &mut Event) -> 
         let mut event = record.unwrap().event;
         let mut blobs = Vec::new();
         match &event.payload {
-            Payload::WebExchange(w) => blobs.extend(w.body.clone()),
-            Payload::TurnGenerated(t) => blobs.extend(t.token_ids.iter().chain(&t.logprobs).cloned()),
+            Payload::WebExchange(w) => blobs.extend(w.body),
+            Payload::TurnGenerated(t) => blobs.extend(t.token_ids.iter().chain(&t.logprobs).copied()),
             _ => {}
         }
         for b in blobs {

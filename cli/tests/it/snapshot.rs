@@ -329,3 +329,62 @@ fn while_a_writer_holds_the_log_sql_gets_its_newest_events_from_it() {
         "{err}"
     );
 }
+
+#[test]
+fn rebuild_agrees_with_fresh_snapshots_and_names_the_table_of_an_altered_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run(
+        &data,
+        &[
+            "eval",
+            "--limit",
+            "6",
+            "--sandbox-entities",
+            "300",
+            "--snapshot-every",
+            "off",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&data, &["rebuild"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("run 'fathom snapshot' first"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&data, &["snapshot", "--window", "40"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let kept = dir.path().join("rebuilt");
+    let out = run(&data, &["rebuild", "--out", kept.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("the snapshots agree with the log"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.ends_with("  same")).count(), 12, "{text}");
+    assert!(kept.join("manifest.json").exists() && kept.join("episodes").is_dir());
+    assert!(
+        !std::fs::read_dir(&data)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("rebuild-"))
+    );
+
+    // One episodes file copied over the next: rows lost, others twice.
+    let mut parts: Vec<_> = std::fs::read_dir(data.join("snapshots/episodes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    parts.sort();
+    assert!(parts.len() >= 2, "{parts:?}");
+    std::fs::copy(&parts[0], &parts[1]).unwrap();
+    let out = run(&data, &["rebuild"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    let line = text.lines().find(|l| l.starts_with("episodes ")).unwrap();
+    assert!(
+        line.contains("DIFFERS at seq ") && line.contains("altered since commit"),
+        "{text}"
+    );
+    assert_eq!(text.lines().filter(|l| l.contains("DIFFERS")).count(), 1, "{text}");
+    assert!(text.contains("1 table(s) disagree"), "{text}");
+}

@@ -20,6 +20,7 @@
 //! compacted into larger ones the same way (the manifest swaps the old files
 //! for the new one in one rename, then the old files are deleted).
 
+pub mod rebuild;
 pub mod tables;
 
 use std::collections::BTreeMap;

@@ -154,3 +154,89 @@ fn automatic_snapshots_follow_the_log_by_event_count_and_finish_covers_everythin
         "the last snapshot covers event {last_data}"
     );
 }
+
+#[test]
+fn a_rebuild_from_the_log_agrees_with_the_snapshots_until_a_file_is_altered() {
+    use arrow_array::{Array, Float64Array, RecordBatch};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_steps(dir.path(), 3);
+    let opts = SnapshotOptions {
+        window_events: 50,
+        compact_min_files: 4,
+        ..SnapshotOptions::default()
+    };
+    store.snapshot(&opts).unwrap();
+    // More events, and a second snapshot with other windows.
+    let more = store_with_steps_more(&store);
+    assert!(more > 0);
+    store.snapshot(&SnapshotOptions::default()).unwrap();
+
+    let report = store
+        .rebuild(&dir.path().join("rebuilt-1"), &SnapshotOptions::default(), &mut |_| {})
+        .unwrap();
+    assert!(report.agrees(), "{report:?}");
+    let episodes = report.tables.iter().find(|t| t.table == "episodes").unwrap();
+    assert!(episodes.committed_rows >= 12 && episodes.committed_rows == episodes.rebuilt_rows);
+    assert_eq!(report.tables.len(), fathom_store::snapshot::tables::all().len());
+    // The rebuilt directory is a snapshot root of its own.
+    let rebuilt = fathom_store::snapshot::Snapshots::new(dir.path().join("rebuilt-1"));
+    assert_eq!(rebuilt.manifest().unwrap().upto_seq, report.upto_seq);
+
+    // One reward in one committed episodes file changed (a valid Parquet file).
+    let m = store.snapshots().manifest().unwrap();
+    let f = m.files_of("episodes").next().unwrap().clone();
+    let path = dir.path().join("snapshots").join(&f.path);
+    let batches = store.snapshots().read_file(&f).unwrap();
+    let batch = &batches[0];
+    let i = batch.schema().index_of("reward").unwrap();
+    let old = batch.column(i).as_any().downcast_ref::<Float64Array>().unwrap();
+    let changed: Float64Array = (0..old.len())
+        .map(|r| Some(if r == 0 { 42.0 } else { old.value(r) }))
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[i] = std::sync::Arc::new(changed);
+    let altered = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), altered.schema(), None).unwrap();
+    w.write(&altered).unwrap();
+    w.close().unwrap();
+
+    let report = store
+        .rebuild(&dir.path().join("rebuilt-2"), &SnapshotOptions::default(), &mut |_| {})
+        .unwrap();
+    assert!(!report.agrees());
+    let bad: Vec<_> = report.tables.iter().filter(|t| t.difference.is_some()).collect();
+    assert_eq!(bad.len(), 1, "{report:?}");
+    assert_eq!(bad[0].table, "episodes");
+    let d = bad[0].difference.as_ref().unwrap();
+    assert_eq!(d.column, "reward");
+    assert_eq!(d.committed, "42.0");
+    assert!(d.row.starts_with("seq "), "{d:?}");
+    assert_eq!(bad[0].altered_files, vec![f.path.clone()]);
+    // An existing directory is refused.
+    assert!(
+        store
+            .rebuild(&dir.path().join("rebuilt-2"), &SnapshotOptions::default(), &mut |_| {})
+            .is_err()
+    );
+}
+
+/// Appends two more training steps of another run to `store`; returns the events appended.
+fn store_with_steps_more(store: &Store) -> usize {
+    let refs = store
+        .put_blobs(&page_pool(2).iter().map(Vec::as_slice).collect::<Vec<_>>())
+        .unwrap();
+    let spec = TrainingSpec {
+        questions_per_step: 2,
+        group_size: 2,
+        horizon_steps: 10,
+    };
+    let mut load = TrainingLoad::new(2, RunId(2), spec, refs, (1000, 1000));
+    let mut n = 0;
+    for _ in 0..2 {
+        let events = load.step();
+        n += events.len();
+        store.append_with(&events, Durability::Durable).unwrap();
+    }
+    n
+}

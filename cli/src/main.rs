@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod eval;
+mod export;
 mod log;
 mod model;
 mod rebuild;
@@ -66,6 +67,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a policy on a question set (verl Parquet): F1 and EM per data source.
     Eval(eval::EvalArgs),
+    /// Export the log: the recorded web as WARC 1.1, or trajectories as chat-format JSON lines.
+    Export(export::ExportArgs),
     /// Recompute every Parquet table from the raw log and check it equals the committed snapshots.
     Rebuild(rebuild::RebuildArgs),
     /// Re-run recorded episodes from the log: --check confirms they are identical or names where
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Train(args) => train::run(&cli.data, args, cli.snapshot_every.clone()),
         Command::Eval(args) => eval::run(&cli.data, args, cli.snapshot_every.clone()),
+        Command::Export(args) => export::run(&cli.data, args),
         Command::Rebuild(args) => rebuild::run(&cli.data, args),
         Command::Replay(args) => replay::run(&cli.data, args),
         Command::Snapshot(args) => snapshot::run(&cli.data, args),

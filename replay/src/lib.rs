@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod html;
 pub mod policy;
 pub mod render;
+pub mod warc;
 
 pub use gateway::{
     Context, Gateway, GatewayConfig, Miss, Mode, Page, Recording, SearchBackend, SearchResult, WebError,

@@ -10,6 +10,7 @@
 pub mod candle_policy;
 pub mod checkpoint;
 pub mod config;
+pub mod export;
 pub mod grpo;
 pub mod harness;
 pub mod openai;

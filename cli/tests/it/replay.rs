@@ -307,3 +307,153 @@ fn a_candle_run_replays_identically_and_a_swapped_checkpoint_or_another_one_is_r
     );
     assert!(text.contains("DIVERGES before the first turn"), "{text}");
 }
+
+#[test]
+fn the_recorded_web_exports_as_warc_and_trajectories_as_chat_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    scripted_run(&data);
+    let exchanges = {
+        let store = Store::open(data.as_path(), Options::default()).unwrap();
+        store
+            .iter()
+            .filter(|r| matches!(r.as_ref().unwrap().event.payload, Payload::WebExchange(_)))
+            .count()
+    };
+
+    let warc = dir.path().join("web.warc");
+    let out = run(&data, &["export", "--format", "warc", "--out", warc.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("{exchanges} request, {exchanges} response")),
+        "{}",
+        stdout(&out)
+    );
+    let bytes = std::fs::read(&warc).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.starts_with("WARC/1.1\r\nWARC-Type: warcinfo\r\n"),
+        "{}",
+        &text[..200]
+    );
+    assert_eq!(text.matches("\r\nWARC-Type: request\r\n").count(), exchanges);
+    assert_eq!(text.matches("\r\nWARC-Type: response\r\n").count(), exchanges);
+    assert_eq!(text.matches("WARC-Block-Digest: sha256:").count(), 2 * exchanges + 1);
+    assert!(text.contains("WARC-Target-URI: http://127.0.0.1:") && text.contains("urn:fathom:search:serper?num="));
+    assert!(text.contains("HTTP/1.1 200 OK\r\n") && text.contains("WARC-Fathom-Episode: e-"));
+    // Every record's Content-Length is its block: walking the file by the
+    // lengths lands exactly on each next record and on the end.
+    let mut at = 0;
+    let mut records = 0;
+    while at < bytes.len() {
+        let head_end = at + text[at..].find("\r\n\r\n").unwrap() + 4;
+        let head = &text[at..head_end];
+        assert!(
+            head.starts_with("WARC/1.1\r\n"),
+            "record {records} at byte {at}: {head}"
+        );
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(&bytes[head_end + len..head_end + len + 4], b"\r\n\r\n");
+        at = head_end + len + 4;
+        records += 1;
+    }
+    assert_eq!(records, 2 * exchanges + 1);
+
+    let jsonl = dir.path().join("episodes.jsonl");
+    let out = run(
+        &data,
+        &["export", "--format", "jsonl", "--out", jsonl.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    for l in &lines {
+        let messages = l["messages"].as_array().unwrap();
+        assert_eq!(messages[0]["role"], "system");
+        assert!(
+            messages[0]["content"].as_str().unwrap().contains("web_search"),
+            "tool schemas included"
+        );
+        assert_eq!(messages[1]["content"], l["question"]);
+        let roles: Vec<&str> = messages[2..].iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert!(roles.iter().step_by(2).all(|r| *r == "assistant"), "{roles:?}");
+        assert!(
+            messages[2..]
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .all(|m| m["content"].as_str().unwrap().starts_with("<tool_response>")),
+            "tool responses as the policy saw them"
+        );
+        assert_eq!(
+            l["n_turns"].as_u64().unwrap() as usize,
+            roles.iter().filter(|r| **r == "assistant").count()
+        );
+        assert!(l["reward"].is_number() && l["episode_id"].as_str().unwrap().starts_with("e-"));
+    }
+    let solved = lines.iter().filter(|l| l["reward"] == 1.0).count();
+    let out = run(
+        &data,
+        &[
+            "export",
+            "--format",
+            "jsonl",
+            "--min-reward",
+            "1",
+            "--out",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stdout(&out).contains(&format!("wrote {solved} episode(s)")),
+        "{}",
+        stdout(&out)
+    );
+
+    // Bad requests lose nothing and say what to do.
+    let out = run(
+        &data,
+        &[
+            "export",
+            "--format",
+            "warc",
+            "--run",
+            "r-9",
+            "--out",
+            warc.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("holds no run r-9"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&warc).unwrap(), bytes, "the earlier export is untouched");
+    let out = run(
+        &data,
+        &[
+            "export",
+            "--format",
+            "warc",
+            "--min-reward",
+            "1",
+            "--out",
+            warc.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("--format jsonl"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -48,6 +48,11 @@ pub struct ReplayArgs {
     /// Where model policies run: `cpu`, or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// With --check: print each episode's verdict as a JSON line (episode,
+    /// run, identical, turn, cause, turns, tokens, requests, recorded_ms,
+    /// replay_ms) instead of the report.
+    #[arg(long)]
+    pub json: bool,
     /// Width of the side-by-side diff.
     #[arg(long, default_value_t = 120)]
     pub width: usize,
@@ -83,10 +88,14 @@ pub fn run(data: &Path, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             (Some(episode), _) if counterfactual => rerun(&replayer, episode, &args).await,
             (Some(episode), _) => {
                 let verdict = replayer.check(episode).await?;
-                print_verdict(&verdict);
+                if args.json {
+                    println!("{}", verdict_json(&verdict));
+                } else {
+                    print_verdict(&verdict);
+                }
                 Ok(exit(verdict.divergence.is_none()))
             }
-            (None, Some(run)) => check_run(replayer, run, args.jobs).await,
+            (None, Some(run)) => check_run(replayer, run, args.jobs, args.json).await,
             (None, None) => unreachable!("clap requires --episode or --run"),
         }
     })
@@ -160,7 +169,23 @@ fn print_divergence(d: &Divergence) {
     }
 }
 
-async fn check_run(replayer: Arc<Replayer>, run: RunId, jobs: usize) -> anyhow::Result<ExitCode> {
+fn verdict_json(v: &Verdict) -> serde_json::Value {
+    let d = v.divergence.as_ref();
+    serde_json::json!({
+        "episode": v.episode.to_string(),
+        "run": v.run.to_string(),
+        "identical": d.is_none(),
+        "turn": d.and_then(|d| d.turn),
+        "cause": d.map(|d| d.cause.to_string()),
+        "turns": v.turns,
+        "tokens": v.tokens,
+        "requests": v.requests,
+        "recorded_ms": v.recorded_ns as f64 / 1e6,
+        "replay_ms": v.replay_ns as f64 / 1e6,
+    })
+}
+
+async fn check_run(replayer: Arc<Replayer>, run: RunId, jobs: usize, json: bool) -> anyhow::Result<ExitCode> {
     let episodes = replayer.episodes_of(run)?;
     if episodes.is_empty() {
         anyhow::bail!("run {run} has no finished episodes to re-run");
@@ -186,6 +211,12 @@ async fn check_run(replayer: Arc<Replayer>, run: RunId, jobs: usize) -> anyhow::
     let wall = SystemClock.now().nanos_since(t0);
     let verdicts: Vec<Verdict> = verdicts.into_iter().map(|v| v.expect("every episode ran")).collect();
     let diverged: Vec<&Verdict> = verdicts.iter().filter(|v| v.divergence.is_some()).collect();
+    if json {
+        for v in &verdicts {
+            println!("{}", verdict_json(v));
+        }
+        return Ok(exit(diverged.is_empty()));
+    }
     let recorded: u64 = verdicts.iter().map(|v| v.recorded_ns).sum();
     let replayed: u64 = verdicts.iter().map(|v| v.replay_ns).sum();
     let tokens: usize = verdicts.iter().map(|v| v.tokens).sum();

@@ -4,7 +4,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use fathom_core::{EpisodeId, SystemClock};
+use fathom_trainer::replay::{Replayer, Verdict};
+use fathom_web::ReplayVerdict;
 
 /// Arguments of `fathom serve`.
 #[derive(Debug, clap::Args)]
@@ -47,10 +53,98 @@ pub fn run(data: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 data: data.to_path_buf(),
                 token: args.token,
                 refresh: std::time::Duration::from_secs(2),
+                replay: Some(fathom_web::Replay(Arc::new(LogReplay {
+                    data: data.to_path_buf(),
+                    one_at_a_time: tokio::sync::Mutex::new(()),
+                }))),
             },
         )
         .await
         .context("serving the dashboard")?;
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The dashboard's replay action: `fathom replay --episode … --check` on
+/// the data directory. It opens the log for the length of one check, so it
+/// works while no other fathom process holds the log, one check at a time.
+struct LogReplay {
+    data: PathBuf,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl fathom_web::ReplayCheck for LogReplay {
+    fn check(
+        &self,
+        episode: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ReplayVerdict, String>> + Send + '_>> {
+        Box::pin(async move {
+            let _one = self.one_at_a_time.lock().await;
+            let id: EpisodeId = episode
+                .parse()
+                .map_err(|_| format!("'{episode}' is not an episode id"))?;
+            let store = fathom_store::Store::open(self.data.as_path(), fathom_store::Options::default()).map_err(|e| {
+                format!("a replay check needs the log, which another fathom process holds ({e}); run 'fathom replay --episode {episode} --check' once it has finished")
+            })?;
+            let replayer = Replayer::new(Arc::new(store), Arc::new(SystemClock), "cpu");
+            let verdict = replayer.check(id).await.map_err(|e| e.to_string())?;
+            Ok(to_web(&verdict))
+        })
+    }
+}
+
+fn to_web(v: &Verdict) -> ReplayVerdict {
+    let summary = format!(
+        "{} of {} re-run with {}: {} turn(s), {} sampled token(s), {} recorded web exchange(s); re-run {:.3} s, recorded {:.3} s",
+        v.episode,
+        v.run,
+        if v.policy.is_empty() {
+            "its recorded policy"
+        } else {
+            &v.policy
+        },
+        v.turns,
+        v.tokens,
+        v.requests,
+        v.replay_ns as f64 / 1e9,
+        v.recorded_ns as f64 / 1e9
+    );
+    let Some(d) = &v.divergence else {
+        return ReplayVerdict {
+            identical: true,
+            summary,
+            turn: None,
+            cause: None,
+            recorded: None,
+            produced: None,
+            details: Vec::new(),
+        };
+    };
+    let mut details = Vec::new();
+    if let Some((i, r, p)) = &d.token {
+        let side = |t: &Option<fathom_trainer::replay::TokenAt>| match t {
+            None => "(none: the turn ended)".to_string(),
+            Some(t) => format!(
+                "{} {:?}{}",
+                t.id,
+                t.piece,
+                t.logprob.map_or(String::new(), |l| format!(" (log-prob {l:.6})"))
+            ),
+        };
+        details.push(format!("token {i}: recorded {} | produced {}", side(r), side(p)));
+    }
+    details.extend(
+        d.environment
+            .iter()
+            .map(|e| format!("changed since the recording: {e}")),
+    );
+    ReplayVerdict {
+        identical: false,
+        summary,
+        turn: d.turn,
+        cause: Some(d.cause.to_string()),
+        recorded: d.turn.map(|_| d.recorded.clone()),
+        produced: d.turn.map(|_| d.produced.clone()),
+        details,
+    }
 }

@@ -39,6 +39,8 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d232a; backgro
 header { background: #16324f; color: #fff; padding: 8px 20px; display: flex; gap: 18px; align-items: baseline; }
 header a { color: #dbe9f7; text-decoration: none; } header b { color: #fff; font-size: 16px; }
 main { padding: 14px 20px 40px; max-width: 1280px; }
+form { margin: 8px 0; color: #57606a; } button { font: inherit; padding: 3px 10px; cursor: pointer; }
+h2.ok { color: #1a7f37; } h2.bad { color: #cf222e; }
 table { border-collapse: collapse; margin: 8px 0 16px; background: #fff; }
 th, td { border: 1px solid #d8dee4; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #eef2f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }

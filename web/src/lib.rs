@@ -24,7 +24,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use fathom_core::Clock;
 use fathom_query::{Db, OpenOptions, QueryError};
 use tokio::sync::Mutex;
@@ -39,6 +39,50 @@ pub struct Config {
     /// How long one opened view of the tables serves requests before it
     /// is reopened to see newer events.
     pub refresh: Duration,
+    /// What the episode page's replay action runs; without it the page
+    /// offers none.
+    pub replay: Option<Replay>,
+}
+
+/// What a replay check found (`fathom replay --episode … --check`), in
+/// words ready to show.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReplayVerdict {
+    /// Whether the re-run was identical.
+    pub identical: bool,
+    /// One line: the policy, the turns, tokens and web exchanges compared, the times.
+    pub summary: String,
+    /// The first diverging turn, when there is one.
+    pub turn: Option<u32>,
+    /// Why it diverged.
+    pub cause: Option<String>,
+    /// What was recorded at the divergence.
+    pub recorded: Option<String>,
+    /// What the re-run produced there.
+    pub produced: Option<String>,
+    /// The first differing token and other details, one per line.
+    pub details: Vec<String>,
+}
+
+/// Re-runs a recorded episode from the log and compares it with its
+/// recording. The web crate only defines it: the binary implements it with
+/// the trainer's replayer, so the dashboard depends on no model code.
+pub trait ReplayCheck: Send + Sync {
+    /// Checks episode `episode` (`e-12`); `Err` says why it could not run.
+    fn check(
+        &self,
+        episode: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ReplayVerdict, String>> + Send + '_>>;
+}
+
+/// A shared [`ReplayCheck`].
+#[derive(Clone)]
+pub struct Replay(pub Arc<dyn ReplayCheck>);
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replay")
+    }
 }
 
 /// The tables, reopened now and then so that pages follow a training run.
@@ -320,6 +364,8 @@ pub fn router(state: AppState) -> Router {
         .route("/episodes/{id}", get(pages::episode_page))
         .route("/api/episodes/{id}", get(pages::episode_api))
         .route("/episodes/{id}/web/{request}", get(pages::recorded_page))
+        .route("/episodes/{id}/replay", post(pages::replay_page))
+        .route("/api/episodes/{id}/replay", post(pages::replay_api))
         .route("/behaviours", get(pages::behaviours_page))
         .route("/api/behaviours", get(pages::behaviours_api))
         .route("/sql", get(pages::sql_page))

@@ -639,6 +639,13 @@ pub(crate) async fn episode_page(State(state): State<AppState>, Path(eid): Path<
         esc(&text_of(&ep, "group_index")),
         esc(s(&ep, "data_source")),
     );
+    if state.config.replay.is_some() {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/episodes/{eid}/replay\"><button type=\"submit\">Replay check</button> \
+             re-runs this episode from the log (its policy, seed and recorded web) and says whether it is identical</form>"
+        );
+    }
     let _ = write!(body, "<h2>Question</h2><pre>{}</pre>", esc(s(&ep, "question")));
     body.push_str(&html::table(
         &[
@@ -979,4 +986,64 @@ pub(crate) async fn sql_page(State(state): State<AppState>, Query(q): Query<SqlQ
         }
     }
     Ok(html_response(html::page("SQL", &body)))
+}
+
+async fn replay_data(state: &AppState, eid: &str) -> Result<Value, WebError> {
+    let eid = id(eid, "e", "episode")?;
+    let Some(replay) = &state.config.replay else {
+        return Err(WebError::NotFound(
+            "this dashboard was started without a replay action; run: fathom replay --episode ID --check".into(),
+        ));
+    };
+    let verdict = replay.0.check(eid.clone()).await.map_err(WebError::Internal)?;
+    Ok(json!({"episode": eid, "verdict": verdict}))
+}
+
+pub(crate) async fn replay_api(
+    State(state): State<AppState>,
+    Path(eid): Path<String>,
+) -> Result<Json<Value>, WebError> {
+    Ok(Json(replay_data(&state, &eid).await?))
+}
+
+pub(crate) async fn replay_page(State(state): State<AppState>, Path(eid): Path<String>) -> Result<Response, WebError> {
+    let data = replay_data(&state, &eid).await?;
+    let eid = data["episode"].as_str().unwrap_or_default().to_string();
+    let v = data["verdict"].as_object().cloned().unwrap_or_default();
+    let identical = v.get("identical").and_then(Value::as_bool).unwrap_or(false);
+    let mut body = format!("<p><a href=\"/episodes/{eid}\">Back to episode {eid}</a></p>");
+    if identical {
+        let _ = write!(body, "<h2 class=\"ok\">Identical</h2><p>{}</p>", esc(s(&v, "summary")));
+    } else {
+        let at = v
+            .get("turn")
+            .and_then(Value::as_u64)
+            .map_or("before the first turn".to_string(), |t| format!("at turn {t}"));
+        let _ = write!(
+            body,
+            "<h2 class=\"bad\">Diverges {}</h2><p>{}</p><p><b>Cause:</b> {}</p>",
+            esc(&at),
+            esc(s(&v, "summary")),
+            esc(s(&v, "cause"))
+        );
+        for (label, key) in [("Recorded", "recorded"), ("Produced", "produced")] {
+            if let Some(text) = v.get(key).and_then(Value::as_str) {
+                let _ = write!(body, "<h3>{label}</h3><pre>{}</pre>", esc(text));
+            }
+        }
+        let details: Vec<String> = v
+            .get("details")
+            .and_then(Value::as_array)
+            .map(|d| {
+                d.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(|x| format!("<li>{}</li>", esc(x)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !details.is_empty() {
+            let _ = write!(body, "<ul>{}</ul>", details.concat());
+        }
+    }
+    Ok(Html(html::page(&format!("Replay check of {eid}"), &body)).into_response())
 }

@@ -275,5 +275,35 @@ fn the_dashboard_in_headless_chromium_shows_runs_curves_turns_and_tags() {
     let shot = screenshot(port, &sid, "episode.png");
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a real screenshot");
 
+    // The replay action: the button posts the form, the server re-runs the
+    // episode from the log (the sandbox of the demo is long gone).
+    let button = elements(port, &sid, "form button");
+    assert_eq!(button.len(), 1, "a replay button");
+    wd(
+        port,
+        "POST",
+        &format!("/session/{sid}/element/{}/click", button[0]),
+        Some(json!({})),
+    );
+    // Clicking returns at once; wait for the verdict page to load.
+    let mut title = Value::Null;
+    for _ in 0..300 {
+        title = wd(port, "GET", &format!("/session/{sid}/title"), None);
+        if title.as_str().is_some_and(|t| t.starts_with("Replay check of")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(title, format!("Replay check of {episode} · fathom"));
+    let h2 = elements(port, &sid, "h2");
+    assert_eq!(text(port, &sid, &h2[0]), "Identical", "the replay verdict");
+    let body = elements(port, &sid, "main p");
+    assert!(
+        body.iter()
+            .any(|p| text(port, &sid, p).contains("re-run with the scripted researcher")),
+        "the summary"
+    );
+    screenshot(port, &sid, "replay.png");
+
     wd(port, "DELETE", &format!("/session/{sid}"), None);
 }

@@ -1,6 +1,7 @@
 //! The dashboard's routes over a small fixed log: content, escaping,
 //! security headers, the token, and the SQL console.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -309,6 +310,7 @@ fn app(dir: &std::path::Path, token: Option<&str>) -> Router {
         data: dir.to_path_buf(),
         token: token.map(str::to_string),
         refresh: Duration::from_secs(60),
+        replay: None,
     }))
 }
 
@@ -331,7 +333,7 @@ fn assert_inert(page: &str, uri: &str) {
     const OURS: &[&str] = &[
         "!doctype", "html", "head", "meta", "title", "link", "body", "header", "b", "a", "main", "h1", "h2", "p",
         "table", "thead", "tbody", "tr", "th", "td", "pre", "div", "span", "mark", "svg", "text", "line", "path",
-        "polyline", "form", "label", "input", "button", "select", "option", "textarea",
+        "polyline", "form", "label", "input", "button", "select", "option", "textarea", "h3", "ul", "li",
     ];
     let mut rest = page;
     let mut tags = 0;
@@ -541,6 +543,7 @@ async fn cached_pages_follow_new_events() {
         data: dir.path().to_path_buf(),
         token: None,
         refresh: Duration::ZERO,
+        replay: None,
     }));
     let runs = |body: &str| -> Vec<String> {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -577,4 +580,87 @@ async fn cached_pages_follow_new_events() {
     }
     let (_, _, after) = get(&app, "/api/runs").await;
     assert_eq!(runs(&after), ["r-2", "r-1"], "the new run appears");
+}
+
+/// A replay check standing in for the binary's: identical for even
+/// episode numbers, diverging (with hostile recorded text) for odd ones.
+struct FakeReplay(std::sync::Mutex<Vec<String>>);
+
+impl fathom_web::ReplayCheck for FakeReplay {
+    fn check(
+        &self,
+        episode: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<fathom_web::ReplayVerdict, String>> + Send + '_>>
+    {
+        self.0.lock().unwrap().push(episode.clone());
+        Box::pin(async move {
+            let n: u64 = episode.trim_start_matches("e-").parse().unwrap();
+            if n == 999 {
+                return Err("the log is in use by another fathom process".into());
+            }
+            let identical = n % 2 == 0;
+            Ok(fathom_web::ReplayVerdict {
+                identical,
+                summary: format!("{episode}: 3 turn(s), 40 sampled token(s)"),
+                turn: (!identical).then_some(2),
+                cause: (!identical).then(|| "a sampled token differs".to_string()),
+                recorded: (!identical).then(|| "</pre><script>alert(1)</script>".to_string()),
+                produced: (!identical).then(|| "<img src=x onerror=alert(2)>".to_string()),
+                details: vec!["token 7: recorded 12 \"<b>\" | produced 99 \"x\"".into()],
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_action_runs_the_supplied_check_and_shows_its_verdict_inert() {
+    let dir = fixture();
+    let fake = Arc::new(FakeReplay(std::sync::Mutex::new(Vec::new())));
+    let app = fathom_web::router(fathom_web::AppState::new(fathom_web::Config {
+        data: dir.path().to_path_buf(),
+        token: None,
+        refresh: Duration::from_secs(60),
+        replay: Some(fathom_web::Replay(fake.clone())),
+    }));
+    let (_, _, episode) = get(&app, "/episodes/e-3").await;
+    assert!(
+        episode.contains("<form method=\"post\" action=\"/episodes/e-3/replay\">"),
+        "{episode}"
+    );
+    let (_, _, without) = get(&self::app(dir.path(), None), "/episodes/e-3").await;
+    assert!(!without.contains("/replay"), "no action without a check");
+
+    let post = |uri: &str| Request::post(uri).body(Body::empty()).unwrap();
+    let (status, _, page) = get_with(&app, post("/episodes/e-3/replay")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_inert(&page, "/episodes/e-3/replay");
+    assert!(
+        page.contains("Diverges at turn 2") && page.contains("a sampled token differs"),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(page.contains("&lt;img src=x onerror=alert(2)&gt;"), "{page}");
+    let (_, _, page) = get_with(&app, post("/episodes/e-4/replay")).await;
+    assert!(page.contains("Identical") && page.contains("e-4: 3 turn(s)"), "{page}");
+    let (status, _, api) = get_with(&app, post("/api/episodes/e-3/replay")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(v["verdict"]["identical"], false);
+    assert_eq!(v["verdict"]["turn"], 2);
+    assert_eq!(*fake.0.lock().unwrap(), vec!["e-3", "e-4", "e-3"]);
+
+    // Errors are pages that say why; a GET runs nothing; ids are parsed.
+    let (status, _, page) = get_with(&app, post("/episodes/e-999/replay")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(page.contains("in use by another fathom process"), "{page}");
+    let (status, _, _) = get(&app, "/episodes/e-3/replay").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, _) = get_with(&app, post("/episodes/x';--/replay")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(fake.0.lock().unwrap().len(), 4, "nothing else ran");
+    let (status, _, _) = get_with(&self::app(dir.path(), None), post("/episodes/e-3/replay")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

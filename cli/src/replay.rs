@@ -182,6 +182,9 @@ fn verdict_json(v: &Verdict) -> serde_json::Value {
         "requests": v.requests,
         "recorded_ms": v.recorded_ns as f64 / 1e6,
         "replay_ms": v.replay_ns as f64 / 1e6,
+        "policy_ms": v.timings.generate_ns as f64 / 1e6,
+        "tools_ms": v.timings.tools_ns as f64 / 1e6,
+        "reward_ms": v.timings.reward_ns as f64 / 1e6,
     })
 }
 

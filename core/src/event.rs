@@ -386,7 +386,8 @@ pub struct WebExchange {
     pub latency_ns: u64,
     /// Live network, sandbox, or replay.
     pub source: WebSource,
-    /// Attempt number (retries after 429/5xx count up from 1).
+    /// Attempt number (retries after 429/5xx count up from 1); 0 for a
+    /// request the address guard refused before any attempt.
     pub attempt: u32,
     /// Transport or protocol error, when there was one.
     pub error: Option<String>,

@@ -66,12 +66,32 @@ fn is_punctuation(c: char) -> bool {
 
 /// Lowercases, turns punctuation into spaces and collapses whitespace.
 pub fn normalize(text: &str) -> String {
-    let spaced: String = text
-        .chars()
-        .flat_map(char::to_lowercase)
-        .map(|c| if is_punctuation(c) { ' ' } else { c })
-        .collect();
-    spaced.split_whitespace().collect::<Vec<_>>().join(" ")
+    // One pass (detectors normalise whole tool responses, so this is hot):
+    // the same result as lowercasing, mapping punctuation to spaces, then
+    // joining the whitespace-separated words with single spaces.
+    let mut out = String::with_capacity(text.len());
+    let mut space = false;
+    let mut push = |c: char, out: &mut String| {
+        if c.is_whitespace() || is_punctuation(c) {
+            space = !out.is_empty();
+        } else {
+            if space {
+                out.push(' ');
+                space = false;
+            }
+            out.push(c);
+        }
+    };
+    for c in text.chars() {
+        if c.is_ascii() {
+            push(c.to_ascii_lowercase(), &mut out);
+        } else {
+            for l in c.to_lowercase() {
+                push(l, &mut out);
+            }
+        }
+    }
+    out
 }
 
 /// The set of normalised words.

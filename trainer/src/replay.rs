@@ -212,6 +212,8 @@ pub struct Verdict {
     pub recorded_ns: u64,
     /// The re-run's wall time.
     pub replay_ns: u64,
+    /// Where the re-run's time went (policy, tools, reward).
+    pub timings: crate::rollout::EpisodeTimings,
     /// `None` when identical.
     pub divergence: Option<Divergence>,
 }
@@ -790,6 +792,19 @@ impl Replayer {
     /// recorded web only, and compares.
     pub async fn check(&self, episode: EpisodeId) -> Result<Verdict, JobError> {
         let recorded = self.episode(episode)?;
+        match recorded.end {
+            None => {
+                return Err(invalid(format!(
+                    "episode {episode} never finished (its run may still be writing it); check it once it has"
+                )));
+            }
+            Some(end) if end.ended_by == fathom_core::event::EndReason::Aborted => {
+                return Err(invalid(format!(
+                    "episode {episode} was aborted (its run stopped during it), so there is no whole episode to compare"
+                )));
+            }
+            Some(_) => {}
+        }
         let info = self.run_info(recorded.run)?;
         let question = self.question(&info, &recorded)?;
         let (recording, n_requests, gateway_config) = self.recording(episode)?;
@@ -802,6 +817,7 @@ impl Replayer {
             requests: n_requests,
             recorded_ns: recorded.duration_ns,
             replay_ns: 0,
+            timings: Default::default(),
             divergence: None,
         };
         let stop = |cause: Cause, environment: Vec<String>| Divergence {
@@ -840,6 +856,7 @@ impl Replayer {
         let t0 = self.clock.now();
         let outcome = rollout.episode(&mut policy, &mut HeuristicReader, &spec).await?;
         verdict.replay_ns = self.clock.now().nanos_since(t0);
+        verdict.timings = outcome.timings;
         let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
         let tokenizer = model.as_ref().map(|m| &m.loaded().tokenizer);
         verdict.divergence = compare(

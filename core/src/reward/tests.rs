@@ -158,3 +158,29 @@ fn tags_inside_tool_responses_never_count() {
     assert_eq!(s.reward, 1.0);
     assert_eq!(s.em, 1.0);
 }
+
+#[test]
+fn one_pass_normalisation_equals_lowercase_then_split_and_join() {
+    fn reference(text: &str) -> String {
+        let spaced: String = text
+            .chars()
+            .flat_map(char::to_lowercase)
+            .map(|c| if super::is_punctuation(c) { ' ' } else { c })
+            .collect();
+        spaced.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+    for text in [
+        "",
+        "   ",
+        "Hello, World!",
+        "  leading and trailing\t\n",
+        "İstanbul ÀÉÎ straße ΣΑΣ «quoted» — dash…",
+        "a\u{00A0}b\u{2003}c\u{3000}d",
+        "“Ada” (1815–1852): mathematician; 「書」、",
+        "x.y.z...",
+        "\u{0130}\u{0069}\u{0307}",
+        "## Results for \"Ruth Mobile\"\n\n[1] Ruth Mobile\nURL: http://127.0.0.1:55394/Ruth_Mobile",
+    ] {
+        assert_eq!(normalize(text), reference(text), "{text:?}");
+    }
+}

@@ -52,7 +52,7 @@ fn render() -> String {
     }
     out.push_str(
         "\n## Views\n\nDefined in `query/src/lib.rs` on top of the tables (documented in `docs/SQL.md`): \
-         `step_metrics` and `behaviour_rates`.\n",
+         `step_metrics`, `behaviour_rates` and `replays`.\n",
     );
     out
 }

@@ -598,7 +598,7 @@ impl fathom_web::ReplayCheck for FakeReplay {
             if n == 999 {
                 return Err("the log is in use by another fathom process".into());
             }
-            let identical = n % 2 == 0;
+            let identical = n.is_multiple_of(2);
             Ok(fathom_web::ReplayVerdict {
                 identical,
                 summary: format!("{episode}: 3 turn(s), 40 sampled token(s)"),

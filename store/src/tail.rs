@@ -5,7 +5,8 @@
 //! line, `after N\n`, and receives every event with a sequence number above
 //! `N` up to the last visible one, each as a little-endian `u32` length
 //! followed by the event's frame (the format of `store/README.md`), then a
-//! zero length. Or it sends `blob HEX\n` (a BLAKE3 digest) and receives the
+//! zero length. `episode N\n` gets the events of episode `e-N` (from the
+//! log's per-episode index) the same way. Or it sends `blob HEX\n` (a BLAKE3 digest) and receives the
 //! blob's bytes after a little-endian `u64` length (`u64::MAX`: no such
 //! blob); the client checks the digest. Frames are checked by the client as they are read from the
 //! log (CRC and validation), so a damaged transfer is an error, never a
@@ -103,19 +104,28 @@ fn serve(store: &Store, conn: UnixStream) -> std::io::Result<()> {
         }
         return out.flush();
     }
-    let after = line
-        .trim()
-        .strip_prefix("after ")
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(u64::MAX);
     let mut out = std::io::BufWriter::new(conn);
-    let last = store.last_seq();
-    if after < last.0 {
-        for rec in store.range(Seq(after + 1)..=last) {
-            let rec = rec.map_err(std::io::Error::other)?;
-            let bytes = frame::encode(rec.seq, &rec.event).map_err(std::io::Error::other)?;
-            out.write_all(&(bytes.len() as u32).to_le_bytes())?;
-            out.write_all(&bytes)?;
+    let send = |out: &mut std::io::BufWriter<UnixStream>, rec: Result<Record>| -> std::io::Result<()> {
+        let rec = rec.map_err(std::io::Error::other)?;
+        let bytes = frame::encode(rec.seq, &rec.event).map_err(std::io::Error::other)?;
+        out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+        out.write_all(&bytes)
+    };
+    if let Some(n) = line.trim().strip_prefix("episode ").and_then(|n| n.parse::<u64>().ok()) {
+        for rec in store.episode_events(fathom_core::EpisodeId(n)) {
+            send(&mut out, rec)?;
+        }
+    } else {
+        let after = line
+            .trim()
+            .strip_prefix("after ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        let last = store.last_seq();
+        if after < last.0 {
+            for rec in store.range(Seq(after + 1)..=last) {
+                send(&mut out, rec)?;
+            }
         }
     }
     out.write_all(&0u32.to_le_bytes())?;
@@ -125,6 +135,17 @@ fn serve(store: &Store, conn: UnixStream) -> std::io::Result<()> {
 /// Asks the writer of `data` for the events after `after`. `Ok(None)` when
 /// no writer serves the endpoint (none runs, or it predates the endpoint).
 pub fn fetch(data: &Path, after: Seq) -> Result<Option<Vec<Record>>> {
+    frames(data, &format!("after {}\n", after.0))
+}
+
+/// Asks the writer of `data` for the events of one episode (in log order).
+/// `Ok(None)` when no writer serves the endpoint; an empty list when the
+/// log has no such episode, or the writer predates this request.
+pub fn fetch_episode(data: &Path, episode: fathom_core::EpisodeId) -> Result<Option<Vec<Record>>> {
+    frames(data, &format!("episode {}\n", episode.0))
+}
+
+fn frames(data: &Path, request: &str) -> Result<Option<Vec<Record>>> {
     let path = data.join(SOCKET);
     let Ok(mut conn) = UnixStream::connect(&path) else {
         return Ok(None);
@@ -135,7 +156,7 @@ pub fn fetch(data: &Path, after: Seq) -> Result<Option<Vec<Record>>> {
         source,
     };
     conn.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
-    conn.write_all(format!("after {}\n", after.0).as_bytes()).map_err(io)?;
+    conn.write_all(request.as_bytes()).map_err(io)?;
     let mut reader = BufReader::new(conn);
     let mut records = Vec::new();
     loop {

@@ -231,6 +231,11 @@ impl AppState {
         }
     }
 
+    /// The last event the open tables cover.
+    pub(crate) async fn last_seq(&self) -> u64 {
+        self.tables.lock().await.last_seq
+    }
+
     /// The data directory.
     pub fn data(&self) -> &std::path::Path {
         &self.config.data

@@ -291,3 +291,62 @@ fn blobs_are_read_through_the_writers_endpoint_or_from_the_log() {
     assert_eq!(fetch_blob(dir.path(), &digest).unwrap(), None);
     assert_eq!(read_blob(dir.path(), &digest).unwrap(), Some(page));
 }
+
+#[test]
+fn an_episodes_events_are_read_through_the_writers_endpoint() {
+    use fathom_core::event::{EpisodeStarted, TurnGenerated};
+    use fathom_core::{EpisodeId, Event, QuestionId, RunId, Timestamp};
+    use fathom_store::tail::{TailServer, fetch_episode};
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(fathom_store::Store::open(dir.path(), fathom_store::Options::default()).unwrap());
+    let mut events = Vec::new();
+    for e in 1..=3u64 {
+        events.push(Event::new(
+            RunId(1),
+            Timestamp::from_secs(1),
+            EpisodeStarted {
+                episode_id: EpisodeId(e),
+                step: 1,
+                group_id: 0,
+                group_index: e as u32,
+                question_id: QuestionId("q".into()),
+                policy_version: 0,
+                seed: e,
+                replay_of: None,
+                n_prompt_tokens: 10,
+            },
+        ));
+    }
+    for turn in 0..4u32 {
+        for e in 1..=3u64 {
+            events.push(Event::new(
+                RunId(1),
+                Timestamp::from_secs(2),
+                TurnGenerated {
+                    episode_id: EpisodeId(e),
+                    turn,
+                    text: format!("episode {e} turn {turn}"),
+                    token_ids: None,
+                    logprobs: None,
+                    n_context_tokens: 0,
+                    n_tokens: 3,
+                    latency_ns: 1,
+                    finish: fathom_core::event::FinishReason::Stop,
+                },
+            ));
+        }
+    }
+    store.append(&events).unwrap();
+    assert_eq!(
+        fetch_episode(dir.path(), EpisodeId(2)).unwrap(),
+        None,
+        "no endpoint yet"
+    );
+    let _server = TailServer::start(store.clone()).unwrap();
+    let got = fetch_episode(dir.path(), EpisodeId(2)).unwrap().unwrap();
+    assert_eq!(got.len(), 5, "its start and its four turns, nothing of the others");
+    let expected: Vec<_> = store.episode_events(EpisodeId(2)).map(Result::unwrap).collect();
+    assert_eq!(got, expected);
+    assert!(got.windows(2).all(|w| w[0].seq < w[1].seq), "in log order");
+    assert!(fetch_episode(dir.path(), EpisodeId(99)).unwrap().unwrap().is_empty());
+}

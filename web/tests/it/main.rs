@@ -664,3 +664,35 @@ async fn the_replay_action_runs_the_supplied_check_and_shows_its_verdict_inert()
     let (status, _, _) = get_with(&self::app(dir.path(), None), post("/episodes/e-3/replay")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodes_read_through_the_writers_index_equal_the_tables() {
+    let dir = fixture();
+    let ids: Vec<String> = (1..=70).step_by(3).map(|n| format!("e-{n}")).collect();
+    let fetch = |app: Router, ids: Vec<String>| async move {
+        let mut out = Vec::new();
+        for e in &ids {
+            let (status, _, body) = get(&app, &format!("/api/episodes/{e}")).await;
+            assert_eq!(status, StatusCode::OK, "{e}: {body}");
+            out.push(serde_json::from_str::<serde_json::Value>(&body).unwrap());
+        }
+        out
+    };
+    // No writer: the tables answer.
+    let from_tables = fetch(app(dir.path(), None), ids.clone()).await;
+    // A writer holding the log serves each episode from its index.
+    let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
+    let server = fathom_store::tail::TailServer::start(store.clone()).unwrap();
+    let from_log = fetch(app(dir.path(), None), ids.clone()).await;
+    drop(server);
+    for ((e, mut a), mut b) in ids.iter().zip(from_tables).zip(from_log) {
+        assert_eq!(a["source"], "tables", "{e}");
+        assert_eq!(b["source"], "log", "{e}");
+        a.as_object_mut().unwrap().remove("source");
+        b.as_object_mut().unwrap().remove("source");
+        assert_eq!(a, b, "{e}: the same rows from both sources");
+        for part in ["turns", "web_requests"] {
+            assert!(!a[part].as_array().unwrap().is_empty(), "{e}: {part}");
+        }
+    }
+}

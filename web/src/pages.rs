@@ -221,7 +221,18 @@ fn by_hop_series(rows: &[Row], y: &str) -> Vec<Series> {
 
 pub(crate) async fn run_page(State(state): State<AppState>, Path(rid): Path<String>) -> Result<Response, WebError> {
     let rid = id(&rid, "r", "run")?;
-    let data = run_data(&state, &rid).await?;
+    // The rendered page is kept like its data: a long run's charts take
+    // longer to draw than its data takes to read.
+    let page = state
+        .cached(format!("run page {rid}"), || async {
+            Ok(Value::String(run_html(&state, &rid).await?))
+        })
+        .await?;
+    Ok(html_response(page.as_str().unwrap_or_default().to_string()))
+}
+
+async fn run_html(state: &AppState, rid: &str) -> Result<String, WebError> {
+    let data = run_data(state, rid).await?;
     let run = data["run"].as_object().cloned().unwrap_or_default();
     let steps = rows_of(&data, "steps");
     let updates = rows_of(&data, "updates");
@@ -334,11 +345,11 @@ pub(crate) async fn run_page(State(state): State<AppState>, Path(rid): Path<Stri
     let _ = write!(body, "<h2>Configuration</h2><pre>{}</pre>", esc(&pretty));
     // A run still going reloads itself, so its curves follow the training.
     let refresh = (s(&run, "status") == "running").then_some(10);
-    Ok(html_response(html::page_refreshing(
+    Ok(html::page_refreshing(
         &format!("Run {rid}: {}", s(&run, "name")),
         &body,
         refresh,
-    )))
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -152,17 +152,8 @@ fn print_divergence(d: &Divergence) {
         println!("  recorded: {}", short(&d.recorded, 400));
         println!("  produced: {}", short(&d.produced, 400));
     }
-    if let Some((i, recorded, produced)) = &d.token {
-        let side = |t: &Option<fathom_trainer::replay::TokenAt>| match t {
-            None => "(none: the turn ended)".to_string(),
-            Some(t) => format!(
-                "{} {:?}{}",
-                t.id,
-                t.piece,
-                t.logprob.map_or(String::new(), |l| format!(" (log-prob {l:.6})"))
-            ),
-        };
-        println!("  token {i}: recorded {} | produced {}", side(recorded), side(produced));
+    if let Some(line) = d.token_line() {
+        println!("  {line}");
     }
     for note in &d.environment {
         println!("  changed since the recording: {note}");

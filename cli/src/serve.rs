@@ -120,19 +120,7 @@ fn to_web(v: &Verdict) -> ReplayVerdict {
             details: Vec::new(),
         };
     };
-    let mut details = Vec::new();
-    if let Some((i, r, p)) = &d.token {
-        let side = |t: &Option<fathom_trainer::replay::TokenAt>| match t {
-            None => "(none: the turn ended)".to_string(),
-            Some(t) => format!(
-                "{} {:?}{}",
-                t.id,
-                t.piece,
-                t.logprob.map_or(String::new(), |l| format!(" (log-prob {l:.6})"))
-            ),
-        };
-        details.push(format!("token {i}: recorded {} | produced {}", side(r), side(p)));
-    }
+    let mut details: Vec<String> = d.token_line().into_iter().collect();
     details.extend(
         d.environment
             .iter()

@@ -320,6 +320,17 @@ impl Recording {
     }
 }
 
+/// One logical request: on whose behalf, what kind, as asked, its
+/// canonical key and the URL it goes to.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    ctx: Context,
+    kind: WebKind,
+    target: &'a str,
+    key: &'a str,
+    url: &'a url::Url,
+}
+
 /// A request a replay gateway's recording did not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Miss {
@@ -524,19 +535,30 @@ impl Gateway {
             }
         };
         let ex = self
-            .exchange(ctx, WebKind::Search, query, &key, &target_url, |client| {
-                let q = query.to_string();
-                match &backend {
-                    SearchBackend::Serper { url, key } => {
-                        let mut rb = client.post(url).json(&serde_json::json!({"q": q, "num": n}));
-                        if let Some(k) = key {
-                            rb = rb.header("X-API-KEY", k);
+            .exchange(
+                Asked {
+                    ctx,
+                    kind: WebKind::Search,
+                    target: query,
+                    key: &key,
+                    url: &target_url,
+                },
+                |client| {
+                    let q = query.to_string();
+                    match &backend {
+                        SearchBackend::Serper { url, key } => {
+                            let mut rb = client.post(url).json(&serde_json::json!({"q": q, "num": n}));
+                            if let Some(k) = key {
+                                rb = rb.header("X-API-KEY", k);
+                            }
+                            rb
                         }
-                        rb
+                        SearchBackend::Searxng { url } => {
+                            client.get(url).query(&[("q", q.as_str()), ("format", "json")])
+                        }
                     }
-                    SearchBackend::Searxng { url } => client.get(url).query(&[("q", q.as_str()), ("format", "json")]),
-                }
-            })
+                },
+            )
             .await?;
         let value: serde_json::Value =
             serde_json::from_slice(&ex.body).map_err(|e| WebError::BadSearchResponse(e.to_string()))?;
@@ -583,15 +605,28 @@ impl Gateway {
                     error: Some(WebError::Refused(refused.clone())),
                     latency_ns: 0,
                 };
-                self.record_exchange(ctx, WebKind::Fetch, url, &key, &ex, self.config.source)
-                    .await?;
+                let asked = Asked {
+                    ctx,
+                    kind: WebKind::Fetch,
+                    target: url,
+                    key: &key,
+                    url: &parsed,
+                };
+                self.record_exchange(&asked, &ex, self.config.source).await?;
             }
             return Err(refused.into());
         }
         let ex = self
-            .exchange(ctx, WebKind::Fetch, url, &key, &parsed, |client| {
-                client.get(parsed.clone())
-            })
+            .exchange(
+                Asked {
+                    ctx,
+                    kind: WebKind::Fetch,
+                    target: url,
+                    key: &key,
+                    url: &parsed,
+                },
+                |client| client.get(parsed.clone()),
+            )
             .await?;
         let content_type = ex.header("content-type").unwrap_or("text/html").to_string();
         let mime = content_type
@@ -637,39 +672,28 @@ impl Gateway {
     /// the final successful exchange or the error.
     async fn exchange(
         &self,
-        ctx: Context,
-        kind: WebKind,
-        target: &str,
-        key: &str,
-        url: &url::Url,
+        asked: Asked<'_>,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Exchange, WebError> {
         if self.mode == Mode::Replay {
-            return self.replayed(ctx, kind, target, key, url, &build).await;
+            return self.replayed(asked, &build).await;
         }
-        self.over_the_wire(ctx, kind, target, key, url, &build).await
+        self.over_the_wire(asked, &build).await
     }
 
     /// Live and record modes, and a replay's fallback: attempts with
     /// retries, each recorded when there is a log.
     async fn over_the_wire(
         &self,
-        ctx: Context,
-        kind: WebKind,
-        target: &str,
-        key: &str,
-        url: &url::Url,
+        asked: Asked<'_>,
         build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Exchange, WebError> {
         let attempts = self.config.retries + 1;
         for attempt in 1..=attempts {
-            let mut ex = self.attempt(url, build).await;
+            let mut ex = self.attempt(asked.url, build).await;
             ex.attempt = attempt;
             if self.store.is_some() {
-                ex.request_id = Some(
-                    self.record_exchange(ctx, kind, target, key, &ex, self.config.source)
-                        .await?,
-                );
+                ex.request_id = Some(self.record_exchange(&asked, &ex, self.config.source).await?);
             }
             if ex.retryable() && attempt < attempts {
                 let retry_after = ex
@@ -689,14 +713,13 @@ impl Gateway {
     /// as were recorded, whatever the retry setting now), or a miss.
     async fn replayed(
         &self,
-        ctx: Context,
-        kind: WebKind,
-        target: &str,
-        key: &str,
-        url: &url::Url,
+        asked: Asked<'_>,
         build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Exchange, WebError> {
         let recording = self.recording.as_ref().expect("replay gateways hold a recording");
+        let Asked {
+            ctx, kind, key, url, ..
+        } = asked;
         let Some(mut ex) = recording.take(key) else {
             let answered = self.http.is_some();
             self.misses.lock().unwrap_or_else(|e| e.into_inner()).push(Miss {
@@ -715,14 +738,11 @@ impl Gateway {
             if kind == WebKind::Fetch {
                 self.config.policy.check_url(url)?;
             }
-            return self.over_the_wire(ctx, kind, target, key, url, build).await;
+            return self.over_the_wire(asked, build).await;
         };
         loop {
             if self.store.is_some() {
-                ex.request_id = Some(
-                    self.record_exchange(ctx, kind, target, key, &ex, WebSource::Replay)
-                        .await?,
-                );
+                ex.request_id = Some(self.record_exchange(&asked, &ex, WebSource::Replay).await?);
             }
             if ex.retryable() && recording.next_is_attempt(key, ex.attempt + 1) {
                 ex = recording.take(key).expect("the next attempt was just seen");
@@ -785,15 +805,15 @@ impl Gateway {
 
     async fn record_exchange(
         &self,
-        ctx: Context,
-        kind: WebKind,
-        target: &str,
-        key: &str,
+        asked: &Asked<'_>,
         ex: &Exchange,
         source: WebSource,
     ) -> Result<RequestId, WebError> {
         let store = self.store.clone().expect("recording gateways hold a store");
         let ts = self.clock.now();
+        let Asked {
+            ctx, kind, target, key, ..
+        } = *asked;
         let backend = match kind {
             WebKind::Search => self.config.search.name().to_string(),
             WebKind::Fetch => "http".to_string(),

@@ -193,6 +193,28 @@ pub struct Divergence {
     pub environment: Vec<String>,
 }
 
+impl Divergence {
+    /// `token 7: recorded 12 "Ada" (log-prob -0.1) | produced 99 "Bob" (…)`,
+    /// when a token differs.
+    pub fn token_line(&self) -> Option<String> {
+        let (i, recorded, produced) = self.token.as_ref()?;
+        let side = |t: &Option<TokenAt>| match t {
+            None => "(none: the turn ended)".to_string(),
+            Some(t) => format!(
+                "{} {:?}{}",
+                t.id,
+                t.piece,
+                t.logprob.map_or(String::new(), |l| format!(" (log-prob {l:.6})"))
+            ),
+        };
+        Some(format!(
+            "token {i}: recorded {} | produced {}",
+            side(recorded),
+            side(produced)
+        ))
+    }
+}
+
 /// What a check found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {

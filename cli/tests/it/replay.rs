@@ -42,7 +42,7 @@ fn copy_log(from: &Path, to: &Path, mut edit: impl FnMut(&Store, &mut Event) -> 
 
 /// A scripted evaluation over an in-process sandbox that is gone once the
 /// command ends.
-fn scripted_run(data: &Path) {
+pub(crate) fn scripted_run(data: &Path) {
     let out = run(
         data,
         &[

@@ -334,19 +334,7 @@ fn while_a_writer_holds_the_log_sql_gets_its_newest_events_from_it() {
 fn rebuild_agrees_with_fresh_snapshots_and_names_the_table_of_an_altered_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = run(
-        &data,
-        &[
-            "eval",
-            "--limit",
-            "6",
-            "--sandbox-entities",
-            "300",
-            "--snapshot-every",
-            "off",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    crate::replay::scripted_run(&data);
     let out = run(&data, &["rebuild"]);
     assert!(
         !out.status.success() && stderr(&out).contains("run 'fathom snapshot' first"),

@@ -11,19 +11,29 @@ use fathom_store::{Durability, Options, Store};
 
 fn store_with_steps(dir: &std::path::Path, steps: usize) -> Store {
     let store = Store::open(dir, Options::default()).unwrap();
+    append_steps(&store, 1, steps, (0, 0));
+    store
+}
+
+/// Appends `steps` synthetic training steps of run `r-{run}` (page pool and
+/// seed `run`, ids from `first_ids`); returns the events appended.
+fn append_steps(store: &Store, run: u64, steps: usize, first_ids: (u64, u64)) -> usize {
     let refs = store
-        .put_blobs(&page_pool(1).iter().map(Vec::as_slice).collect::<Vec<_>>())
+        .put_blobs(&page_pool(run).iter().map(Vec::as_slice).collect::<Vec<_>>())
         .unwrap();
     let spec = TrainingSpec {
         questions_per_step: 2,
         group_size: 2,
         horizon_steps: 10,
     };
-    let mut load = TrainingLoad::new(1, RunId(1), spec, refs, (0, 0));
+    let mut load = TrainingLoad::new(run, RunId(run), spec, refs, first_ids);
+    let mut n = 0;
     for _ in 0..steps {
-        store.append_with(&load.step(), Durability::Durable).unwrap();
+        let events = load.step();
+        n += events.len();
+        store.append_with(&events, Durability::Durable).unwrap();
     }
-    store
+    n
 }
 
 #[test]
@@ -167,7 +177,7 @@ fn a_rebuild_from_the_log_agrees_with_the_snapshots_until_a_file_is_altered() {
     };
     store.snapshot(&opts).unwrap();
     // More events, and a second snapshot with other windows.
-    let more = store_with_steps_more(&store);
+    let more = append_steps(&store, 2, 2, (1000, 1000));
     assert!(more > 0);
     store.snapshot(&SnapshotOptions::default()).unwrap();
 
@@ -219,24 +229,4 @@ fn a_rebuild_from_the_log_agrees_with_the_snapshots_until_a_file_is_altered() {
             .rebuild(&dir.path().join("rebuilt-2"), &SnapshotOptions::default(), &mut |_| {})
             .is_err()
     );
-}
-
-/// Appends two more training steps of another run to `store`; returns the events appended.
-fn store_with_steps_more(store: &Store) -> usize {
-    let refs = store
-        .put_blobs(&page_pool(2).iter().map(Vec::as_slice).collect::<Vec<_>>())
-        .unwrap();
-    let spec = TrainingSpec {
-        questions_per_step: 2,
-        group_size: 2,
-        horizon_steps: 10,
-    };
-    let mut load = TrainingLoad::new(2, RunId(2), spec, refs, (1000, 1000));
-    let mut n = 0;
-    for _ in 0..2 {
-        let events = load.step();
-        n += events.len();
-        store.append_with(&events, Durability::Durable).unwrap();
-    }
-    n
 }

@@ -51,8 +51,15 @@ fn search_and_fetch_against_a_running_sandbox_are_recorded() {
         .collect();
     assert_eq!(
         exchanges.len(),
-        3,
-        "two searches and one fetch (the refused fetch never left)"
+        4,
+        "two searches, one fetch, and the refused fetch (which never left, recorded so a replay refuses it too)"
+    );
+    assert_eq!(exchanges[3]["attempt"], 0, "refused before any attempt");
+    assert_eq!(exchanges[3]["status"], 0);
+    assert!(
+        exchanges[3]["error"].as_str().unwrap().contains("169.254.169.254 is an internal address"),
+        "{}",
+        exchanges[3]
     );
     assert_eq!(exchanges[0]["request_kind"], "search");
     assert_eq!(exchanges[0]["source"], "sandbox");

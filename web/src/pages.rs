@@ -589,14 +589,30 @@ async fn episode_data(state: &AppState, eid: &str) -> Result<Value, WebError> {
 
 async fn episode_query(state: &AppState, eid: &str) -> Result<Value, WebError> {
     let q = lit(eid);
+    let records = episode_records(state, eid).await?;
+    // The episode's run and step narrow the scan to a few pages of the
+    // files (sorted by run, step, seq) when the log told them.
+    let narrow = records
+        .as_ref()
+        .and_then(|rs| {
+            rs.iter().find_map(|r| match &r.event.payload {
+                fathom_core::Payload::EpisodeStarted(p) => Some(format!(
+                    " AND run_id = {} AND step = {}",
+                    lit(&r.event.run.to_string()),
+                    p.step
+                )),
+                _ => None,
+            })
+        })
+        .unwrap_or_default();
     let ep = state
-        .rows(&format!("SELECT * FROM episodes WHERE episode_id = {q}"))
+        .rows(&format!("SELECT * FROM episodes WHERE episode_id = {q}{narrow}"))
         .await?;
     let Some(ep) = ep.into_iter().next() else {
         return Err(WebError::NotFound(format!("there is no finished episode {eid}")));
     };
-    if let Some(v) = episode_from_log(state, eid, &ep).await? {
-        return Ok(v);
+    if let Some(records) = records {
+        return episode_from_records(state, &ep, records).await;
     }
     let turns = state
         .rows(&format!(
@@ -679,11 +695,10 @@ const EPISODE_PARTS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The episode's rows built from its events, which the writer serves from
-/// the log's per-episode index, by the snapshotter's own projector: one
-/// request instead of five table scans. `None` when no writer serves the
+/// The episode's events, which the writer of a running command serves
+/// from the log's per-episode index; `None` when no writer serves the
 /// endpoint (the tables answer then).
-async fn episode_from_log(state: &AppState, eid: &str, ep: &Row) -> Result<Option<Value>, WebError> {
+async fn episode_records(state: &AppState, eid: &str) -> Result<Option<Vec<fathom_core::Record>>, WebError> {
     let n: u64 = eid
         .trim_start_matches("e-")
         .parse()
@@ -694,9 +709,16 @@ async fn episode_from_log(state: &AppState, eid: &str, ep: &Row) -> Result<Optio
             .await
             .map_err(|e| WebError::Internal(e.to_string()))?
             .map_err(|e| WebError::Internal(format!("reading the episode from the writer: {e}")))?;
-    let Some(mut records) = records.filter(|r| !r.is_empty()) else {
-        return Ok(None);
-    };
+    Ok(records.filter(|r| !r.is_empty()))
+}
+
+/// The episode's rows built from its events by the snapshotter's own
+/// projector: one request to the writer instead of five table scans.
+async fn episode_from_records(
+    state: &AppState,
+    ep: &Row,
+    mut records: Vec<fathom_core::Record>,
+) -> Result<Value, WebError> {
     // Only what the tables have seen, so both sources show the same.
     let last = state.last_seq().await;
     records.retain(|r| r.seq.0 <= last);
@@ -743,7 +765,7 @@ async fn episode_from_log(state: &AppState, eid: &str, ep: &Row) -> Result<Optio
         out.insert((*key).to_string(), Value::Array(picked));
     }
     out.insert("source".into(), "log".into());
-    Ok(Some(Value::Object(out)))
+    Ok(Value::Object(out))
 }
 
 pub(crate) async fn episode_api(

@@ -57,7 +57,10 @@ fn search_and_fetch_against_a_running_sandbox_are_recorded() {
     assert_eq!(exchanges[3]["attempt"], 0, "refused before any attempt");
     assert_eq!(exchanges[3]["status"], 0);
     assert!(
-        exchanges[3]["error"].as_str().unwrap().contains("169.254.169.254 is an internal address"),
+        exchanges[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("169.254.169.254 is an internal address"),
         "{}",
         exchanges[3]
     );

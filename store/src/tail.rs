@@ -145,29 +145,55 @@ pub fn fetch_episode(data: &Path, episode: fathom_core::EpisodeId) -> Result<Opt
     frames(data, &format!("episode {}\n", episode.0))
 }
 
-fn frames(data: &Path, request: &str) -> Result<Option<Vec<Record>>> {
+/// What a request to the writer's endpoint was doing, for its errors.
+struct Asked {
+    path: PathBuf,
+    action: &'static str,
+}
+
+impl Asked {
+    /// An I/O error of this request, naming what it was doing and the socket.
+    fn io(&self) -> impl Fn(std::io::Error) -> Error + '_ {
+        move |source| Error::Io {
+            action: self.action,
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Connects to the writer's endpoint and sends `request`; `Ok(None)` when
+/// no writer serves it. Errors name `action` and the socket.
+fn ask(data: &Path, request: &str, action: &'static str) -> Result<Option<(BufReader<UnixStream>, Asked)>> {
     let path = data.join(SOCKET);
     let Ok(mut conn) = UnixStream::connect(&path) else {
         return Ok(None);
     };
     let io = |source| Error::Io {
-        action: "read the writer's events from",
+        action,
         path: path.clone(),
         source,
     };
     conn.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
     conn.write_all(request.as_bytes()).map_err(io)?;
-    let mut reader = BufReader::new(conn);
+    Ok(Some((BufReader::new(conn), Asked { path, action })))
+}
+
+fn frames(data: &Path, request: &str) -> Result<Option<Vec<Record>>> {
+    let Some((mut reader, asked)) = ask(data, request, "read the writer's events from")? else {
+        return Ok(None);
+    };
+    let io = asked.io();
     let mut records = Vec::new();
     loop {
         let mut len = [0u8; 4];
-        reader.read_exact(&mut len).map_err(io)?;
+        reader.read_exact(&mut len).map_err(&io)?;
         let len = u32::from_le_bytes(len) as usize;
         if len == 0 {
             break;
         }
         let mut bytes = vec![0u8; len];
-        reader.read_exact(&mut bytes).map_err(io)?;
+        reader.read_exact(&mut bytes).map_err(&io)?;
         let seq = Seq(u64::from_le_bytes(
             bytes
                 .get(16..24)
@@ -183,27 +209,19 @@ fn frames(data: &Path, request: &str) -> Result<Option<Vec<Record>>> {
 /// Asks the writer of `data` for a blob. `Ok(None)` when no writer serves
 /// the endpoint; `Ok(Some(None))` when the log has no such blob.
 pub fn fetch_blob(data: &Path, digest: &fathom_core::Digest) -> Result<Option<Option<Vec<u8>>>> {
-    let path = data.join(SOCKET);
-    let Ok(mut conn) = UnixStream::connect(&path) else {
+    let request = format!("blob {}\n", digest.to_hex());
+    let Some((mut reader, asked)) = ask(data, &request, "read a blob from the writer through")? else {
         return Ok(None);
     };
-    let io = |source| Error::Io {
-        action: "read a blob from the writer through",
-        path: path.clone(),
-        source,
-    };
-    conn.set_read_timeout(Some(Duration::from_secs(60))).map_err(io)?;
-    conn.write_all(format!("blob {}\n", digest.to_hex()).as_bytes())
-        .map_err(io)?;
-    let mut reader = BufReader::new(conn);
+    let io = asked.io();
     let mut len = [0u8; 8];
-    reader.read_exact(&mut len).map_err(io)?;
+    reader.read_exact(&mut len).map_err(&io)?;
     let len = u64::from_le_bytes(len);
     if len == u64::MAX {
         return Ok(Some(None));
     }
     let mut bytes = vec![0u8; len as usize];
-    reader.read_exact(&mut bytes).map_err(io)?;
+    reader.read_exact(&mut bytes).map_err(&io)?;
     if blake3::hash(&bytes).as_bytes() != &digest.0 {
         return Err(Error::Internal(format!(
             "blob {} from the writer does not match its digest",

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use fathom_core::event::{EndReason, TurnGenerated};
 use fathom_core::protocol::{self, Message};
-use fathom_core::{EpisodeId, Payload, QuestionId, RunId};
+use fathom_core::{EpisodeId, Payload, QuestionId, Record, RunId};
 use fathom_model::ChatTokenizer;
 use fathom_store::Store;
 
@@ -130,10 +130,20 @@ fn turn_of(store: &Store, episode: EpisodeId, t: &TurnGenerated) -> Result<Recor
 
 /// Reads one episode's events. `None` when the log has no start for it.
 pub fn read_episode(store: &Store, episode: EpisodeId) -> Result<Option<RecordedEpisode>, RecordedError> {
+    let records: Vec<Record> = store.episode_events(episode).collect::<Result<_, _>>()?;
+    episode_of(store, episode, &records)
+}
+
+/// An episode from its events already read (`Store::episode_events`), with
+/// token ids and log-probs from the store's blobs.
+pub fn episode_of(
+    store: &Store,
+    episode: EpisodeId,
+    records: &[Record],
+) -> Result<Option<RecordedEpisode>, RecordedError> {
     let mut out: Option<RecordedEpisode> = None;
     let mut turns: BTreeMap<u32, RecordedTurn> = BTreeMap::new();
-    for record in store.episode_events(episode) {
-        let record = record?;
+    for record in records {
         match &record.event.payload {
             Payload::EpisodeStarted(p) if p.episode_id == episode => {
                 out = Some(RecordedEpisode {

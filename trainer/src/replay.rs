@@ -31,7 +31,7 @@ use crate::candle_policy::{CandleModel, CandlePolicy};
 use crate::harness::{JobError, Question, sampled_events};
 use crate::openai::{OpenAiConfig, OpenAiPolicy};
 use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
-use crate::recorded::{RecordedEpisode, read_episode};
+use crate::recorded::{RecordedEpisode, episode_of};
 use crate::rollout::{EpisodeOutcome, Rollout, RolloutConfig};
 use crate::scripted::ScriptedPolicy;
 use crate::tools::{HeuristicReader, ToolLimits};
@@ -382,11 +382,18 @@ impl Replayer {
 
     /// Reads an episode, or says it is not in the log.
     pub fn episode(&self, episode: EpisodeId) -> Result<RecordedEpisode, JobError> {
-        read_episode(&self.store, episode)?.ok_or_else(|| {
+        Ok(self.episode_and_events(episode)?.0)
+    }
+
+    /// An episode and its events, read once for everything a re-run needs.
+    fn episode_and_events(&self, episode: EpisodeId) -> Result<(RecordedEpisode, Vec<Record>), JobError> {
+        let records: Vec<Record> = self.store.episode_events(episode).collect::<Result<_, _>>()?;
+        let recorded = episode_of(&self.store, episode, &records)?.ok_or_else(|| {
             invalid(format!(
                 "the log holds no episode {episode}; list some with: fathom sql \"SELECT episode_id, run_id, reward FROM episodes LIMIT 20\""
             ))
-        })
+        })?;
+        Ok((recorded, records))
     }
 
     /// The finished, non-aborted episodes of `run`, in order.
@@ -727,12 +734,8 @@ impl Replayer {
                         top_p: 1.0,
                     },
                 };
-                self.parse_spec(spec, None, sampling).map(|mut p| {
-                    if let PolicyPlan::Candle { expected, .. } = &mut p {
-                        *expected = None;
-                    }
-                    p
-                })
+                // No recorded digest: the directory is taken as it is now.
+                self.parse_spec(spec, None, sampling)
             }
         };
         result.map_err(|c| invalid(c.to_string()))
@@ -749,12 +752,11 @@ impl Replayer {
 
     /// The episode's recorded web exchanges, and a gateway config whose
     /// search backend matches them.
-    fn recording(&self, episode: EpisodeId) -> Result<(Recording, usize, GatewayConfig), JobError> {
-        let records: Vec<Record> = self.store.episode_events(episode).collect::<Result<_, _>>()?;
+    fn recording(&self, records: &[Record]) -> Result<(Recording, usize, GatewayConfig), JobError> {
         let mut backend = "serper".to_string();
         let mut results = fathom_core::protocol::RESULTS_PER_QUERY;
         let mut n = 0;
-        for r in &records {
+        for r in records {
             if let Payload::WebExchange(w) = &r.event.payload {
                 n += 1;
                 if w.request_kind == fathom_core::event::WebKind::Search {
@@ -770,7 +772,7 @@ impl Replayer {
                 }
             }
         }
-        let recording = Recording::from_records(&self.store, &records)?;
+        let recording = Recording::from_records(&self.store, records)?;
         // No socket is opened in replay: the URL only selects how search
         // answers are read.
         let search = match backend.as_str() {
@@ -813,7 +815,7 @@ impl Replayer {
     /// Re-runs `episode` with the policy it was recorded with, against its
     /// recorded web only, and compares.
     pub async fn check(&self, episode: EpisodeId) -> Result<Verdict, JobError> {
-        let recorded = self.episode(episode)?;
+        let (recorded, records) = self.episode_and_events(episode)?;
         match recorded.end {
             None => {
                 return Err(invalid(format!(
@@ -829,7 +831,7 @@ impl Replayer {
         }
         let info = self.run_info(recorded.run)?;
         let question = self.question(&info, &recorded)?;
-        let (recording, n_requests, gateway_config) = self.recording(episode)?;
+        let (recording, n_requests, gateway_config) = self.recording(&records)?;
         let mut verdict = Verdict {
             episode,
             run: recorded.run,
@@ -881,19 +883,11 @@ impl Replayer {
         verdict.timings = outcome.timings;
         let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
         let tokenizer = model.as_ref().map(|m| &m.loaded().tokenizer);
-        verdict.divergence = compare(
-            &recorded,
-            &seen,
-            &outcome,
-            &gateway.misses(),
-            tokenizer,
-            &self.store,
-            episode,
-        )?
-        .map(|mut d| {
-            d.environment = environment;
-            d
-        });
+        verdict.divergence =
+            compare(&recorded, &seen, &outcome, &gateway.misses(), tokenizer, &records).map(|mut d| {
+                d.environment = environment;
+                d
+            });
         Ok(verdict)
     }
 
@@ -907,12 +901,12 @@ impl Replayer {
         choice: &PolicyChoice,
         fallback: Option<GatewayConfig>,
     ) -> Result<Rerun, JobError> {
-        let original = self.episode(episode)?;
+        let (original, records) = self.episode_and_events(episode)?;
         let info = self.run_info(original.run)?;
         let question = self.question(&info, &original)?;
         let plan = self.plan(&original, choice)?;
         let (inner, _) = self.make_policy(&plan).map_err(|c| invalid(c.to_string()))?;
-        let (recording, _, gateway_config) = self.recording(episode)?;
+        let (recording, _, gateway_config) = self.recording(&records)?;
         let on_miss = if fallback.is_some() { "fallback" } else { "fail" };
         let mut gateway =
             Gateway::replay(gateway_config, recording, self.clock.clone()).recording_into(self.store.clone());
@@ -1063,17 +1057,15 @@ fn token_at(
     })
 }
 
-/// The requests that served `turn` of `episode` in the recording.
-fn requests_of(store: &Store, episode: EpisodeId, turn: u32) -> Result<Vec<String>, JobError> {
-    let mut out = Vec::new();
-    for r in store.episode_events(episode) {
-        if let Payload::WebExchange(w) = r?.event.payload
-            && w.turn == Some(turn)
-        {
-            out.push(format!("{} ({})", w.request_id, w.canonical));
-        }
-    }
-    Ok(out)
+/// The recorded requests that served `turn`.
+fn requests_of(records: &[Record], turn: u32) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| match &r.event.payload {
+            Payload::WebExchange(w) if w.turn == Some(turn) => Some(format!("{} ({})", w.request_id, w.canonical)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The first difference between a recorded episode and its re-run.
@@ -1083,9 +1075,8 @@ fn compare(
     outcome: &EpisodeOutcome,
     misses: &[Miss],
     tokenizer: Option<&fathom_model::ChatTokenizer>,
-    store: &Store,
-    episode: EpisodeId,
-) -> Result<Option<Divergence>, JobError> {
+    records: &[Record],
+) -> Option<Divergence> {
     let diverge = |turn: u32, cause: Cause, recorded: String, produced: String| Divergence {
         turn: Some(turn),
         cause,
@@ -1105,12 +1096,12 @@ fn compare(
             None => format!("(no turn: the re-run ended, {})", outcome.ended_by),
         };
         let Some(r) = r else {
-            return Ok(Some(diverge(
+            return Some(diverge(
                 turn,
                 Cause::Text,
                 "(no turn: the recorded episode had ended)".into(),
                 produced_text,
-            )));
+            ));
         };
         match p {
             Some(Ok(g)) => {
@@ -1122,7 +1113,7 @@ fn compare(
                             token_at(rids, r.logprobs.as_ref(), i, tokenizer),
                             token_at(pids, g.logprobs.as_ref(), i, tokenizer),
                         ));
-                        return Ok(Some(d));
+                        return Some(d);
                     }
                     if let (Some(rl), Some(pl)) = (&r.logprobs, &g.logprobs)
                         && let Some(i) = (0..rl.len().max(pl.len()))
@@ -1134,21 +1125,21 @@ fn compare(
                             token_at(rids, Some(rl), i, tokenizer),
                             token_at(pids, Some(pl), i, tokenizer),
                         ));
-                        return Ok(Some(d));
+                        return Some(d);
                     }
                 } else if r.text != g.text {
-                    return Ok(Some(diverge(turn, Cause::Text, r.text.clone(), produced_text)));
+                    return Some(diverge(turn, Cause::Text, r.text.clone(), produced_text));
                 }
             }
             Some(Err(e)) => {
-                return Ok(Some(diverge(
+                return Some(diverge(
                     turn,
                     Cause::Policy(e.to_string()),
                     r.text.clone(),
                     produced_text,
-                )));
+                ));
             }
-            None => return Ok(Some(diverge(turn, Cause::Text, r.text.clone(), produced_text))),
+            None => return Some(diverge(turn, Cause::Text, r.text.clone(), produced_text)),
         }
         let produced_tool = seen.tool_texts.get(&turn);
         let missed = misses.iter().find(|m| m.context.turn == Some(turn));
@@ -1158,27 +1149,27 @@ fn compare(
                     request: m.request.clone(),
                 },
                 None => Cause::ToolResponse {
-                    requests: requests_of(store, episode, turn)?,
+                    requests: requests_of(records, turn),
                 },
             };
-            return Ok(Some(diverge(
+            return Some(diverge(
                 turn,
                 cause,
                 r.tool_text.clone().unwrap_or_else(|| "(no tool response)".into()),
                 produced_tool.cloned().unwrap_or_else(|| "(no tool response)".into()),
-            )));
+            ));
         }
     }
     if let Some(end) = &recorded.end
         && (end.reward.to_bits() != outcome.score.reward.to_bits() || end.ended_by != outcome.ended_by)
     {
         let last = recorded.turns.len().saturating_sub(1) as u32;
-        return Ok(Some(diverge(
+        return Some(diverge(
             last,
             Cause::Score,
             format!("reward {} ({})", end.reward, end.ended_by),
             format!("reward {} ({})", outcome.score.reward, outcome.ended_by),
-        )));
+        ));
     }
-    Ok(None)
+    None
 }

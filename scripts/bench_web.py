@@ -21,8 +21,9 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-def get(host, port, path):
-    c = http.client.HTTPConnection(host, port, timeout=30)
+def get(host, port, path, conn=None):
+    """One GET; over `conn` (kept alive, as a browser does) when given."""
+    c = conn or http.client.HTTPConnection(host, port, timeout=30)
     t0 = time.perf_counter()
     c.request("GET", path)
     r = c.getresponse()
@@ -30,7 +31,8 @@ def get(host, port, path):
     dt = (time.perf_counter() - t0) * 1000
     timing = r.getheader("server-timing") or ""
     server = float(timing.split("dur=")[1]) if "dur=" in timing else float("nan")
-    c.close()
+    if conn is None:
+        c.close()
     return r.status, dt, server, body
 
 
@@ -69,15 +71,19 @@ def main():
             rnd = random.Random(k)
             local = []
             i = 0
+            conn = http.client.HTTPConnection(host, port, timeout=30)
             while time.perf_counter() < stop:
                 path = "/runs/r-1" if i % 2 == 0 else f"/episodes/{rnd.choice(episodes)}"
                 page = "run" if i % 2 == 0 else "episode"
                 try:
-                    status, dt, server_ms, _ = get(host, port, path)
+                    status, dt, server_ms, _ = get(host, port, path, conn)
                     local.append((page, status, dt, server_ms))
-                except Exception as e:  # a refused or dropped connection is an error
+                except Exception:  # a refused or dropped connection is an error
                     local.append((page, 0, float("nan"), float("nan")))
+                    conn.close()
+                    conn = http.client.HTTPConnection(host, port, timeout=30)
                 i += 1
+            conn.close()
             with lock:
                 results.extend(local)
 

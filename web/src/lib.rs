@@ -93,9 +93,16 @@ struct Tables {
     /// The last event the open tables cover: page data computed over the
     /// same events is reused.
     last_seq: u64,
-    /// Page data by route and query, with the `last_seq` it is for; one
-    /// request computes it, the others wait for that result.
-    pages: std::collections::HashMap<String, (u64, Arc<tokio::sync::OnceCell<serde_json::Value>>)>,
+    /// Page data by route and query, with the `last_seq` it is for.
+    pages: std::collections::HashMap<String, CachedPage>,
+}
+
+/// One page's data: the newest computed, and the computation for newer
+/// tables when one is under way.
+#[derive(Default)]
+struct CachedPage {
+    ready: Option<(u64, Arc<serde_json::Value>)>,
+    pending: Option<(u64, Arc<tokio::sync::OnceCell<Arc<serde_json::Value>>>)>,
 }
 
 /// Page data kept at most (the oldest entries go first).
@@ -106,6 +113,10 @@ const CACHED_PAGES: usize = 512;
 pub struct AppState {
     config: Arc<Config>,
     tables: Arc<Mutex<Tables>>,
+    /// Each run's questions by id, as the `questions` table gave them at a
+    /// `last_seq` (a recorded question never changes; a run's questions
+    /// are read again only when one is missing and the tables moved on).
+    questions: Arc<Mutex<std::collections::HashMap<String, (u64, pages::QuestionsCell)>>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -120,6 +131,7 @@ impl AppState {
                 last_seq: 0,
                 pages: Default::default(),
             })),
+            questions: Default::default(),
             clock: Arc::new(fathom_core::SystemClock),
         }
     }
@@ -166,32 +178,68 @@ impl AppState {
 
     /// The data of a page, computed by `make` or reused when the tables
     /// have not changed since it was computed: many readers of a training
-    /// run share one computation per refresh.
+    /// run share one computation per refresh. When the tables have moved
+    /// on, the first reader computes the page again and the others are
+    /// served the previous data meanwhile, so no reader queues behind it.
     pub(crate) async fn cached<F, Fut>(&self, key: String, make: F) -> Result<serde_json::Value, WebError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<serde_json::Value, WebError>>,
     {
         self.db(false).await?;
-        let cell = {
+        let (seq, cell) = {
             let mut t = self.tables.lock().await;
             let seq = t.last_seq;
-            match t.pages.get(&key) {
-                Some((s, cell)) if *s == seq => cell.clone(),
+            if t.pages.len() >= CACHED_PAGES && !t.pages.contains_key(&key) {
+                t.pages.retain(|_, c| c.ready.as_ref().is_some_and(|(s, _)| *s == seq));
+                if t.pages.len() >= CACHED_PAGES {
+                    t.pages.clear();
+                }
+            }
+            let page = t.pages.entry(key.clone()).or_default();
+            let stale = match &page.ready {
+                Some((s, v)) if *s == seq => return Ok(v.as_ref().clone()),
+                Some((_, v)) => Some(v.clone()),
+                None => None,
+            };
+            match &page.pending {
+                // Newer tables: the first request computes the page again
+                // while the others are served the previous data.
+                Some((s, _)) if *s == seq && stale.is_some() => {
+                    drop(t);
+                    return Ok(stale.expect("checked").as_ref().clone());
+                }
+                Some((s, cell)) if *s == seq => (seq, cell.clone()),
                 _ => {
-                    if t.pages.len() >= CACHED_PAGES {
-                        t.pages.retain(|_, (s, _)| *s == seq);
-                        if t.pages.len() >= CACHED_PAGES {
-                            t.pages.clear();
-                        }
-                    }
                     let cell = Arc::new(tokio::sync::OnceCell::new());
-                    t.pages.insert(key, (seq, cell.clone()));
-                    cell
+                    page.pending = Some((seq, cell.clone()));
+                    (seq, cell)
                 }
             }
         };
-        cell.get_or_try_init(make).await.cloned()
+        let made = cell.get_or_try_init(|| async { make().await.map(Arc::new) }).await.cloned();
+        let mut t = self.tables.lock().await;
+        let value = match made {
+            Ok(v) => v,
+            Err(e) => {
+                // The next request tries again.
+                if let Some(page) = t.pages.get_mut(&key)
+                    && page.pending.as_ref().is_some_and(|(s, _)| *s == seq)
+                {
+                    page.pending = None;
+                }
+                return Err(e);
+            }
+        };
+        let page = t.pages.entry(key).or_default();
+        if page.ready.as_ref().is_none_or(|(s, _)| *s < seq) {
+            page.ready = Some((seq, value.clone()));
+        }
+        if page.pending.as_ref().is_some_and(|(s, _)| *s <= seq) {
+            page.pending = None;
+        }
+        drop(t);
+        Ok(value.as_ref().clone())
     }
 
     /// Rows of a read-only query as JSON objects.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -589,31 +590,13 @@ async fn episode_data(state: &AppState, eid: &str) -> Result<Value, WebError> {
 
 async fn episode_query(state: &AppState, eid: &str) -> Result<Value, WebError> {
     let q = lit(eid);
-    let records = episode_records(state, eid).await?;
-    // The episode's run and step narrow the scan to a few pages of the
-    // files (sorted by run, step, seq) when the log told them.
-    let narrow = records
-        .as_ref()
-        .and_then(|rs| {
-            rs.iter().find_map(|r| match &r.event.payload {
-                fathom_core::Payload::EpisodeStarted(p) => Some(format!(
-                    " AND run_id = {} AND step = {}",
-                    lit(&r.event.run.to_string()),
-                    p.step
-                )),
-                _ => None,
-            })
-        })
-        .unwrap_or_default();
-    let ep = state
-        .rows(&format!("SELECT * FROM episodes WHERE episode_id = {q}{narrow}"))
-        .await?;
+    if let Some(records) = episode_records(state, eid).await? {
+        return episode_from_records(state, eid, records).await;
+    }
+    let ep = state.rows(&format!("SELECT * FROM episodes WHERE episode_id = {q}")).await?;
     let Some(ep) = ep.into_iter().next() else {
         return Err(WebError::NotFound(format!("there is no finished episode {eid}")));
     };
-    if let Some(records) = records {
-        return episode_from_records(state, &ep, records).await;
-    }
     let turns = state
         .rows(&format!(
             "SELECT turn, role, text, tool, n_tokens, finish, truncated FROM turns WHERE episode_id = {q} ORDER BY turn, seq"
@@ -712,11 +695,54 @@ async fn episode_records(state: &AppState, eid: &str) -> Result<Option<Vec<fatho
     Ok(records.filter(|r| !r.is_empty()))
 }
 
+/// A run's questions by id, read once for many episode pages.
+pub(crate) type QuestionsCell = Arc<tokio::sync::OnceCell<Arc<HashMap<String, Row>>>>;
+
+/// A recorded question's columns of the episode row (`data_source`,
+/// `hops`, `question`, `ground_truth`): the run's questions are read from
+/// the `questions` table in one query and kept.
+async fn question_of(state: &AppState, run: &str, question: &str) -> Result<Option<Row>, WebError> {
+    let last = state.last_seq().await;
+    let cell = {
+        let mut known = state.questions.lock().await;
+        match known.get(run) {
+            Some((_, cell)) if cell.get().is_some_and(|m| m.contains_key(question)) => {
+                return Ok(cell.get().and_then(|m| m.get(question).cloned()));
+            }
+            // Being read, or read over the same tables: wait for it.
+            Some((seq, cell)) if *seq >= last => cell.clone(),
+            _ => {
+                let cell: QuestionsCell = Default::default();
+                known.insert(run.to_string(), (last, cell.clone()));
+                cell
+            }
+        }
+    };
+    let map = cell
+        .get_or_try_init(|| async {
+            let rows = state
+                .rows(&format!(
+                    "SELECT question_id, data_source, hops, question, ground_truth FROM questions WHERE run_id = {}",
+                    lit(run)
+                ))
+                .await?;
+            let mut map = HashMap::with_capacity(rows.len());
+            for mut row in rows {
+                if let Some(Value::String(id)) = row.remove("question_id") {
+                    map.insert(id, row);
+                }
+            }
+            Ok::<_, WebError>(Arc::new(map))
+        })
+        .await?;
+    Ok(map.get(question).cloned())
+}
+
 /// The episode's rows built from its events by the snapshotter's own
-/// projector: one request to the writer instead of five table scans.
+/// projector: one request to the writer instead of six table scans.
 async fn episode_from_records(
     state: &AppState,
-    ep: &Row,
+    eid: &str,
     mut records: Vec<fathom_core::Record>,
 ) -> Result<Value, WebError> {
     // Only what the tables have seen, so both sources show the same.
@@ -740,8 +766,20 @@ async fn episode_from_records(
             }
         }
     }
+    // The episode's row; its question's columns come from the run's
+    // `question_sampled`, which is not among the episode's own events.
+    let Some((_, _, mut ep)) = rows.remove("episodes").and_then(|mut v| v.pop()) else {
+        return Err(WebError::NotFound(format!("there is no finished episode {eid}")));
+    };
+    if let (Some(run), Some(qid)) = (
+        ep.get("run_id").and_then(Value::as_str),
+        ep.get("question_id").and_then(Value::as_str),
+    ) && let Some(question) = question_of(state, &run.to_string(), &qid.to_string()).await?
+    {
+        ep.extend(question);
+    }
     let mut out = Map::new();
-    out.insert("episode".into(), Value::Object(ep.clone()));
+    out.insert("episode".into(), Value::Object(ep));
     for (key, table, columns) in EPISODE_PARTS {
         let mut part = rows.remove(table).unwrap_or_default();
         // The tables' order: turns and tool calls by turn then seq, the rest by seq.

@@ -113,9 +113,10 @@ const CACHED_PAGES: usize = 512;
 pub struct AppState {
     config: Arc<Config>,
     tables: Arc<Mutex<Tables>>,
-    /// Each run's questions by id, as the `questions` table gave them at a
-    /// `last_seq` (a recorded question never changes; a run's questions
-    /// are read again only when one is missing and the tables moved on).
+    /// Questions by id per run and step (`r-1/3`) or per run (`r-1`), as
+    /// the `questions` table gave them at a `last_seq` (a recorded question
+    /// never changes; they are read again only when one is missing and the
+    /// tables moved on).
     questions: Arc<Mutex<std::collections::HashMap<String, (u64, pages::QuestionsCell)>>>,
     clock: Arc<dyn Clock>,
 }

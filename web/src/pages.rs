@@ -699,13 +699,18 @@ async fn episode_records(state: &AppState, eid: &str) -> Result<Option<Vec<fatho
 pub(crate) type QuestionsCell = Arc<tokio::sync::OnceCell<Arc<HashMap<String, Row>>>>;
 
 /// A recorded question's columns of the episode row (`data_source`,
-/// `hops`, `question`, `ground_truth`): the run's questions are read from
-/// the `questions` table in one query and kept.
-async fn question_of(state: &AppState, run: &str, question: &str) -> Result<Option<Row>, WebError> {
+/// `hops`, `question`, `ground_truth`): the questions of the episode's run
+/// and step are read from the `questions` table (sorted by run and step,
+/// so the query reads a few pages) in one query and kept.
+async fn question_of(state: &AppState, run: &str, step: Option<i64>, question: &str) -> Result<Option<Row>, WebError> {
     let last = state.last_seq().await;
+    let key = match step {
+        Some(s) => format!("{run}/{s}"),
+        None => run.to_string(),
+    };
     let cell = {
         let mut known = state.questions.lock().await;
-        match known.get(run) {
+        match known.get(&key) {
             Some((_, cell)) if cell.get().is_some_and(|m| m.contains_key(question)) => {
                 return Ok(cell.get().and_then(|m| m.get(question).cloned()));
             }
@@ -713,17 +718,20 @@ async fn question_of(state: &AppState, run: &str, question: &str) -> Result<Opti
             Some((seq, cell)) if *seq >= last => cell.clone(),
             _ => {
                 let cell: QuestionsCell = Default::default();
-                known.insert(run.to_string(), (last, cell.clone()));
+                known.insert(key, (last, cell.clone()));
                 cell
             }
         }
     };
     let map = cell
         .get_or_try_init(|| async {
+            let mut filter = format!("run_id = {}", lit(run));
+            if let Some(s) = step {
+                let _ = write!(filter, " AND step = {s}");
+            }
             let rows = state
                 .rows(&format!(
-                    "SELECT question_id, data_source, hops, question, ground_truth FROM questions WHERE run_id = {}",
-                    lit(run)
+                    "SELECT question_id, data_source, hops, question, ground_truth FROM questions WHERE {filter}"
                 ))
                 .await?;
             let mut map = HashMap::with_capacity(rows.len());
@@ -735,7 +743,12 @@ async fn question_of(state: &AppState, run: &str, question: &str) -> Result<Opti
             Ok::<_, WebError>(Arc::new(map))
         })
         .await?;
-    Ok(map.get(question).cloned())
+    match map.get(question) {
+        Some(row) => Ok(Some(row.clone())),
+        // A question sampled at another step than its episode's: the run's.
+        None if step.is_some() => Box::pin(question_of(state, run, None, question)).await,
+        None => Ok(None),
+    }
 }
 
 /// The episode's rows built from its events by the snapshotter's own
@@ -772,9 +785,9 @@ async fn episode_from_records(
         return Err(WebError::NotFound(format!("there is no finished episode {eid}")));
     };
     if let (Some(run), Some(qid)) = (
-        ep.get("run_id").and_then(Value::as_str),
-        ep.get("question_id").and_then(Value::as_str),
-    ) && let Some(question) = question_of(state, &run.to_string(), &qid.to_string()).await?
+        ep.get("run_id").and_then(Value::as_str).map(str::to_string),
+        ep.get("question_id").and_then(Value::as_str).map(str::to_string),
+    ) && let Some(question) = question_of(state, &run, ep.get("step").and_then(Value::as_i64), &qid).await?
     {
         ep.extend(question);
     }

@@ -39,7 +39,7 @@ pub struct DemoArgs {
     pub web_args: WebArgs,
 }
 
-pub fn run(data: &Path, args: DemoArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, args: DemoArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     let mut config: TrainConfig = match &args.config {
         Some(path) => TrainConfig::load(path)?,
         None => {
@@ -79,7 +79,7 @@ async fn demo(
     data: &Path,
     args: DemoArgs,
     config: TrainConfig,
-    snapshots: fathom_store::snapshot::AutoPolicy,
+    snapshots: crate::Snapshotting,
 ) -> anyhow::Result<ExitCode> {
     let clock = fathom_core::SystemClock;
     let started = fathom_core::Clock::now(&clock);

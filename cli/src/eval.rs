@@ -164,7 +164,7 @@ impl Policies {
     }
 }
 
-pub fn run(data: &Path, args: EvalArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, args: EvalArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     let policies = Policies::parse(&args)?;
     if args.web == "live" && args.web_args.search_url.is_none() && args.web_args.searxng_url.is_none() {
         anyhow::bail!("--web live needs a search API: pass --search-url (Serper-compatible) or --searxng-url");
@@ -210,7 +210,7 @@ async fn evaluate(
     data: &Path,
     args: EvalArgs,
     rows: Vec<fathom_store::verl::VerlRow>,
-    snapshots: fathom_store::snapshot::AutoPolicy,
+    snapshots: crate::Snapshotting,
     policies: Policies,
 ) -> anyhow::Result<ExitCode> {
     let web = connect(&args.web_args).await?;

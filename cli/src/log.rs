@@ -10,7 +10,6 @@ use fathom_core::event::{RunFinished, RunKind, RunStarted, RunStatus};
 use std::sync::Arc;
 
 use fathom_core::{Clock, Event, EventKind, IdKind, RunId, Seq, SystemClock};
-use fathom_store::snapshot::AutoPolicy;
 use fathom_store::synthetic::{self, TrainingLoad, TrainingSpec};
 use fathom_store::workload::{self, Workload, WorkloadSpec};
 use fathom_store::{Durability, Options, Store};
@@ -96,7 +95,7 @@ pub struct LoadArgs {
     pub no_verify: bool,
 }
 
-pub fn run(data: &Path, cmd: LogCommand, snapshots: AutoPolicy) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, cmd: LogCommand, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     match cmd {
         LogCommand::Stats { json } => stats(data, json),
         LogCommand::Tail(args) => tail(data, args),
@@ -265,7 +264,7 @@ fn tail(data: &Path, args: TailArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load(data: &Path, args: LoadArgs, snapshots: AutoPolicy) -> anyhow::Result<ExitCode> {
+fn load(data: &Path, args: LoadArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
@@ -367,7 +366,7 @@ fn load(data: &Path, args: LoadArgs, snapshots: AutoPolicy) -> anyhow::Result<Ex
 
 /// `fathom log load --episodes N`: a synthetic training run, step by step
 /// (one relaxed append and one flush per step, as the trainer does).
-fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: AutoPolicy) -> anyhow::Result<ExitCode> {
+fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     if episodes == 0 {
         anyhow::bail!("--episodes must be at least 1");
     }

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod eval;
 mod export;
+mod gateway;
 mod log;
 mod model;
 mod rebuild;
@@ -41,6 +42,15 @@ struct Cli {
     #[arg(long, global = true, env = "FATHOM_SNAPSHOT_EVERY", default_value = "100000,60s", value_parser = parse_policy)]
     snapshot_every: fathom_store::snapshot::AutoPolicy,
 
+    /// Where snapshots (and checkpoints) are shipped after each snapshot,
+    /// and where `fathom sql` reads them: s3://bucket/prefix, gs://…, az://…,
+    /// file:///dir or a directory. Credentials and endpoint from the usual
+    /// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP). A training config's `snapshots`
+    /// field does the same for `fathom train`.
+    #[arg(long, global = true, env = "FATHOM_SNAPSHOTS", value_name = "URL")]
+    snapshots: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +70,10 @@ enum Command {
     /// Search or fetch through the web gateway, recorded, as the agent would.
     #[command(subcommand)]
     Web(web::WebCommand),
+    /// The web gateway as a service: rollouts spread their tool calls over
+    /// several (`--gateways URL,URL,…`).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
     /// The whole loop on the built-in sandbox web, no network, no arguments: make a tiny model,
     /// warm-start it on scripted trajectories, train it with GRPO, evaluate before and after.
     Demo(demo::DemoArgs),
@@ -110,24 +124,59 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// How a writing command snapshots the log: when, and where the
+/// snapshots are shipped.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshotting {
+    pub policy: fathom_store::snapshot::AutoPolicy,
+    pub ship: Option<std::sync::Arc<fathom_store::remote::Location>>,
+}
+
+impl Snapshotting {
+    /// Snapshot options with the ship location.
+    pub(crate) fn options(&self) -> fathom_store::snapshot::SnapshotOptions {
+        fathom_store::snapshot::SnapshotOptions {
+            ship: self.ship.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses `--snapshots` / `FATHOM_SNAPSHOTS` / a config's `snapshots`.
+pub(crate) fn location(url: &str) -> anyhow::Result<std::sync::Arc<fathom_store::remote::Location>> {
+    Ok(std::sync::Arc::new(fathom_store::remote::Location::parse(url)?))
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    let ship = match cli.snapshots.as_deref().map(location).transpose() {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("error: --snapshots: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let snapshotting = Snapshotting {
+        policy: cli.snapshot_every.clone(),
+        ship: ship.clone(),
+    };
     let result = match cli.command {
-        Command::Log(cmd) => log::run(&cli.data, cmd, cli.snapshot_every.clone()),
+        Command::Log(cmd) => log::run(&cli.data, cmd, snapshotting),
         Command::Verify(args) => verify::run(&cli.data, args),
         Command::Score(args) => score::run(args),
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Web(cmd) => web::run(&cli.data, cmd),
+        Command::Gateway(cmd) => gateway::run(cmd),
         Command::Serve(args) => serve::run(&cli.data, args),
-        Command::Demo(args) => demo::run(&cli.data, args, cli.snapshot_every.clone()),
-        Command::Train(args) => train::run(&cli.data, args, cli.snapshot_every.clone()),
-        Command::Eval(args) => eval::run(&cli.data, args, cli.snapshot_every.clone()),
+        Command::Demo(args) => demo::run(&cli.data, args, snapshotting),
+        Command::Train(args) => train::run(&cli.data, args, snapshotting),
+        Command::Eval(args) => eval::run(&cli.data, args, snapshotting),
         Command::Export(args) => export::run(&cli.data, args),
         Command::Rebuild(args) => rebuild::run(&cli.data, args),
         Command::Replay(args) => replay::run(&cli.data, args),
-        Command::Snapshot(args) => snapshot::run(&cli.data, args),
-        Command::Sql(args) => sql::run(&cli.data, args),
+        Command::Snapshot(args) => snapshot::run(&cli.data, args, ship),
+        Command::Sql(args) => sql::run(&cli.data, args, ship),
         Command::Model(cmd) => model::run(cmd),
         Command::ServeModel(args) => serve_model::run(args),
     };
@@ -179,10 +228,7 @@ pub(crate) struct Background {
 }
 
 /// Starts the background work of a writing command.
-pub(crate) fn auto_snapshot(
-    store: &std::sync::Arc<fathom_store::Store>,
-    policy: fathom_store::snapshot::AutoPolicy,
-) -> Background {
+pub(crate) fn auto_snapshot(store: &std::sync::Arc<fathom_store::Store>, snapshots: Snapshotting) -> Background {
     let tail = match fathom_store::tail::TailServer::start(store.clone()) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -191,7 +237,7 @@ pub(crate) fn auto_snapshot(
         }
     };
     Background {
-        auto: fathom_store::snapshot::AutoSnapshot::start(store.clone(), policy, Default::default()),
+        auto: fathom_store::snapshot::AutoSnapshot::start(store.clone(), snapshots.policy.clone(), snapshots.options()),
         _tail: tail,
     }
 }
@@ -203,8 +249,23 @@ pub(crate) fn finish_snapshots(background: Background) -> anyhow::Result<()> {
             "snapshots cover events up to {} ('fathom sql' to query)",
             report.upto_seq
         );
+        if let Some(shipped) = &report.shipped {
+            eprintln!("{}", ship_line(shipped));
+        }
     }
     Ok(())
+}
+
+/// One line saying what a ship did.
+pub(crate) fn ship_line(r: &fathom_store::remote::ShipReport) -> String {
+    format!(
+        "shipped: {} snapshot file(s) and {} checkpoint file(s), {} uploaded, {} stale object(s) removed; the remote manifest covers events up to {}",
+        r.files,
+        r.checkpoint_files,
+        bytes(r.bytes),
+        r.removed,
+        r.upto_seq
+    )
 }
 
 /// Human-readable bytes.

@@ -21,7 +21,11 @@ pub struct SnapshotArgs {
     pub json: bool,
 }
 
-pub fn run(data: &Path, args: SnapshotArgs) -> anyhow::Result<ExitCode> {
+pub fn run(
+    data: &Path,
+    args: SnapshotArgs,
+    ship: Option<std::sync::Arc<fathom_store::remote::Location>>,
+) -> anyhow::Result<ExitCode> {
     if !data.join("log").exists() {
         anyhow::bail!(
             "{} holds no fathom log; pass --data (or FATHOM_DATA) with the data directory to snapshot",
@@ -35,6 +39,7 @@ pub fn run(data: &Path, args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     let opts = SnapshotOptions {
         window_events: args.window,
         compact_min_files: args.compact_min_files,
+        ship,
         ..SnapshotOptions::default()
     };
     let clock = SystemClock;
@@ -54,6 +59,10 @@ pub fn run(data: &Path, args: SnapshotArgs) -> anyhow::Result<ExitCode> {
             "files_written": report.files_written, "bytes_written": report.bytes_written,
             "rows": report.rows, "compactions": report.compactions, "orphans_removed": report.orphans_removed,
             "seconds": secs,
+            "shipped": report.shipped.as_ref().map(|r| serde_json::json!({
+                "files": r.files, "checkpoint_files": r.checkpoint_files, "bytes": r.bytes,
+                "removed": r.removed, "upto_seq": r.upto_seq,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -63,6 +72,9 @@ pub fn run(data: &Path, args: SnapshotArgs) -> anyhow::Result<ExitCode> {
             "removed {} file(s) left by an interrupted snapshot",
             report.orphans_removed
         );
+    }
+    if let Some(shipped) = &report.shipped {
+        println!("{}", crate::ship_line(shipped));
     }
     if report.events == 0 && report.compactions.is_empty() {
         println!("snapshots are up to date (events up to {})", report.upto_seq);

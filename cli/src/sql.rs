@@ -36,10 +36,24 @@ pub struct SqlArgs {
     /// DataFusion threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Query every data directory's snapshots shipped under this prefix
+    /// (s3://bucket/runs/ holding machine-a/, machine-b/, …) as one set of
+    /// tables, each with a first column `origin` naming the member.
+    #[arg(long, value_name = "URL", conflicts_with = "snapshots_only")]
+    pub catalog: Option<String>,
 }
 
-pub fn run(data: &Path, args: SqlArgs) -> anyhow::Result<ExitCode> {
-    if !data.join("log").exists() && !data.join("snapshots").join("manifest.json").exists() {
+pub fn run(
+    data: &Path,
+    args: SqlArgs,
+    snapshots: Option<std::sync::Arc<fathom_store::remote::Location>>,
+) -> anyhow::Result<ExitCode> {
+    let catalog = args.catalog.as_deref().map(crate::location).transpose()?;
+    if catalog.is_none()
+        && snapshots.is_none()
+        && !data.join("log").exists()
+        && !data.join("snapshots").join("manifest.json").exists()
+    {
         anyhow::bail!(
             "{} holds no fathom log or snapshots; pass --data (or FATHOM_DATA) with a data directory that a run wrote",
             data.display()
@@ -55,6 +69,8 @@ pub fn run(data: &Path, args: SqlArgs) -> anyhow::Result<ExitCode> {
         let opts = OpenOptions {
             snapshots_only: args.snapshots_only,
             target_partitions: args.threads,
+            snapshots,
+            catalog,
         };
         let mut db = Db::open(data, opts).await?;
         if let Some(note) = &db.source().tail_note

@@ -217,7 +217,7 @@ pub(crate) fn model_dir(data_dir: &Path, config: &TrainConfig, web: &WebArgs) ->
 
 pub(crate) const TODAY: &str = "2026-01-01";
 
-pub fn run(data: &Path, args: TrainArgs, snapshots: fathom_store::snapshot::AutoPolicy) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, args: TrainArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     let mut config = TrainConfig::load(&args.config)?;
     if let Some(d) = &args.device {
         config.model.device = d.clone();
@@ -237,8 +237,13 @@ async fn train(
     data: &Path,
     args: TrainArgs,
     config: TrainConfig,
-    snapshots: fathom_store::snapshot::AutoPolicy,
+    mut snapshots: crate::Snapshotting,
 ) -> anyhow::Result<ExitCode> {
+    if snapshots.ship.is_none()
+        && let Some(url) = &config.snapshots
+    {
+        snapshots.ship = Some(crate::location(url).context("the config's `snapshots`")?);
+    }
     let setup = setup(data, &config, &args.web_args).await?;
     let auto = crate::auto_snapshot(&setup.store, snapshots);
     let result = async {

@@ -63,6 +63,14 @@ pub struct WebArgs {
     /// Do not record the exchanges in the log.
     #[arg(long)]
     pub no_record: bool,
+    /// Tool gateways (`fathom gateway serve`) that make the web requests,
+    /// comma-separated: each episode sticks to one, and a request goes to the
+    /// next when one dies. Exchanges are still recorded in this log.
+    #[arg(long, env = "FATHOM_GATEWAYS", value_delimiter = ',')]
+    pub gateways: Vec<String>,
+    /// The gateways' token.
+    #[arg(long, env = "FATHOM_GATEWAY_TOKEN", hide_env_values = true)]
+    pub gateway_token: Option<String>,
 }
 
 pub fn run(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
@@ -80,6 +88,20 @@ pub(crate) struct Web {
 }
 
 pub(crate) async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
+    let mut web = connect_web(args).await?;
+    if !args.gateways.is_empty() {
+        let remotes = fathom_replay::remote::Remotes::new(
+            &args.gateways,
+            args.gateway_token.clone(),
+            Arc::new(SystemClock),
+        )
+        .map_err(|e| anyhow::anyhow!("--gateways: {e}"))?;
+        web.config.remote = Some(Arc::new(remotes));
+    }
+    Ok(web)
+}
+
+async fn connect_web(args: &WebArgs) -> anyhow::Result<Web> {
     if let Some(url) = &args.search_url {
         let mut config = GatewayConfig::new(SearchBackend::Serper {
             url: url.clone(),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{Session, TableProvider};
+use datafusion::catalog::{SchemaProvider as _, Session, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::{MemTable, TableType};
@@ -35,7 +35,8 @@ use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
-use fathom_store::snapshot::{Manifest, Projector, Snapshots, TableInfo, tables};
+use fathom_store::remote::Location;
+use fathom_store::snapshot::{FileEntry, Manifest, Projector, Snapshots, TableInfo, tables};
 use fathom_store::{Options, Store};
 
 pub use datafusion;
@@ -87,6 +88,57 @@ pub struct OpenOptions {
     pub snapshots_only: bool,
     /// DataFusion partitions (threads); 0 means one per core.
     pub target_partitions: usize,
+    /// Read the snapshot files from this location (shipped there with
+    /// `--snapshots URL`) instead of the data directory's `snapshots/`;
+    /// the tail still comes from the local log when there is one.
+    pub snapshots: Option<Arc<Location>>,
+    /// Read every data directory's snapshots under this prefix as one
+    /// catalogue (each member is a directory with a `manifest.json`); the
+    /// tables gain a first column `origin`, the member's name.
+    pub catalog: Option<Arc<Location>>,
+}
+
+/// Where a table's snapshot files are read from.
+enum Files<'a> {
+    Local(&'a Snapshots),
+    Remote(&'a Location),
+}
+
+impl Files<'_> {
+    fn url(&self, f: &FileEntry) -> Result<ListingTableUrl, QueryError> {
+        match self {
+            Files::Local(snaps) => ListingTableUrl::parse(snaps.path_of(f).to_string_lossy()).map_err(df_err),
+            Files::Remote(loc) => ListingTableUrl::parse(loc.url_of(&f.path)).map_err(df_err),
+        }
+    }
+}
+
+/// A view's SQL for local tables (`catalogue = false`) or for a catalogue,
+/// whose tables carry `origin`: `{o}` becomes `origin, `, `{x.o}` becomes
+/// `x.origin, ` and `{x=y}` becomes `x.origin = y.origin AND ` (or nothing).
+pub fn view_sql(body: &str, catalogue: bool) -> String {
+    let mut out = String::with_capacity(body.len() + 64);
+    let mut rest = body;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        let marker = &rest[at + 1..at + end];
+        if catalogue {
+            if marker == "o" {
+                out.push_str("origin, ");
+            } else if let Some(alias) = marker.strip_suffix(".o") {
+                out.push_str(&format!("{alias}.origin, "));
+            } else if let Some((a, b)) = marker.split_once('=') {
+                out.push_str(&format!("{a}.origin = {b}.origin AND "));
+            }
+        }
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A SQL session over one data directory.
@@ -107,11 +159,13 @@ impl std::fmt::Debug for Db {
 }
 
 /// The views registered on top of the tables, with their documentation.
+/// Their SQL marks where a catalogue of several data directories adds its
+/// `origin` column (see [`view_sql`]).
 pub const VIEWS: &[(&str, &str, &str)] = &[
     (
         "step_metrics",
         "Per run and step, over finished episodes (aborted ones excluded): episodes, reward mean and standard deviation, F1, EM, format-failure rate, and mean turns, tool calls, searches, browses and generated tokens per episode.",
-        "SELECT run_id, step, count(*) AS episodes,
+        "SELECT {o}run_id, step, count(*) AS episodes,
                 avg(reward) AS reward_mean, stddev_pop(reward) AS reward_std,
                 avg(f1) AS f1, avg(em) AS em,
                 avg(CASE WHEN format_ok THEN 0.0 ELSE 1.0 END) AS format_failure_rate,
@@ -119,40 +173,40 @@ pub const VIEWS: &[(&str, &str, &str)] = &[
                 avg(CAST(n_searches AS DOUBLE)) AS searches, avg(CAST(n_browses AS DOUBLE)) AS browses,
                 avg(CAST(n_tokens AS DOUBLE)) AS tokens
          FROM episodes WHERE ended_by <> 'aborted'
-         GROUP BY run_id, step",
+         GROUP BY {o}run_id, step",
     ),
     (
         "behaviour_rates",
         "Per run and step, the share of finished episodes (aborted ones excluded) showing each behaviour: planning, cross_validation, self_reflection, honesty.",
         "WITH flags AS (
-             SELECT run_id, episode_id,
+             SELECT {o}run_id, episode_id,
                     max(CASE WHEN kind = 'planning' THEN 1.0 ELSE 0.0 END) AS planning,
                     max(CASE WHEN kind = 'cross_validation' THEN 1.0 ELSE 0.0 END) AS cross_validation,
                     max(CASE WHEN kind = 'self_reflection' THEN 1.0 ELSE 0.0 END) AS self_reflection,
                     max(CASE WHEN kind = 'honesty' THEN 1.0 ELSE 0.0 END) AS honesty
-             FROM behaviours GROUP BY run_id, episode_id)
-         SELECT e.run_id, e.step, count(*) AS episodes,
+             FROM behaviours GROUP BY {o}run_id, episode_id)
+         SELECT {e.o}e.run_id, e.step, count(*) AS episodes,
                 avg(coalesce(f.planning, 0.0)) AS planning,
                 avg(coalesce(f.cross_validation, 0.0)) AS cross_validation,
                 avg(coalesce(f.self_reflection, 0.0)) AS self_reflection,
                 avg(coalesce(f.honesty, 0.0)) AS honesty
-         FROM episodes e LEFT JOIN flags f ON e.run_id = f.run_id AND e.episode_id = f.episode_id
+         FROM episodes e LEFT JOIN flags f ON {e=f}e.run_id = f.run_id AND e.episode_id = f.episode_id
          WHERE e.ended_by <> 'aborted'
-         GROUP BY e.run_id, e.step",
+         GROUP BY {e.o}e.run_id, e.step",
     ),
     (
         "replays",
         "One row per re-run episode (`fathom replay --checkpoint` / `--policy`) beside its original: both runs, both policies, and the answer, reward, F1, turns and tool calls of each. Turn-by-turn comparisons join `turns` on `episode_id` and `turn`.",
-        "SELECT r.episode_id, r.run_id, rr.policy, r.replay_of AS original_id, o.run_id AS original_run_id,
+        "SELECT {r.o}r.episode_id, r.run_id, rr.policy, r.replay_of AS original_id, o.run_id AS original_run_id,
                 orr.policy AS original_policy, o.step,
                 o.answer AS original_answer, r.answer,
                 o.reward AS original_reward, r.reward, r.reward - o.reward AS reward_change,
                 o.f1 AS original_f1, r.f1,
                 o.n_turns AS original_turns, r.n_turns AS turns,
                 o.n_tool_calls AS original_tool_calls, r.n_tool_calls AS tool_calls
-         FROM episodes r JOIN episodes o ON r.replay_of = o.episode_id
-              LEFT JOIN runs rr ON r.run_id = rr.run_id
-              LEFT JOIN runs orr ON o.run_id = orr.run_id",
+         FROM episodes r JOIN episodes o ON {r=o}r.replay_of = o.episode_id
+              LEFT JOIN runs rr ON {r=rr}r.run_id = rr.run_id
+              LEFT JOIN runs orr ON {o=orr}o.run_id = orr.run_id",
     ),
 ];
 
@@ -205,8 +259,18 @@ fn df_err(e: DataFusionError) -> QueryError {
 impl Db {
     /// Opens the tables of the data directory `data`.
     pub async fn open(data: &Path, opts: OpenOptions) -> Result<Db, QueryError> {
+        if let Some(catalog) = opts.catalog.clone() {
+            return Db::open_catalog(data, &catalog, opts).await;
+        }
         let snaps = Snapshots::new(data.join("snapshots"));
-        let manifest = snaps.manifest()?;
+        let manifest = match &opts.snapshots {
+            None => snaps.manifest()?,
+            Some(loc) => loc.manifest().await?.ok_or_else(|| {
+                QueryError::Sql(format!(
+                    "no snapshots have been shipped to {loc} (it holds no manifest.json); ship them with 'fathom --snapshots {loc} snapshot', or check the URL and the AWS_* / GOOGLE_* / AZURE_* settings"
+                ))
+            })?,
+        };
         let mut source = Source {
             snapshot_upto: manifest.upto_seq,
             files: manifest.files.len(),
@@ -254,21 +318,83 @@ impl Db {
                 Err(e) => return Err(e.into()),
             }
         };
-        let mut config = SessionConfig::new().with_information_schema(true);
-        // Evaluate filters while decoding Parquet (late materialisation):
-        // a query for one episode's turns reads the text of its rows only.
-        config.options_mut().execution.parquet.pushdown_filters = true;
-        config.options_mut().execution.parquet.reorder_filters = true;
-        if opts.target_partitions > 0 {
-            config = config.with_target_partitions(opts.target_partitions);
-        }
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = session(&opts);
+        let files = match &opts.snapshots {
+            None => Files::Local(&snaps),
+            Some(loc) => {
+                ctx.register_object_store(&loc.store_url(), loc.object_store());
+                Files::Remote(loc)
+            }
+        };
         for info in tables::all() {
-            let provider = table_provider(&snaps, &manifest, &info, tail.as_deref()).await?;
+            let provider = table_provider(&files, &manifest, &info, tail.as_deref()).await?;
             ctx.register_table(info.name, provider).map_err(df_err)?;
         }
         for (name, _, body) in VIEWS {
-            ctx.sql(&format!("CREATE VIEW {name} AS {body}"))
+            ctx.sql(&format!("CREATE VIEW {name} AS {}", view_sql(body, false)))
+                .await
+                .map_err(df_err)?;
+        }
+        Ok(Db {
+            ctx,
+            source,
+            data: data.to_path_buf(),
+            opts,
+        })
+    }
+
+    /// Opens every member of a catalogue as one set of tables: each
+    /// table is the union of the members' tables with a first column
+    /// `origin` (the member's name), from their committed files only.
+    async fn open_catalog(data: &Path, catalog: &Location, opts: OpenOptions) -> Result<Db, QueryError> {
+        let members = catalog.members().await?;
+        if members.is_empty() {
+            return Err(QueryError::Sql(format!(
+                "the catalogue {catalog} has no member: no directory right under it holds a manifest.json; ship a data directory's snapshots to {catalog}NAME/ with 'fathom --snapshots {catalog}NAME snapshot'"
+            )));
+        }
+        let ctx = session(&opts);
+        ctx.register_object_store(&catalog.store_url(), catalog.object_store());
+        let mut source = Source {
+            snapshot_upto: 0,
+            files: 0,
+            last_seq: 0,
+            tail_read: false,
+            tail_note: Some(format!("a catalogue of {} member(s): committed snapshots only", members.len())),
+        };
+        let default_catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| QueryError::Execution("the default catalogue is missing".into()))?;
+        for (name, member) in &members {
+            let manifest = member.manifest().await?.unwrap_or_default();
+            source.files += manifest.files.len();
+            source.snapshot_upto = source.snapshot_upto.max(manifest.upto_seq);
+            let schema = Arc::new(datafusion::catalog::MemorySchemaProvider::new());
+            for info in tables::all() {
+                let provider = table_provider(&Files::Remote(member), &manifest, &info, None).await?;
+                schema.register_table(info.name.to_string(), provider).map_err(df_err)?;
+            }
+            default_catalog.register_schema(name, schema).map_err(df_err)?;
+        }
+        source.last_seq = source.snapshot_upto;
+        for info in tables::all() {
+            let union: Vec<String> = members
+                .iter()
+                .map(|(name, _)| {
+                    format!(
+                        "SELECT '{}' AS origin, * FROM \"{}\".{}",
+                        name.replace('\'', "''"),
+                        name.replace('"', "\"\""),
+                        info.name
+                    )
+                })
+                .collect();
+            ctx.sql(&format!("CREATE VIEW {} AS {}", info.name, union.join(" UNION ALL ")))
+                .await
+                .map_err(df_err)?;
+        }
+        for (name, _, body) in VIEWS {
+            ctx.sql(&format!("CREATE VIEW {name} AS {}", view_sql(body, true)))
                 .await
                 .map_err(df_err)?;
         }
@@ -366,8 +492,21 @@ fn read_tail(data: &Path, manifest: &Manifest) -> Result<Option<(u64, TableBatch
     Ok(Some((last, projector.take_batches())))
 }
 
+/// A session with fathom's settings.
+fn session(opts: &OpenOptions) -> SessionContext {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    // Evaluate filters while decoding Parquet (late materialisation):
+    // a query for one episode's turns reads the text of its rows only.
+    config.options_mut().execution.parquet.pushdown_filters = true;
+    config.options_mut().execution.parquet.reorder_filters = true;
+    if opts.target_partitions > 0 {
+        config = config.with_target_partitions(opts.target_partitions);
+    }
+    SessionContext::new_with_config(config)
+}
+
 async fn table_provider(
-    snaps: &Snapshots,
+    files: &Files<'_>,
     manifest: &Manifest,
     info: &TableInfo,
     tail: Option<&[(&'static str, RecordBatch)]>,
@@ -377,20 +516,17 @@ async fn table_provider(
     // `runs` is complete in the tail (the projector carries every run), so
     // its snapshot file is only read when the tail is not.
     let use_files = !(info.name == "runs" && tail.is_some());
-    let files: Vec<ListingTableUrl> = if use_files {
+    let urls: Vec<ListingTableUrl> = if use_files {
         manifest
             .files_of(info.name)
-            .map(|f| {
-                let path = snaps.path_of(f);
-                ListingTableUrl::parse(path.to_string_lossy()).map_err(df_err)
-            })
+            .map(|f| files.url(f))
             .collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
-    if !files.is_empty() {
+    if !urls.is_empty() {
         let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(files)
+        let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(info.schema.clone());
         parts.push(Arc::new(ListingTable::try_new(config).map_err(df_err)?));

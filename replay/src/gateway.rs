@@ -103,6 +103,9 @@ pub struct GatewayConfig {
     pub results_per_query: usize,
     /// What to record as the source of live responses.
     pub source: WebSource,
+    /// Remote gateway services that make the HTTP attempts (`fathom
+    /// gateway serve`); `None` makes them from this process.
+    pub remote: Option<Arc<crate::remote::Remotes>>,
 }
 
 impl GatewayConfig {
@@ -118,6 +121,7 @@ impl GatewayConfig {
             per_host: 4,
             results_per_query: fathom_core::protocol::RESULTS_PER_QUERY,
             source: WebSource::Live,
+            remote: None,
         }
     }
 
@@ -243,6 +247,123 @@ impl Exchange {
             )
             || self.status == 429
             || (500..600).contains(&self.status)
+    }
+}
+
+/// One HTTP attempt as data: what a gateway sends, from this process or
+/// through a remote gateway service. The body travels beside it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WireRequest {
+    /// `GET` or `POST`.
+    pub method: String,
+    /// Where to.
+    pub url: String,
+    /// Request headers.
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// Whole-request timeout.
+    pub timeout_ms: u64,
+    /// The response body is cut at this many bytes.
+    pub max_body_bytes: usize,
+}
+
+/// What one attempt gave, as a remote gateway service returns it. The
+/// body travels beside it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WireExchange {
+    /// HTTP status (0 when there was no answer).
+    pub status: u16,
+    /// The response headers kept for the record.
+    pub headers: Vec<Header>,
+    /// The body as received, up to the cap.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// Whether the body was cut at the cap.
+    pub truncated: bool,
+    /// Why the attempt failed, when it did.
+    pub error: Option<WireError>,
+    /// How long the attempt took.
+    pub latency_ns: u64,
+}
+
+/// A failed attempt's error, as data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WireError {
+    /// No answer in time.
+    Timeout {
+        /// The timeout.
+        ms: u64,
+    },
+    /// The connection failed.
+    Transport {
+        /// What happened.
+        message: String,
+    },
+    /// The address guard refused it.
+    Refused {
+        /// What was asked for.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<&WebError> for WireError {
+    fn from(e: &WebError) -> WireError {
+        match e {
+            WebError::Timeout(d) => WireError::Timeout {
+                ms: d.as_millis() as u64,
+            },
+            WebError::Refused(r) => WireError::Refused {
+                target: r.target.clone(),
+                reason: r.reason.clone(),
+            },
+            other => WireError::Transport {
+                message: match other {
+                    WebError::Transport(m) => m.clone(),
+                    e => e.to_string(),
+                },
+            },
+        }
+    }
+}
+
+impl From<WireError> for WebError {
+    fn from(e: WireError) -> WebError {
+        match e {
+            WireError::Timeout { ms } => WebError::Timeout(Duration::from_millis(ms)),
+            WireError::Transport { message } => WebError::Transport(message),
+            WireError::Refused { target, reason } => WebError::Refused(Refused { target, reason }),
+        }
+    }
+}
+
+impl WireExchange {
+    fn from_exchange(ex: Exchange) -> WireExchange {
+        WireExchange {
+            status: ex.status,
+            headers: ex.headers,
+            body: ex.body,
+            truncated: ex.truncated,
+            error: ex.error.as_ref().map(WireError::from),
+            latency_ns: ex.latency_ns,
+        }
+    }
+
+    fn into_exchange(self) -> Exchange {
+        Exchange {
+            request_id: None,
+            attempt: 1,
+            status: self.status,
+            headers: self.headers,
+            body: self.body,
+            truncated: self.truncated,
+            error: self.error.map(WebError::from),
+            latency_ns: self.latency_ns,
+        }
     }
 }
 
@@ -534,6 +655,25 @@ impl Gateway {
                 url::Url::parse(url).map_err(|e| WebError::Transport(format!("bad search endpoint '{url}': {e}")))?
             }
         };
+        let request = match &backend {
+            SearchBackend::Serper { url, key } => {
+                let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+                if let Some(k) = key {
+                    headers.push(("x-api-key".to_string(), k.clone()));
+                }
+                self.wire(
+                    "POST",
+                    url.clone(),
+                    headers,
+                    serde_json::to_vec(&serde_json::json!({"q": query, "num": n})).expect("JSON of strings"),
+                )
+            }
+            SearchBackend::Searxng { .. } => {
+                let mut u = target_url.clone();
+                u.query_pairs_mut().append_pair("q", query).append_pair("format", "json");
+                self.wire("GET", u.to_string(), Vec::new(), Vec::new())
+            }
+        };
         let ex = self
             .exchange(
                 Asked {
@@ -543,21 +683,7 @@ impl Gateway {
                     key: &key,
                     url: &target_url,
                 },
-                |client| {
-                    let q = query.to_string();
-                    match &backend {
-                        SearchBackend::Serper { url, key } => {
-                            let mut rb = client.post(url).json(&serde_json::json!({"q": q, "num": n}));
-                            if let Some(k) = key {
-                                rb = rb.header("X-API-KEY", k);
-                            }
-                            rb
-                        }
-                        SearchBackend::Searxng { url } => {
-                            client.get(url).query(&[("q", q.as_str()), ("format", "json")])
-                        }
-                    }
-                },
+                &request,
             )
             .await?;
         let value: serde_json::Value =
@@ -625,7 +751,7 @@ impl Gateway {
                     key: &key,
                     url: &parsed,
                 },
-                |client| client.get(parsed.clone()),
+                &self.wire("GET", parsed.to_string(), Vec::new(), Vec::new()),
             )
             .await?;
         let content_type = ex.header("content-type").unwrap_or("text/html").to_string();
@@ -670,27 +796,31 @@ impl Gateway {
 
     /// One logical request: attempts with retries, each recorded; returns
     /// the final successful exchange or the error.
-    async fn exchange(
-        &self,
-        asked: Asked<'_>,
-        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<Exchange, WebError> {
+    async fn exchange(&self, asked: Asked<'_>, request: &WireRequest) -> Result<Exchange, WebError> {
         if self.mode == Mode::Replay {
-            return self.replayed(asked, &build).await;
+            return self.replayed(asked, request).await;
         }
-        self.over_the_wire(asked, &build).await
+        self.over_the_wire(asked, request).await
+    }
+
+    /// An attempt's request with this gateway's timeout and body cap.
+    fn wire(&self, method: &str, url: String, headers: Vec<(String, String)>, body: Vec<u8>) -> WireRequest {
+        WireRequest {
+            method: method.to_string(),
+            url,
+            headers,
+            body,
+            timeout_ms: self.config.timeout.as_millis() as u64,
+            max_body_bytes: self.config.max_body_bytes,
+        }
     }
 
     /// Live and record modes, and a replay's fallback: attempts with
     /// retries, each recorded when there is a log.
-    async fn over_the_wire(
-        &self,
-        asked: Asked<'_>,
-        build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<Exchange, WebError> {
+    async fn over_the_wire(&self, asked: Asked<'_>, request: &WireRequest) -> Result<Exchange, WebError> {
         let attempts = self.config.retries + 1;
         for attempt in 1..=attempts {
-            let mut ex = self.attempt(asked.url, build).await;
+            let mut ex = self.attempt(asked, request).await;
             ex.attempt = attempt;
             if self.store.is_some() {
                 ex.request_id = Some(self.record_exchange(&asked, &ex, self.config.source).await?);
@@ -711,17 +841,13 @@ impl Gateway {
 
     /// Replay mode: the recorded attempts of the request, in order (as many
     /// as were recorded, whatever the retry setting now), or a miss.
-    async fn replayed(
-        &self,
-        asked: Asked<'_>,
-        build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Result<Exchange, WebError> {
+    async fn replayed(&self, asked: Asked<'_>, request: &WireRequest) -> Result<Exchange, WebError> {
         let recording = self.recording.as_ref().expect("replay gateways hold a recording");
         let Asked {
             ctx, kind, key, url, ..
         } = asked;
         let Some(mut ex) = recording.take(key) else {
-            let answered = self.http.is_some();
+            let answered = self.http.is_some() || self.config.remote.is_some();
             self.misses.lock().unwrap_or_else(|e| e.into_inner()).push(Miss {
                 context: ctx,
                 request: key.to_string(),
@@ -738,7 +864,7 @@ impl Gateway {
             if kind == WebKind::Fetch {
                 self.config.policy.check_url(url)?;
             }
-            return self.over_the_wire(asked, build).await;
+            return self.over_the_wire(asked, request).await;
         };
         loop {
             if self.store.is_some() {
@@ -752,10 +878,59 @@ impl Gateway {
         }
     }
 
-    async fn attempt(&self, url: &url::Url, build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder) -> Exchange {
-        let client = self.http.as_ref().expect("live gateways hold a client");
-        let limit = self.host_limit(url);
+    /// One attempt: through a remote gateway service when the config
+    /// names some (sticky per episode), else from this process.
+    async fn attempt(&self, asked: Asked<'_>, request: &WireRequest) -> Exchange {
+        let limit = self.host_limit(asked.url);
         let _permit = limit.acquire().await.expect("semaphores are never closed");
+        if let Some(remote) = &self.config.remote {
+            let sticky = asked.ctx.episode.map_or(asked.ctx.run.0, |e| e.0);
+            return match remote.send(sticky, request).await {
+                Ok(wire) => wire.into_exchange(),
+                Err(message) => Exchange {
+                    request_id: None,
+                    attempt: 1,
+                    status: 0,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    truncated: false,
+                    error: Some(WebError::Transport(message)),
+                    latency_ns: 0,
+                },
+            };
+        }
+        self.attempt_here(request).await
+    }
+
+    /// What a remote gateway service does for each request it gets: one
+    /// attempt from this process, under this gateway's address guard.
+    pub async fn perform(&self, request: &WireRequest) -> WireExchange {
+        let checked = url::Url::parse(&request.url)
+            .map_err(|e| WebError::Transport(format!("bad URL '{}': {e}", request.url)))
+            .and_then(|u| self.config.policy.check_url(&u).map(|()| u).map_err(WebError::from));
+        let url = match checked {
+            Ok(u) => u,
+            Err(error) => {
+                return WireExchange::from_exchange(Exchange {
+                    request_id: None,
+                    attempt: 1,
+                    status: 0,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    truncated: false,
+                    error: Some(error),
+                    latency_ns: 0,
+                });
+            }
+        };
+        let limit = self.host_limit(&url);
+        let _permit = limit.acquire().await.expect("semaphores are never closed");
+        WireExchange::from_exchange(self.attempt_here(request).await)
+    }
+
+    async fn attempt_here(&self, request: &WireRequest) -> Exchange {
+        let client = self.http.as_ref().expect("live gateways hold a client");
+        let timeout = Duration::from_millis(request.timeout_ms.max(1));
         let start = self.clock.now();
         let mut ex = Exchange {
             attempt: 1,
@@ -767,8 +942,20 @@ impl Gateway {
             latency_ns: 0,
             request_id: None,
         };
-        match build(client).send().await {
-            Err(e) => ex.error = Some(describe(&e, self.config.timeout)),
+        let method = if request.method.eq_ignore_ascii_case("POST") {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::GET
+        };
+        let mut rb = client.request(method, &request.url).timeout(timeout);
+        for (name, value) in &request.headers {
+            rb = rb.header(name.as_str(), value.as_str());
+        }
+        if !request.body.is_empty() {
+            rb = rb.body(request.body.clone());
+        }
+        match rb.send().await {
+            Err(e) => ex.error = Some(describe(&e, timeout)),
             Ok(mut resp) => {
                 ex.status = resp.status().as_u16();
                 for name in ["content-type", "retry-after", "content-length", "location"] {
@@ -782,7 +969,7 @@ impl Gateway {
                 loop {
                     match resp.chunk().await {
                         Ok(Some(chunk)) => {
-                            let room = self.config.max_body_bytes.saturating_sub(ex.body.len());
+                            let room = request.max_body_bytes.saturating_sub(ex.body.len());
                             if chunk.len() > room {
                                 ex.body.extend_from_slice(&chunk[..room]);
                                 ex.truncated = true;
@@ -792,7 +979,7 @@ impl Gateway {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            ex.error = Some(describe(&e, self.config.timeout));
+                            ex.error = Some(describe(&e, timeout));
                             break;
                         }
                     }

@@ -12,6 +12,7 @@ pub mod diff;
 pub mod gateway;
 pub mod html;
 pub mod policy;
+pub mod remote;
 pub mod render;
 pub mod warc;
 

@@ -23,6 +23,7 @@ pub mod frame;
 mod keys;
 pub mod lock;
 pub mod paths;
+pub mod remote;
 pub mod snapshot;
 mod stats;
 mod store;
@@ -108,6 +109,9 @@ pub enum Error {
         /// How many corrupt frames were found before giving up.
         count: usize,
     },
+    /// Object storage refused or failed (snapshots shipped or read remotely).
+    #[error("{0}")]
+    Remote(String),
     /// A broken invariant: a bug in fathom, not bad input.
     #[error("internal error (a bug in fathom, please report it): {0}")]
     Internal(String),

@@ -36,6 +36,10 @@ pub struct TrainConfig {
     /// Supervised warm start before GRPO.
     #[serde(default)]
     pub sft: Option<SftSection>,
+    /// Where snapshots and checkpoints are shipped (`s3://bucket/prefix`,
+    /// …), as the global `--snapshots` does; the flag wins when both are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<String>,
 }
 
 /// `[model]`.

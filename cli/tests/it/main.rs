@@ -9,6 +9,7 @@ mod log;
 mod model;
 mod replay;
 mod sandbox;
+mod scale;
 mod score;
 mod snapshot;
 mod train;

@@ -39,7 +39,7 @@ fn log_counts(data: &std::path::Path) -> (BTreeMap<String, u64>, u64) {
     (counts, total)
 }
 
-fn sql_json(data: &std::path::Path, extra: &[&str], query: &str) -> serde_json::Value {
+pub(crate) fn sql_json(data: &std::path::Path, extra: &[&str], query: &str) -> serde_json::Value {
     let out = fathom(data)
         .args(["sql", "--format", "json"])
         .args(extra)
@@ -51,7 +51,7 @@ fn sql_json(data: &std::path::Path, extra: &[&str], query: &str) -> serde_json::
 }
 
 /// Counts and duplicate keys of every table, in one query.
-fn table_counts(data: &std::path::Path, extra: &[&str]) -> BTreeMap<String, (u64, u64)> {
+pub(crate) fn table_counts(data: &std::path::Path, extra: &[&str]) -> BTreeMap<String, (u64, u64)> {
     let mut parts: Vec<String> = TABLES
         .iter()
         .map(|(t, _)| format!("SELECT '{t}' AS t, count(*) AS n, count(*) - count(DISTINCT seq) AS dup FROM {t}"))
@@ -89,7 +89,7 @@ fn check_consistent(data: &std::path::Path, when: &str) {
     assert_eq!(tables["events"], (total, 0), "{when}: the events table");
 }
 
-fn load(data: &std::path::Path, episodes: &str) {
+pub(crate) fn load(data: &std::path::Path, episodes: &str) {
     let out = run(
         data,
         &["--snapshot-every", "off", "log", "load", "--episodes", episodes],

@@ -187,6 +187,7 @@ fn sql_semantics_hold_however_rows_are_split_between_snapshots_and_the_log() {
                         OpenOptions {
                             snapshots_only,
                             target_partitions: 2,
+                            ..OpenOptions::default()
                         },
                     )
                     .await

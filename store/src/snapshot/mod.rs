@@ -102,6 +102,9 @@ pub struct SnapshotOptions {
     pub row_group_rows: usize,
     /// zstd level of the Parquet pages.
     pub zstd_level: i32,
+    /// Where committed snapshots (and the checkpoints directory) are
+    /// shipped after each snapshot (`--snapshots URL`); `None` keeps them local.
+    pub ship: Option<Arc<crate::remote::Location>>,
 }
 
 impl Default for SnapshotOptions {
@@ -113,6 +116,7 @@ impl Default for SnapshotOptions {
             target_file_bytes: 128 << 20,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
+            ship: None,
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct SnapshotReport {
     pub compactions: Vec<(String, usize)>,
     /// Files left from an interrupted snapshot and deleted.
     pub orphans_removed: usize,
+    /// What shipping to the remote location did, when one is set.
+    pub shipped: Option<crate::remote::ShipReport>,
 }
 
 /// The snapshot root of a data directory, for readers and the writer.
@@ -425,6 +431,10 @@ impl Store {
                 ));
             }
             self.append_with(&events, Durability::Relaxed)?;
+        }
+        if let Some(to) = &opts.ship {
+            let checkpoints = self.dir().root().join("checkpoints");
+            report.shipped = Some(crate::remote::ship_blocking(to, &snaps, Some(&checkpoints))?);
         }
         Ok(report)
     }

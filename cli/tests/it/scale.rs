@@ -1,0 +1,216 @@
+//! Scale-out: snapshots shipped to another location and read from there,
+//! a catalogue of several data directories, and rollouts whose web
+//! requests go through several `fathom gateway serve` processes.
+//! (The S3 test against a real S3-compatible server is `scripts/interop_s3.py`,
+//! run by `scripts/test`.)
+
+use std::io::BufRead as _;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::snapshot::{load, sql_json, table_counts};
+use crate::{fathom, run, stderr, stdout};
+
+#[test]
+fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let remote = tmp.path().join("remote");
+    let at = |name: &str| remote.join(name).to_string_lossy().into_owned();
+    load(&a, "96");
+    let out = run(&b, &["--snapshot-every", "off", "log", "load", "--episodes", "160", "--seed", "9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Shipping copies every committed file, then the manifest; a second
+    // snapshot ships only what it wrote (its predecessor's
+    // `snapshot_committed` events, and the rewritten `runs`).
+    for (data, name) in [(&a, "machine-a"), (&b, "machine-b")] {
+        let out = run(data, &["--snapshots", &at(name), "snapshot"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("shipped: ") && !text.contains("shipped: 0 snapshot"), "{text}");
+        let again = stdout(&run(data, &["--snapshots", &at(name), "snapshot"]));
+        assert!(again.contains("shipped: 2 snapshot file(s)"), "{again}");
+        assert_eq!(
+            std::fs::read(data.join("snapshots/manifest.json")).unwrap(),
+            std::fs::read(remote.join(name).join("manifest.json")).unwrap(),
+            "the remote manifest is the local one"
+        );
+    }
+    // Compaction replaces files: the remote copy follows, stale objects go.
+    let out = run(&a, &["log", "load", "--episodes", "32", "--seed", "3", "--snapshot-every", "off"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&a, &["--snapshots", &at("machine-a"), "snapshot", "--compact-min-files", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(remote.join("machine-a/manifest.json")).unwrap()).unwrap();
+    let named: std::collections::BTreeSet<String> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    let mut present = std::collections::BTreeSet::new();
+    for table in std::fs::read_dir(remote.join("machine-a")).unwrap().flatten() {
+        if table.path().is_dir() {
+            for f in std::fs::read_dir(table.path()).unwrap().flatten() {
+                present.insert(format!(
+                    "{}/{}",
+                    table.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    assert_eq!(present, named, "the remote copy holds exactly the manifest's files");
+
+    // Read from the location alone (no data directory): the same tables.
+    let nowhere = tmp.path().join("nowhere");
+    let local = table_counts(&a, &["--snapshots-only"]);
+    let shipped = table_counts(&nowhere, &["--snapshots", &at("machine-a")]);
+    assert_eq!(local, shipped);
+    assert!(local["episodes"].0 >= 128, "{local:?}");
+
+    // The catalogue: both machines side by side, `origin` first, views per origin.
+    let cat = remote.to_string_lossy().into_owned();
+    let v = sql_json(
+        &nowhere,
+        &["--catalog", &cat],
+        "SELECT origin, count(*) AS n FROM episodes GROUP BY origin ORDER BY origin",
+    );
+    let na = sql_json(&a, &[], "SELECT count(*) AS n FROM episodes")[0]["n"].clone();
+    let nb = sql_json(&b, &[], "SELECT count(*) AS n FROM episodes")[0]["n"].clone();
+    assert_eq!(
+        v,
+        serde_json::json!([{"origin": "machine-a", "n": na}, {"origin": "machine-b", "n": nb}])
+    );
+    let q = "SELECT run_id, step, episodes, reward_mean FROM step_metrics ORDER BY run_id, step";
+    let from_b = sql_json(&b, &[], q);
+    let in_catalogue = sql_json(
+        &nowhere,
+        &["--catalog", &cat],
+        "SELECT run_id, step, episodes, reward_mean FROM step_metrics WHERE origin = 'machine-b' ORDER BY run_id, step",
+    );
+    assert_eq!(from_b, in_catalogue, "a view over one origin equals that machine's own");
+    // Pruning: a filter on origin drops the other member from the plan, and
+    // one on run and step skips row groups by their statistics.
+    let plan = sql_json(
+        &nowhere,
+        &["--catalog", &cat],
+        "EXPLAIN SELECT count(*) FROM episodes WHERE origin = 'machine-b' AND run_id = 'r-1' AND step = 2",
+    );
+    let text = plan.to_string();
+    assert!(text.contains("machine-b/episodes/"), "{text}");
+    assert!(!text.contains("machine-a/episodes/"), "{text}");
+    assert!(text.contains("run_id_max@") || text.contains("run_id_null_count"), "statistics predicate: {text}");
+
+    // Bad locations are refused with what to do.
+    let out = run(&nowhere, &["--snapshots", "ftp://x/y", "sql", "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unsupported scheme 'ftp'"), "{}", stderr(&out));
+    let out = run(&nowhere, &["--snapshots", &at("empty"), "sql", "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no snapshots have been shipped"), "{}", stderr(&out));
+    let out = run(&nowhere, &["sql", "--catalog", &at("machine-a"), "SELECT 1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("has no member"), "{}", stderr(&out));
+}
+
+/// Starts a `fathom` server command and returns it with the URL its first
+/// line names.
+fn spawn_server(data: &std::path::Path, args: &[&str], prefix: &str) -> (Child, String) {
+    let mut child = fathom(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fathom starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches(';')
+        .to_string();
+    (child, url)
+}
+
+#[test]
+fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Every sandbox response takes 150 ms, so the run lasts a few seconds.
+    let (mut sandbox, search) = spawn_server(
+        tmp.path(),
+        &["sandbox", "serve", "--addr", "127.0.0.1:0", "--faults", "latency=1.0:150ms"],
+        "listening on http://",
+    );
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(spawn_server(
+            tmp.path(),
+            &["gateway", "serve", "--addr", "127.0.0.1:0", "--sandbox", &search],
+            "gateway listening on ",
+        ));
+    }
+    let urls: Vec<String> = gateways.iter().map(|(_, u)| u.clone()).collect();
+    let questions = tmp.path().join("q.parquet");
+    let out = run(
+        tmp.path(),
+        &["sandbox", "questions", "--count", "32", "--out", &questions.to_string_lossy()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval = fathom(&data)
+        .args(["eval", "--questions", &questions.to_string_lossy(), "--sandbox", &search, "--concurrency", "8"])
+        .args(["--gateways", &urls.join(",")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eval starts");
+    // Kill the second gateway once the run is under way.
+    std::thread::sleep(Duration::from_millis(1500));
+    gateways[1].0.kill().unwrap();
+    gateways[1].0.wait().unwrap();
+    let out = eval.wait_with_output().unwrap();
+    for (mut g, _) in gateways {
+        let _ = g.kill();
+        let _ = g.wait();
+    }
+    let _ = sandbox.kill();
+    let _ = sandbox.wait();
+    assert!(out.status.success(), "eval: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("tool gateway {} failed", urls[1])),
+        "the run went on past the kill and moved that gateway's episodes: {}",
+        stderr(&out)
+    );
+
+    // No episode lost or cut short, and no failure of a gateway recorded as
+    // a web error.
+    let v = sql_json(
+        &data,
+        &[],
+        "SELECT count(*) AS n, sum(CASE WHEN ended_by = 'answer' THEN 1 ELSE 0 END) AS answered, \
+         (SELECT count(*) FROM web_requests WHERE error IS NOT NULL) AS errors, \
+         (SELECT count(*) FROM web_requests) AS requests FROM episodes",
+    );
+    assert_eq!(v[0]["n"], 32, "{v}");
+    assert_eq!(v[0]["answered"], 32, "{v}");
+    assert_eq!(v[0]["errors"], 0, "{v}");
+    assert!(v[0]["requests"].as_u64().unwrap() >= 64, "{v}");
+    // Every episode replays identical from the log alone (no gateway, no sandbox).
+    let out = run(&data, &["replay", "--run", "r-1", "--check"]);
+    assert!(out.status.success(), "replay: {}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("identical   32"), "{}", stdout(&out));
+
+    // A gateway URL that is not one is refused before anything runs.
+    let out = run(&data, &["eval", "--questions", &questions.to_string_lossy(), "--gateways", "nonsense"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("gateway URL 'nonsense' does not parse"), "{}", stderr(&out));
+}

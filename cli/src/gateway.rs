@@ -123,7 +123,11 @@ async fn attempt(State(served): State<Arc<Served>>, headers: HeaderMap, body: By
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
-            return (StatusCode::UNAUTHORIZED, "this gateway needs its token (Authorization: Bearer T)").into_response();
+            return (
+                StatusCode::UNAUTHORIZED,
+                "this gateway needs its token (Authorization: Bearer T)",
+            )
+                .into_response();
         }
     }
     let (mut request, request_body): (WireRequest, Vec<u8>) = match fathom_replay::remote::unframe(&body) {

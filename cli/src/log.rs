@@ -366,7 +366,12 @@ fn load(data: &Path, args: LoadArgs, snapshots: crate::Snapshotting) -> anyhow::
 
 /// `fathom log load --episodes N`: a synthetic training run, step by step
 /// (one relaxed append and one flush per step, as the trainer does).
-fn load_training(data: &Path, args: &LoadArgs, episodes: u64, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
+fn load_training(
+    data: &Path,
+    args: &LoadArgs,
+    episodes: u64,
+    snapshots: crate::Snapshotting,
+) -> anyhow::Result<ExitCode> {
     if episodes == 0 {
         anyhow::bail!("--episodes must be at least 1");
     }

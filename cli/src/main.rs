@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod demo;
 mod eval;
 mod export;
@@ -70,6 +71,10 @@ enum Command {
     /// Search or fetch through the web gateway, recorded, as the agent would.
     #[command(subcommand)]
     Web(web::WebCommand),
+    /// Distributed SQL: Apache DataFusion Ballista's scheduler and executors
+    /// for `fathom sql --cluster`.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// The web gateway as a service: rollouts spread their tool calls over
     /// several (`--gateways URL,URL,…`).
     #[command(subcommand)]
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Web(cmd) => web::run(&cli.data, cmd),
         Command::Gateway(cmd) => gateway::run(cmd),
+        Command::Cluster(cmd) => cluster::run(cmd),
         Command::Serve(args) => serve::run(&cli.data, args),
         Command::Demo(args) => demo::run(&cli.data, args, snapshotting),
         Command::Train(args) => train::run(&cli.data, args, snapshotting),

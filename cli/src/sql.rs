@@ -41,6 +41,11 @@ pub struct SqlArgs {
     /// tables, each with a first column `origin` naming the member.
     #[arg(long, value_name = "URL", conflicts_with = "snapshots_only")]
     pub catalog: Option<String>,
+    /// Run the query on a Ballista cluster (`fathom cluster scheduler`) at
+    /// df://host:port: the same tables and views, from the committed snapshot
+    /// files (local paths the executors can read, or --snapshots URL).
+    #[arg(long, value_name = "URL", conflicts_with = "catalog")]
+    pub cluster: Option<String>,
 }
 
 pub fn run(
@@ -72,7 +77,23 @@ pub fn run(
             snapshots,
             catalog,
         };
-        let mut db = Db::open(data, opts).await?;
+        let mut db = match &args.cluster {
+            None => Db::open(data, opts).await?,
+            Some(url) => {
+                use ballista::prelude::SessionContextExt as _;
+                use fathom_query::datafusion::execution::session_state::SessionStateBuilder;
+                use fathom_query::datafusion::prelude::SessionContext;
+                let (host, port) = crate::cluster::host_port(url, "--cluster")?;
+                let state = SessionStateBuilder::new()
+                    .with_config(fathom_query::session_config(&opts))
+                    .with_default_features()
+                    .build();
+                let ctx = SessionContext::remote_with_state(&format!("df://{host}:{port}"), state)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("connecting to the cluster at {url}: {e}"))?;
+                Db::open_on(ctx, data, opts).await?
+            }
+        };
         if let Some(note) = &db.source().tail_note
             && !db.source().tail_read
         {

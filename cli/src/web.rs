@@ -90,12 +90,9 @@ pub(crate) struct Web {
 pub(crate) async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
     let mut web = connect_web(args).await?;
     if !args.gateways.is_empty() {
-        let remotes = fathom_replay::remote::Remotes::new(
-            &args.gateways,
-            args.gateway_token.clone(),
-            Arc::new(SystemClock),
-        )
-        .map_err(|e| anyhow::anyhow!("--gateways: {e}"))?;
+        let remotes =
+            fathom_replay::remote::Remotes::new(&args.gateways, args.gateway_token.clone(), Arc::new(SystemClock))
+                .map_err(|e| anyhow::anyhow!("--gateways: {e}"))?;
         web.config.remote = Some(Arc::new(remotes));
     }
     Ok(web)

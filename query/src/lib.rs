@@ -147,6 +147,9 @@ pub struct Db {
     source: Source,
     data: PathBuf,
     opts: OpenOptions,
+    /// Opened on a context made elsewhere (a cluster's client): never
+    /// reopened locally.
+    external: bool,
 }
 
 impl std::fmt::Debug for Db {
@@ -265,11 +268,7 @@ impl Db {
         let snaps = Snapshots::new(data.join("snapshots"));
         let manifest = match &opts.snapshots {
             None => snaps.manifest()?,
-            Some(loc) => loc.manifest().await?.ok_or_else(|| {
-                QueryError::Sql(format!(
-                    "no snapshots have been shipped to {loc} (it holds no manifest.json); ship them with 'fathom --snapshots {loc} snapshot', or check the URL and the AWS_* / GOOGLE_* / AZURE_* settings"
-                ))
-            })?,
+            Some(loc) => remote_manifest(loc).await?,
         };
         let mut source = Source {
             snapshot_upto: manifest.upto_seq,
@@ -318,7 +317,7 @@ impl Db {
                 Err(e) => return Err(e.into()),
             }
         };
-        let ctx = session(&opts);
+        let ctx = SessionContext::new_with_config(session_config(&opts));
         let files = match &opts.snapshots {
             None => Files::Local(&snaps),
             Some(loc) => {
@@ -340,6 +339,74 @@ impl Db {
             source,
             data: data.to_path_buf(),
             opts,
+            external: false,
+        })
+    }
+
+    /// Registers the tables and views on a context made elsewhere (a
+    /// Ballista client, `fathom sql --cluster`): every table from its
+    /// committed snapshot files alone (what a cluster's executors can
+    /// read), local or at `opts.snapshots`. Files must be reachable by the
+    /// executors under the same paths or URLs.
+    pub async fn open_on(ctx: SessionContext, data: &Path, opts: OpenOptions) -> Result<Db, QueryError> {
+        let snaps = Snapshots::new(data.join("snapshots"));
+        let manifest = match &opts.snapshots {
+            None => snaps.manifest()?,
+            Some(loc) => remote_manifest(loc).await?,
+        };
+        if manifest.files.is_empty() {
+            return Err(QueryError::Sql(format!(
+                "there are no committed snapshot files to query in {}; run 'fathom snapshot' first",
+                opts.snapshots
+                    .as_ref()
+                    .map_or_else(|| snaps.root().display().to_string(), |l| l.to_string())
+            )));
+        }
+        let files = match &opts.snapshots {
+            None => Files::Local(&snaps),
+            Some(loc) => {
+                ctx.register_object_store(&loc.store_url(), loc.object_store());
+                Files::Remote(loc)
+            }
+        };
+        for info in tables::all() {
+            if manifest.files_of(info.name).next().is_none() {
+                // No files: a typed, empty relation that serialises.
+                let columns: Vec<String> = info
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("arrow_cast(NULL, '{}') AS \"{}\"", f.data_type(), f.name()))
+                    .collect();
+                ctx.sql(&format!(
+                    "CREATE VIEW {} AS SELECT {} WHERE false",
+                    info.name,
+                    columns.join(", ")
+                ))
+                .await
+                .map_err(df_err)?;
+                continue;
+            }
+            let provider = table_provider(&files, &manifest, &info, None).await?;
+            ctx.register_table(info.name, provider).map_err(df_err)?;
+        }
+        for (name, _, body) in VIEWS {
+            ctx.sql(&format!("CREATE VIEW {name} AS {}", view_sql(body, false)))
+                .await
+                .map_err(df_err)?;
+        }
+        Ok(Db {
+            ctx,
+            source: Source {
+                snapshot_upto: manifest.upto_seq,
+                files: manifest.files.len(),
+                last_seq: manifest.upto_seq,
+                tail_read: false,
+                tail_note: Some("a cluster reads the committed snapshots only".into()),
+            },
+            data: data.to_path_buf(),
+            opts,
+            external: true,
         })
     }
 
@@ -353,14 +420,17 @@ impl Db {
                 "the catalogue {catalog} has no member: no directory right under it holds a manifest.json; ship a data directory's snapshots to {catalog}NAME/ with 'fathom --snapshots {catalog}NAME snapshot'"
             )));
         }
-        let ctx = session(&opts);
+        let ctx = SessionContext::new_with_config(session_config(&opts));
         ctx.register_object_store(&catalog.store_url(), catalog.object_store());
         let mut source = Source {
             snapshot_upto: 0,
             files: 0,
             last_seq: 0,
             tail_read: false,
-            tail_note: Some(format!("a catalogue of {} member(s): committed snapshots only", members.len())),
+            tail_note: Some(format!(
+                "a catalogue of {} member(s): committed snapshots only",
+                members.len()
+            )),
         };
         let default_catalog = ctx
             .catalog("datafusion")
@@ -403,6 +473,7 @@ impl Db {
             source,
             data: data.to_path_buf(),
             opts,
+            external: false,
         })
     }
 
@@ -423,7 +494,7 @@ impl Db {
         let mut tries = 0;
         loop {
             match self.sql_once(query).await {
-                Err(QueryError::Execution(msg)) if tries < 3 && is_missing_file(&msg) => {
+                Err(QueryError::Execution(msg)) if tries < 3 && is_missing_file(&msg) && !self.external => {
                     tries += 1;
                     *self = Db::open(&self.data, self.opts.clone()).await?;
                 }
@@ -492,8 +563,52 @@ fn read_tail(data: &Path, manifest: &Manifest) -> Result<Option<(u64, TableBatch
     Ok(Some((last, projector.take_batches())))
 }
 
-/// A session with fathom's settings.
-fn session(opts: &OpenOptions) -> SessionContext {
+/// The remote manifest at `loc`, or an error saying how to ship one.
+async fn remote_manifest(loc: &Location) -> Result<Manifest, QueryError> {
+    loc.manifest().await?.ok_or_else(|| {
+        QueryError::Sql(format!(
+            "no snapshots have been shipped to {loc} (it holds no manifest.json); ship them with 'fathom --snapshots {loc} snapshot', or check the URL and the AWS_* / GOOGLE_* / AZURE_* settings"
+        ))
+    })
+}
+
+/// An object store registry that opens S3, GCS and Azure stores on first
+/// use from the URL and the environment (for a cluster's executors, which
+/// meet snapshot URLs only in the plans they are sent).
+#[derive(Debug, Default)]
+pub struct LocationStores {
+    inner: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for LocationStores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Option<Arc<dyn object_store::ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn object_store::ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn object_store::ObjectStore>> {
+        match self.inner.get_store(url) {
+            Ok(store) => Ok(store),
+            Err(_) if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure") => {
+                let loc = Location::parse(url.as_str()).map_err(|l| DataFusionError::External(Box::new(l)))?;
+                let store = loc.object_store();
+                self.inner.register_store(&loc.store_url(), store.clone());
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The settings fathom's SQL sessions use (also a cluster client's).
+pub fn session_config(opts: &OpenOptions) -> SessionConfig {
     let mut config = SessionConfig::new().with_information_schema(true);
     // Evaluate filters while decoding Parquet (late materialisation):
     // a query for one episode's turns reads the text of its rows only.
@@ -502,7 +617,7 @@ fn session(opts: &OpenOptions) -> SessionContext {
     if opts.target_partitions > 0 {
         config = config.with_target_partitions(opts.target_partitions);
     }
-    SessionContext::new_with_config(config)
+    config
 }
 
 async fn table_provider(

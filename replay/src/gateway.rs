@@ -670,7 +670,9 @@ impl Gateway {
             }
             SearchBackend::Searxng { .. } => {
                 let mut u = target_url.clone();
-                u.query_pairs_mut().append_pair("q", query).append_pair("format", "json");
+                u.query_pairs_mut()
+                    .append_pair("q", query)
+                    .append_pair("format", "json");
                 self.wire("GET", u.to_string(), Vec::new(), Vec::new())
             }
         };

@@ -43,9 +43,7 @@ pub fn unframe<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, Vec<u
         .get(..4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")) as usize)
         .ok_or("the frame is shorter than its length prefix")?;
-    let json = bytes
-        .get(4..4 + len)
-        .ok_or("the frame is shorter than its header")?;
+    let json = bytes.get(4..4 + len).ok_or("the frame is shorter than its header")?;
     let head = serde_json::from_slice(json).map_err(|e| format!("the frame's header does not parse: {e}"))?;
     Ok((head, bytes[4 + len..].to_vec()))
 }
@@ -62,7 +60,9 @@ pub struct Remotes {
 
 impl std::fmt::Debug for Remotes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Remotes").field("bases", &self.bases).finish_non_exhaustive()
+        f.debug_struct("Remotes")
+            .field("bases", &self.bases)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,7 +80,9 @@ impl Remotes {
                 ))
             })?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(WebError::Transport(format!("gateway URL '{u}' must be http:// or https://")));
+                return Err(WebError::Transport(format!(
+                    "gateway URL '{u}' must be http:// or https://"
+                )));
             }
             bases.push(parsed.as_str().trim_end_matches('/').to_string());
         }

@@ -29,7 +29,7 @@ use futures_util::TryStreamExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 
-use crate::snapshot::{Manifest, MANIFEST_FORMAT, Snapshots};
+use crate::snapshot::{MANIFEST_FORMAT, Manifest, Snapshots};
 use crate::{Error, Result};
 
 /// Files larger than this are uploaded in parts of this size.
@@ -83,9 +83,7 @@ impl Location {
         };
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match url.scheme() {
             "file" => {
-                let dir = url
-                    .to_file_path()
-                    .map_err(|()| bad("is not a local path".into()))?;
+                let dir = url.to_file_path().map_err(|()| bad("is not a local path".into()))?;
                 std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
                     action: "create",
                     path: dir.clone(),
@@ -186,7 +184,10 @@ impl Location {
     pub async fn manifest(&self) -> Result<Option<Manifest>> {
         let path = self.path_of("manifest.json");
         let bytes = match self.store.get(&path).await {
-            Ok(got) => got.bytes().await.map_err(remote_err("read", self.url_of("manifest.json")))?,
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(remote_err("read", self.url_of("manifest.json")))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(remote_err("read", self.url_of("manifest.json"))(e)),
         };
@@ -217,7 +218,9 @@ impl Location {
             .map_err(remote_err("list", &self.url))?;
         let mut out = Vec::new();
         for dir in listed.common_prefixes {
-            let Some(name) = dir.filename().map(str::to_string) else { continue };
+            let Some(name) = dir.filename().map(str::to_string) else {
+                continue;
+            };
             let member = self.child(&name);
             if member.manifest().await?.is_some() {
                 out.push((name, member));
@@ -240,7 +243,12 @@ impl Location {
         Ok(metas
             .into_iter()
             .map(|m| {
-                let rel: Vec<String> = m.location.parts().skip(prefix_len).map(|p| p.as_ref().to_string()).collect();
+                let rel: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(prefix_len)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
                 (rel.join("/"), m.size)
             })
             .collect())
@@ -279,7 +287,10 @@ impl Location {
         }
         // A failed completion leaves the parts invisible; S3 drops them by
         // the bucket's lifecycle rule for incomplete multipart uploads.
-        writer.finish().await.map_err(remote_err("finish the upload of", &target))?;
+        writer
+            .finish()
+            .await
+            .map_err(remote_err("finish the upload of", &target))?;
         Ok(n)
     }
 
@@ -302,7 +313,8 @@ impl Location {
             return Ok(report);
         }
         for f in &manifest.files {
-            let same = present.get(&f.path) == Some(&f.bytes) && shipped.get(f.path.as_str()) == Some(&f.digest.as_str());
+            let same =
+                present.get(&f.path) == Some(&f.bytes) && shipped.get(f.path.as_str()) == Some(&f.digest.as_str());
             if same {
                 continue;
             }

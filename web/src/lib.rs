@@ -218,7 +218,10 @@ impl AppState {
                 }
             }
         };
-        let made = cell.get_or_try_init(|| async { make().await.map(Arc::new) }).await.cloned();
+        let made = cell
+            .get_or_try_init(|| async { make().await.map(Arc::new) })
+            .await
+            .cloned();
         let mut t = self.tables.lock().await;
         let value = match made {
             Ok(v) => v,

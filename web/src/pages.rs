@@ -593,7 +593,9 @@ async fn episode_query(state: &AppState, eid: &str) -> Result<Value, WebError> {
     if let Some(records) = episode_records(state, eid).await? {
         return episode_from_records(state, eid, records).await;
     }
-    let ep = state.rows(&format!("SELECT * FROM episodes WHERE episode_id = {q}")).await?;
+    let ep = state
+        .rows(&format!("SELECT * FROM episodes WHERE episode_id = {q}"))
+        .await?;
     let Some(ep) = ep.into_iter().next() else {
         return Err(WebError::NotFound(format!("there is no finished episode {eid}")));
     };

@@ -18,7 +18,19 @@ fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_dire
     let remote = tmp.path().join("remote");
     let at = |name: &str| remote.join(name).to_string_lossy().into_owned();
     load(&a, "96");
-    let out = run(&b, &["--snapshot-every", "off", "log", "load", "--episodes", "160", "--seed", "9"]);
+    let out = run(
+        &b,
+        &[
+            "--snapshot-every",
+            "off",
+            "log",
+            "load",
+            "--episodes",
+            "160",
+            "--seed",
+            "9",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 
     // Shipping copies every committed file, then the manifest; a second
@@ -28,7 +40,10 @@ fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_dire
         let out = run(data, &["--snapshots", &at(name), "snapshot"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
-        assert!(text.contains("shipped: ") && !text.contains("shipped: 0 snapshot"), "{text}");
+        assert!(
+            text.contains("shipped: ") && !text.contains("shipped: 0 snapshot"),
+            "{text}"
+        );
         let again = stdout(&run(data, &["--snapshots", &at(name), "snapshot"]));
         assert!(again.contains("shipped: 2 snapshot file(s)"), "{again}");
         assert_eq!(
@@ -38,9 +53,24 @@ fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_dire
         );
     }
     // Compaction replaces files: the remote copy follows, stale objects go.
-    let out = run(&a, &["log", "load", "--episodes", "32", "--seed", "3", "--snapshot-every", "off"]);
+    let out = run(
+        &a,
+        &[
+            "log",
+            "load",
+            "--episodes",
+            "32",
+            "--seed",
+            "3",
+            "--snapshot-every",
+            "off",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&a, &["--snapshots", &at("machine-a"), "snapshot", "--compact-min-files", "2"]);
+    let out = run(
+        &a,
+        &["--snapshots", &at("machine-a"), "snapshot", "--compact-min-files", "2"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(remote.join("machine-a/manifest.json")).unwrap()).unwrap();
@@ -102,7 +132,10 @@ fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_dire
     let text = plan.to_string();
     assert!(text.contains("machine-b/episodes/"), "{text}");
     assert!(!text.contains("machine-a/episodes/"), "{text}");
-    assert!(text.contains("run_id_max@") || text.contains("run_id_null_count"), "statistics predicate: {text}");
+    assert!(
+        text.contains("run_id_max@") || text.contains("run_id_null_count"),
+        "statistics predicate: {text}"
+    );
 
     // Bad locations are refused with what to do.
     let out = run(&nowhere, &["--snapshots", "ftp://x/y", "sql", "SELECT 1"]);
@@ -110,7 +143,11 @@ fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_dire
     assert!(stderr(&out).contains("unsupported scheme 'ftp'"), "{}", stderr(&out));
     let out = run(&nowhere, &["--snapshots", &at("empty"), "sql", "SELECT 1"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no snapshots have been shipped"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no snapshots have been shipped"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&nowhere, &["sql", "--catalog", &at("machine-a"), "SELECT 1"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("has no member"), "{}", stderr(&out));
@@ -148,7 +185,14 @@ fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_i
     // Every sandbox response takes 150 ms, so the run lasts a few seconds.
     let (mut sandbox, search) = spawn_server(
         tmp.path(),
-        &["sandbox", "serve", "--addr", "127.0.0.1:0", "--faults", "latency=1.0:150ms"],
+        &[
+            "sandbox",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--faults",
+            "latency=1.0:150ms",
+        ],
         "listening on http://",
     );
     let mut gateways = Vec::new();
@@ -163,11 +207,26 @@ fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_i
     let questions = tmp.path().join("q.parquet");
     let out = run(
         tmp.path(),
-        &["sandbox", "questions", "--count", "32", "--out", &questions.to_string_lossy()],
+        &[
+            "sandbox",
+            "questions",
+            "--count",
+            "32",
+            "--out",
+            &questions.to_string_lossy(),
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let eval = fathom(&data)
-        .args(["eval", "--questions", &questions.to_string_lossy(), "--sandbox", &search, "--concurrency", "8"])
+        .args([
+            "eval",
+            "--questions",
+            &questions.to_string_lossy(),
+            "--sandbox",
+            &search,
+            "--concurrency",
+            "8",
+        ])
         .args(["--gateways", &urls.join(",")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,7 +269,161 @@ fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_i
     assert!(stdout(&out).contains("identical   32"), "{}", stdout(&out));
 
     // A gateway URL that is not one is refused before anything runs.
-    let out = run(&data, &["eval", "--questions", &questions.to_string_lossy(), "--gateways", "nonsense"]);
+    let out = run(
+        &data,
+        &[
+            "eval",
+            "--questions",
+            &questions.to_string_lossy(),
+            "--gateways",
+            "nonsense",
+        ],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("gateway URL 'nonsense' does not parse"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gateway URL 'nonsense' does not parse"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `sql` blocks of the cookbook in `docs/SQL.md`.
+fn cookbook() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/SQL.md")).unwrap();
+    let start = doc.find("## Cookbook").expect("a cookbook section");
+    let section = &doc[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    section
+        .split("```sql")
+        .skip(1)
+        .flat_map(|block| {
+            block
+                .split("```")
+                .next()
+                .unwrap()
+                .split(";\n")
+                .map(|q| q.trim().trim_end_matches(';').to_string())
+                .filter(|q| !q.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Child processes killed when dropped (also when a test panics).
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for p in &mut self.0 {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+/// Rows as sorted strings, numbers rounded to 9 significant digits (sums
+/// over other partitions may differ in the last bits).
+fn canonical(rows: &serde_json::Value) -> Vec<String> {
+    fn round(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let x = n.as_f64().unwrap();
+                serde_json::Value::String(format!("{x:.9e}"))
+            }
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), round(v))).collect(),
+            serde_json::Value::Array(a) => a.iter().map(round).collect(),
+            other => other.clone(),
+        }
+    }
+    let mut out: Vec<String> = rows.as_array().unwrap().iter().map(|r| round(r).to_string()).collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_ballista_scheduler_and_two_executors_give_the_cookbook_results_of_local_datafusion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    load(&data, "192");
+    let out = run(&data, &["eval", "--limit", "12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sched = format!("127.0.0.1:{}", free_port());
+    let url = format!("df://{sched}");
+    let mut procs = Procs(vec![
+        fathom(tmp.path())
+            .args(["cluster", "scheduler", "--addr", &sched])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ]);
+    for _ in 0..2 {
+        let (port, grpc) = (free_port().to_string(), free_port().to_string());
+        procs.0.push(
+            fathom(tmp.path())
+                .args([
+                    "cluster",
+                    "executor",
+                    "--scheduler",
+                    &url,
+                    "--port",
+                    &port,
+                    "--grpc-port",
+                    &grpc,
+                ])
+                .args(["--concurrency", "2"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    // Wait for the scheduler to accept a query (it needs an executor).
+    let mut ready = false;
+    for _ in 0..100 {
+        let out = run(&data, &["sql", "--cluster", &url, "SELECT count(*) AS n FROM episodes"]);
+        if out.status.success() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ready, "the cluster at {url} never answered");
+    let queries = cookbook();
+    assert!(queries.len() >= 6, "{queries:?}");
+    let mut compared = 0;
+    for q in &queries {
+        let local = sql_json(&data, &["--snapshots-only"], q);
+        let out = fathom(&data)
+            .args(["sql", "--format", "json", "--cluster", &url])
+            .arg(q)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{q}\nthrough the cluster: {}", stderr(&out));
+        let distributed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(canonical(&local), canonical(&distributed), "{q}");
+        compared += usize::from(!local.as_array().unwrap().is_empty());
+    }
+    assert!(compared >= 4, "most cookbook queries find rows ({compared} did)");
+    // The plan is Ballista's: stages with shuffles, handed to executors.
+    let plan = sql_json(
+        &data,
+        &["--cluster", &url],
+        "EXPLAIN SELECT step, count(*) FROM episodes GROUP BY step",
+    );
+    drop(procs);
+    let text = plan.to_string();
+    assert!(
+        text.contains("distributed_plan") && text.contains("ShuffleWriterExec"),
+        "{text}"
+    );
 }

@@ -329,11 +329,7 @@ impl Db {
             let provider = table_provider(&files, &manifest, &info, tail.as_deref()).await?;
             ctx.register_table(info.name, provider).map_err(df_err)?;
         }
-        for (name, _, body) in VIEWS {
-            ctx.sql(&format!("CREATE VIEW {name} AS {}", view_sql(body, false)))
-                .await
-                .map_err(df_err)?;
-        }
+        register_views(&ctx, false).await?;
         Ok(Db {
             ctx,
             source,
@@ -390,11 +386,7 @@ impl Db {
             let provider = table_provider(&files, &manifest, &info, None).await?;
             ctx.register_table(info.name, provider).map_err(df_err)?;
         }
-        for (name, _, body) in VIEWS {
-            ctx.sql(&format!("CREATE VIEW {name} AS {}", view_sql(body, false)))
-                .await
-                .map_err(df_err)?;
-        }
+        register_views(&ctx, false).await?;
         Ok(Db {
             ctx,
             source: Source {
@@ -463,11 +455,7 @@ impl Db {
                 .await
                 .map_err(df_err)?;
         }
-        for (name, _, body) in VIEWS {
-            ctx.sql(&format!("CREATE VIEW {name} AS {}", view_sql(body, true)))
-                .await
-                .map_err(df_err)?;
-        }
+        register_views(&ctx, true).await?;
         Ok(Db {
             ctx,
             source,
@@ -561,6 +549,16 @@ fn read_tail(data: &Path, manifest: &Manifest) -> Result<Option<(u64, TableBatch
         }
     }
     Ok(Some((last, projector.take_batches())))
+}
+
+/// Creates the views on `ctx` (for a catalogue's tables when `catalogue`).
+async fn register_views(ctx: &SessionContext, catalogue: bool) -> Result<(), QueryError> {
+    for (name, _, body) in VIEWS {
+        ctx.sql(&format!("CREATE VIEW {name} AS {}", view_sql(body, catalogue)))
+            .await
+            .map_err(df_err)?;
+    }
+    Ok(())
 }
 
 /// The remote manifest at `loc`, or an error saying how to ship one.

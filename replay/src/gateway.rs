@@ -235,6 +235,20 @@ struct Exchange {
 }
 
 impl Exchange {
+    /// An attempt that got no answer, only `error`.
+    fn failed(attempt: u32, error: WebError) -> Exchange {
+        Exchange {
+            request_id: None,
+            attempt,
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            truncated: false,
+            error: Some(error),
+            latency_ns: 0,
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|h| h.name == name).map(|h| h.value.as_str())
     }
@@ -723,16 +737,7 @@ impl Gateway {
             && let Err(refused) = self.config.policy.check_url(&parsed)
         {
             if self.mode == Mode::Record {
-                let ex = Exchange {
-                    request_id: None,
-                    attempt: 0,
-                    status: 0,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    truncated: false,
-                    error: Some(WebError::Refused(refused.clone())),
-                    latency_ns: 0,
-                };
+                let ex = Exchange::failed(0, WebError::Refused(refused.clone()));
                 let asked = Asked {
                     ctx,
                     kind: WebKind::Fetch,
@@ -889,16 +894,7 @@ impl Gateway {
             let sticky = asked.ctx.episode.map_or(asked.ctx.run.0, |e| e.0);
             return match remote.send(sticky, request).await {
                 Ok(wire) => wire.into_exchange(),
-                Err(message) => Exchange {
-                    request_id: None,
-                    attempt: 1,
-                    status: 0,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    truncated: false,
-                    error: Some(WebError::Transport(message)),
-                    latency_ns: 0,
-                },
+                Err(message) => Exchange::failed(1, WebError::Transport(message)),
             };
         }
         self.attempt_here(request).await
@@ -912,18 +908,7 @@ impl Gateway {
             .and_then(|u| self.config.policy.check_url(&u).map(|()| u).map_err(WebError::from));
         let url = match checked {
             Ok(u) => u,
-            Err(error) => {
-                return WireExchange::from_exchange(Exchange {
-                    request_id: None,
-                    attempt: 1,
-                    status: 0,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    truncated: false,
-                    error: Some(error),
-                    latency_ns: 0,
-                });
-            }
+            Err(error) => return WireExchange::from_exchange(Exchange::failed(1, error)),
         };
         let limit = self.host_limit(&url);
         let _permit = limit.acquire().await.expect("semaphores are never closed");

@@ -44,9 +44,9 @@ pub fn stderr(o: &Output) -> String {
 /// Starts `fathom sandbox serve` on free loopback ports and returns the
 /// child (kill it when done) and the search API's `host:port`.
 pub fn spawn_sandbox(data: &Path, seed: &str, entities: &str) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = fathom(data)
-        .args([
+    spawn_server(
+        data,
+        &[
             "sandbox",
             "serve",
             "--addr",
@@ -55,7 +55,17 @@ pub fn spawn_sandbox(data: &Path, seed: &str, entities: &str) -> (std::process::
             seed,
             "--entities",
             entities,
-        ])
+        ],
+        "listening on http://",
+    )
+}
+
+/// Starts a `fathom` server command and returns it with what its first
+/// line names after `prefix` (up to a space or `;`).
+pub fn spawn_server(data: &Path, args: &[&str], prefix: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = fathom(data)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -64,10 +74,14 @@ pub fn spawn_sandbox(data: &Path, seed: &str, entities: &str) -> (std::process::
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
+    let named = line
         .trim()
-        .strip_prefix("listening on http://")
+        .strip_prefix(prefix)
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(';')
         .to_string();
-    (child, addr)
+    (child, named)
 }

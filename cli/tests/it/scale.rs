@@ -4,12 +4,11 @@
 //! (The S3 test against a real S3-compatible server is `scripts/interop_s3.py`,
 //! run by `scripts/test`.)
 
-use std::io::BufRead as _;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::snapshot::{load, sql_json, table_counts};
-use crate::{fathom, run, stderr, stdout};
+use crate::{fathom, run, spawn_server, stderr, stdout};
 
 #[test]
 fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_directories() {
@@ -151,31 +150,6 @@ fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_dire
     let out = run(&nowhere, &["sql", "--catalog", &at("machine-a"), "SELECT 1"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("has no member"), "{}", stderr(&out));
-}
-
-/// Starts a `fathom` server command and returns it with the URL its first
-/// line names.
-fn spawn_server(data: &std::path::Path, args: &[&str], prefix: &str) -> (Child, String) {
-    let mut child = fathom(data)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fathom starts");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches(';')
-        .to_string();
-    (child, url)
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub struct TailServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Connections being served on their own threads.
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TailServer {
@@ -50,16 +52,39 @@ impl TailServer {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = active.clone();
         let thread = std::thread::Builder::new()
             .name("fathom-tail".into())
             .spawn(move || {
+                // Each connection on a thread of its own, so one long answer
+                // (a reader catching up on the tail) does not hold up the
+                // short ones (a dashboard's episode pages); past
+                // MAX_CONNECTIONS at once, they are served in turn.
+                let active = counted;
                 for conn in listener.incoming() {
                     if flag.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Ok(conn) = conn {
+                    let Ok(conn) = conn else { continue };
+                    if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
                         // A client that goes away mid-answer is its problem.
                         let _ = serve(&store, conn);
+                        continue;
+                    }
+                    active.fetch_add(1, Ordering::SeqCst);
+                    let (store, done) = (store.clone(), active.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("fathom-tail-conn".into())
+                        .spawn(move || {
+                            let _ = serve(&store, conn);
+                            // The store is released before the count drops,
+                            // so a dropped server leaves no handle behind.
+                            drop(store);
+                            done.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        active.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
             })
@@ -68,6 +93,7 @@ impl TailServer {
             path,
             stop,
             thread: Some(thread),
+            active,
         })
     }
 }
@@ -80,9 +106,20 @@ impl Drop for TailServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Connections still being answered finish first (each has a 5 s
+        // read timeout), so the store is free when this returns.
+        for _ in 0..10_000 {
+            if self.active.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Connections served at once, each on its own thread.
+const MAX_CONNECTIONS: usize = 64;
 
 fn serve(store: &Store, conn: UnixStream) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -104,7 +104,27 @@ enum Files<'a> {
     Remote(&'a Location),
 }
 
-impl Files<'_> {
+impl<'a> Files<'a> {
+    /// The files of `opts.snapshots`, or of the data directory's `snapshots/`;
+    /// a remote location's store is registered with `ctx`.
+    fn of(ctx: &SessionContext, snaps: &'a Snapshots, opts: &'a OpenOptions) -> Files<'a> {
+        match &opts.snapshots {
+            None => Files::Local(snaps),
+            Some(loc) => {
+                ctx.register_object_store(&loc.store_url(), loc.object_store());
+                Files::Remote(loc)
+            }
+        }
+    }
+
+    /// The manifest that names them.
+    async fn manifest(snaps: &Snapshots, opts: &OpenOptions) -> Result<Manifest, QueryError> {
+        match &opts.snapshots {
+            None => Ok(snaps.manifest()?),
+            Some(loc) => remote_manifest(loc).await,
+        }
+    }
+
     fn url(&self, f: &FileEntry) -> Result<ListingTableUrl, QueryError> {
         match self {
             Files::Local(snaps) => ListingTableUrl::parse(snaps.path_of(f).to_string_lossy()).map_err(df_err),
@@ -266,10 +286,7 @@ impl Db {
             return Db::open_catalog(data, &catalog, opts).await;
         }
         let snaps = Snapshots::new(data.join("snapshots"));
-        let manifest = match &opts.snapshots {
-            None => snaps.manifest()?,
-            Some(loc) => remote_manifest(loc).await?,
-        };
+        let manifest = Files::manifest(&snaps, &opts).await?;
         let mut source = Source {
             snapshot_upto: manifest.upto_seq,
             files: manifest.files.len(),
@@ -318,13 +335,7 @@ impl Db {
             }
         };
         let ctx = SessionContext::new_with_config(session_config(&opts));
-        let files = match &opts.snapshots {
-            None => Files::Local(&snaps),
-            Some(loc) => {
-                ctx.register_object_store(&loc.store_url(), loc.object_store());
-                Files::Remote(loc)
-            }
-        };
+        let files = Files::of(&ctx, &snaps, &opts);
         for info in tables::all() {
             let provider = table_provider(&files, &manifest, &info, tail.as_deref()).await?;
             ctx.register_table(info.name, provider).map_err(df_err)?;
@@ -346,10 +357,7 @@ impl Db {
     /// executors under the same paths or URLs.
     pub async fn open_on(ctx: SessionContext, data: &Path, opts: OpenOptions) -> Result<Db, QueryError> {
         let snaps = Snapshots::new(data.join("snapshots"));
-        let manifest = match &opts.snapshots {
-            None => snaps.manifest()?,
-            Some(loc) => remote_manifest(loc).await?,
-        };
+        let manifest = Files::manifest(&snaps, &opts).await?;
         if manifest.files.is_empty() {
             return Err(QueryError::Sql(format!(
                 "there are no committed snapshot files to query in {}; run 'fathom snapshot' first",
@@ -358,13 +366,7 @@ impl Db {
                     .map_or_else(|| snaps.root().display().to_string(), |l| l.to_string())
             )));
         }
-        let files = match &opts.snapshots {
-            None => Files::Local(&snaps),
-            Some(loc) => {
-                ctx.register_object_store(&loc.store_url(), loc.object_store());
-                Files::Remote(loc)
-            }
-        };
+        let files = Files::of(&ctx, &snaps, &opts);
         for info in tables::all() {
             if manifest.files_of(info.name).next().is_none() {
                 // No files: a typed, empty relation that serialises.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::train::small_demo;
-use crate::{fathom, run, stderr};
+use crate::{fathom, free_port, run, stderr};
 
 /// Kills a child process when dropped, so a failing assertion leaves no
 /// browser or server behind.
@@ -22,14 +22,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One WebDriver command over plain HTTP/1.1 on loopback.

@@ -41,6 +41,15 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Starts `fathom sandbox serve` on free loopback ports and returns the
 /// child (kill it when done) and the search API's `host:port`.
 pub fn spawn_sandbox(data: &Path, seed: &str, entities: &str) -> (std::process::Child, String) {

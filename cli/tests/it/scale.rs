@@ -7,8 +7,8 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::snapshot::{load, sql_json, table_counts};
-use crate::{fathom, run, spawn_server, stderr, stdout};
+use crate::snapshot::{load, manifest_paths, sql_json, table_counts, walk};
+use crate::{fathom, free_port, run, spawn_server, stderr, stdout};
 
 #[test]
 fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_directories() {
@@ -71,26 +71,17 @@ fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_dire
         &["--snapshots", &at("machine-a"), "snapshot", "--compact-min-files", "2"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(remote.join("machine-a/manifest.json")).unwrap()).unwrap();
-    let named: std::collections::BTreeSet<String> = manifest["files"]
-        .as_array()
-        .unwrap()
+    let named = manifest_paths(&remote.join("machine-a"));
+    let present: std::collections::BTreeSet<String> = walk(&remote.join("machine-a"))
         .iter()
-        .map(|f| f["path"].as_str().unwrap().to_string())
+        .filter_map(|p| {
+            p.strip_prefix(remote.join("machine-a"))
+                .ok()?
+                .to_str()
+                .map(str::to_string)
+        })
+        .filter(|rel| rel != "manifest.json")
         .collect();
-    let mut present = std::collections::BTreeSet::new();
-    for table in std::fs::read_dir(remote.join("machine-a")).unwrap().flatten() {
-        if table.path().is_dir() {
-            for f in std::fs::read_dir(table.path()).unwrap().flatten() {
-                present.insert(format!(
-                    "{}/{}",
-                    table.file_name().to_string_lossy(),
-                    f.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
     assert_eq!(present, named, "the remote copy holds exactly the manifest's files");
 
     // Read from the location alone (no data directory): the same tables.
@@ -259,15 +250,6 @@ fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_i
         "{}",
         stderr(&out)
     );
-}
-
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The `sql` blocks of the cookbook in `docs/SQL.md`.

@@ -151,12 +151,7 @@ fn a_snapshotter_killed_at_random_moments_never_loses_or_doubles_a_row() {
         (upto, 0),
         "the events files hold events 1..={upto}"
     );
-    let named: std::collections::BTreeSet<String> = manifest["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap().to_string())
-        .collect();
+    let named = manifest_paths(&data.join("snapshots"));
     for entry in walk(&data.join("snapshots")) {
         let rel = entry
             .strip_prefix(data.join("snapshots"))
@@ -172,7 +167,20 @@ fn a_snapshotter_killed_at_random_moments_never_loses_or_doubles_a_row() {
     }
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// The paths the manifest in snapshot root `root` names.
+pub(crate) fn manifest_paths(root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every file under `dir`.
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         if e.path().is_dir() {

@@ -392,16 +392,24 @@ pub struct ShipReport {
     pub removed: usize,
 }
 
-/// Runs a ship on a small runtime of its own (for the synchronous callers:
-/// the snapshot thread, `fathom snapshot`).
+/// Runs a ship on a small runtime of its own, on a thread of its own, so
+/// synchronous callers inside or outside an async runtime (the snapshot
+/// thread, the last snapshot of a command, `fathom snapshot`) can wait for it.
 pub fn ship_blocking(to: &Location, local: &Snapshots, checkpoints: Option<&Path>) -> Result<ShipReport> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            action: "start a runtime to ship snapshots to",
-            path: PathBuf::from(to.url.as_str()),
-            source,
-        })?;
-    rt.block_on(to.ship(local, checkpoints))
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| Error::Io {
+                        action: "start a runtime to ship snapshots to",
+                        path: PathBuf::from(to.url.as_str()),
+                        source,
+                    })?;
+                rt.block_on(to.ship(local, checkpoints))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the ship thread panicked".into())))
+    })
 }

@@ -193,6 +193,8 @@ fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_i
             "8",
         ])
         .args(["--gateways", &urls.join(",")])
+        // A writing command ships its snapshots when it ends, too.
+        .args(["--snapshots", &tmp.path().join("shipped").to_string_lossy()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -228,6 +230,12 @@ fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_i
     assert_eq!(v[0]["answered"], 32, "{v}");
     assert_eq!(v[0]["errors"], 0, "{v}");
     assert!(v[0]["requests"].as_u64().unwrap() >= 64, "{v}");
+    let shipped = sql_json(
+        &tmp.path().join("nowhere"),
+        &["--snapshots", &tmp.path().join("shipped").to_string_lossy()],
+        "SELECT count(*) AS n FROM episodes",
+    );
+    assert_eq!(shipped[0]["n"], 32, "the run's last snapshot was shipped: {shipped}");
     // Every episode replays identical from the log alone (no gateway, no sandbox).
     let out = run(&data, &["replay", "--run", "r-1", "--check"]);
     assert!(out.status.success(), "replay: {}{}", stdout(&out), stderr(&out));

@@ -43,8 +43,9 @@ pub struct SqlArgs {
     pub catalog: Option<String>,
     /// Run the query on a Ballista cluster (`fathom cluster scheduler`) at
     /// df://host:port: the same tables and views, from the committed snapshot
-    /// files (local paths the executors can read, or --snapshots URL).
-    #[arg(long, value_name = "URL", conflicts_with = "catalog")]
+    /// files (local paths the executors can read, --snapshots URL, or every
+    /// member of --catalog URL).
+    #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
 }
 

@@ -283,7 +283,8 @@ impl Db {
     /// Opens the tables of the data directory `data`.
     pub async fn open(data: &Path, opts: OpenOptions) -> Result<Db, QueryError> {
         if let Some(catalog) = opts.catalog.clone() {
-            return Db::open_catalog(data, &catalog, opts).await;
+            let ctx = SessionContext::new_with_config(session_config(&opts));
+            return Db::open_catalog(ctx, data, &catalog, opts, false).await;
         }
         let snaps = Snapshots::new(data.join("snapshots"));
         let manifest = Files::manifest(&snaps, &opts).await?;
@@ -353,9 +354,13 @@ impl Db {
     /// Registers the tables and views on a context made elsewhere (a
     /// Ballista client, `fathom sql --cluster`): every table from its
     /// committed snapshot files alone (what a cluster's executors can
-    /// read), local or at `opts.snapshots`. Files must be reachable by the
-    /// executors under the same paths or URLs.
+    /// read), local, at `opts.snapshots`, or every member of
+    /// `opts.catalog`. Files must be reachable by the executors under the
+    /// same paths or URLs.
     pub async fn open_on(ctx: SessionContext, data: &Path, opts: OpenOptions) -> Result<Db, QueryError> {
+        if let Some(catalog) = opts.catalog.clone() {
+            return Db::open_catalog(ctx, data, &catalog, opts, true).await;
+        }
         let snaps = Snapshots::new(data.join("snapshots"));
         let manifest = Files::manifest(&snaps, &opts).await?;
         if manifest.files.is_empty() {
@@ -369,20 +374,7 @@ impl Db {
         let files = Files::of(&ctx, &snaps, &opts);
         for info in tables::all() {
             if manifest.files_of(info.name).next().is_none() {
-                // No files: a typed, empty relation that serialises.
-                let columns: Vec<String> = info
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| format!("arrow_cast(NULL, '{}') AS \"{}\"", f.data_type(), f.name()))
-                    .collect();
-                ctx.sql(&format!(
-                    "CREATE VIEW {} AS SELECT {} WHERE false",
-                    info.name,
-                    columns.join(", ")
-                ))
-                .await
-                .map_err(df_err)?;
+                register_empty(&ctx, info.name, &info).await?;
                 continue;
             }
             let provider = table_provider(&files, &manifest, &info, None).await?;
@@ -406,15 +398,22 @@ impl Db {
 
     /// Opens every member of a catalogue as one set of tables: each
     /// table is the union of the members' tables with a first column
-    /// `origin` (the member's name), from their committed files only.
-    async fn open_catalog(data: &Path, catalog: &Location, opts: OpenOptions) -> Result<Db, QueryError> {
+    /// `origin` (the member's name), from their committed files only. On a
+    /// cluster's context (`cluster`), a member's table without files is a
+    /// typed empty view, so that every plan serialises.
+    async fn open_catalog(
+        ctx: SessionContext,
+        data: &Path,
+        catalog: &Location,
+        opts: OpenOptions,
+        cluster: bool,
+    ) -> Result<Db, QueryError> {
         let members = catalog.members().await?;
         if members.is_empty() {
             return Err(QueryError::Sql(format!(
                 "the catalogue {catalog} has no member: no directory right under it holds a manifest.json; ship a data directory's snapshots to {catalog}NAME/ with 'fathom --snapshots {catalog}NAME snapshot'"
             )));
         }
-        let ctx = SessionContext::new_with_config(session_config(&opts));
         ctx.register_object_store(&catalog.store_url(), catalog.object_store());
         let mut source = Source {
             snapshot_upto: 0,
@@ -434,11 +433,15 @@ impl Db {
             source.files += manifest.files.len();
             source.snapshot_upto = source.snapshot_upto.max(manifest.upto_seq);
             let schema = Arc::new(datafusion::catalog::MemorySchemaProvider::new());
+            default_catalog.register_schema(name, schema.clone()).map_err(df_err)?;
             for info in tables::all() {
+                if cluster && manifest.files_of(info.name).next().is_none() {
+                    register_empty(&ctx, &format!("\"{}\".{}", name.replace('"', "\"\""), info.name), &info).await?;
+                    continue;
+                }
                 let provider = table_provider(&Files::Remote(member), &manifest, &info, None).await?;
                 schema.register_table(info.name.to_string(), provider).map_err(df_err)?;
             }
-            default_catalog.register_schema(name, schema).map_err(df_err)?;
         }
         source.last_seq = source.snapshot_upto;
         for info in tables::all() {
@@ -463,7 +466,7 @@ impl Db {
             source,
             data: data.to_path_buf(),
             opts,
-            external: false,
+            external: cluster,
         })
     }
 
@@ -551,6 +554,25 @@ fn read_tail(data: &Path, manifest: &Manifest) -> Result<Option<(u64, TableBatch
         }
     }
     Ok(Some((last, projector.take_batches())))
+}
+
+/// Registers `name` (possibly schema-qualified) as a typed relation with
+/// no rows and no files: unlike an empty in-memory table, it serialises
+/// into a cluster's plans.
+async fn register_empty(ctx: &SessionContext, name: &str, info: &TableInfo) -> Result<(), QueryError> {
+    let columns: Vec<String> = info
+        .schema
+        .fields()
+        .iter()
+        .map(|f| format!("arrow_cast(NULL, '{}') AS \"{}\"", f.data_type(), f.name()))
+        .collect();
+    ctx.sql(&format!(
+        "CREATE VIEW {name} AS SELECT {} WHERE false",
+        columns.join(", ")
+    ))
+    .await
+    .map_err(df_err)?;
+    Ok(())
 }
 
 /// Creates the views on `ctx` (for a catalogue's tables when `catalogue`).

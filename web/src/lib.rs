@@ -188,6 +188,15 @@ impl AppState {
         Fut: std::future::Future<Output = Result<serde_json::Value, WebError>>,
     {
         self.db(false).await?;
+        self.cached_now(key, make).await
+    }
+
+    /// [`AppState::cached`] against the tables as last opened.
+    async fn cached_now<F, Fut>(&self, key: String, make: F) -> Result<serde_json::Value, WebError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, WebError>>,
+    {
         let (seq, cell) = {
             let mut t = self.tables.lock().await;
             let seq = t.last_seq;
@@ -445,5 +454,82 @@ fn open_options() -> OpenOptions {
     OpenOptions {
         target_partitions: 1,
         ..OpenOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn state() -> AppState {
+        AppState::new(Config {
+            data: PathBuf::from("unused"),
+            token: None,
+            refresh: Duration::from_secs(1),
+            replay: None,
+        })
+    }
+
+    async fn tables_at(state: &AppState, seq: u64) {
+        state.tables.lock().await.last_seq = seq;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newer_tables_are_computed_once_while_other_readers_get_the_previous_page() {
+        let state = state();
+        let made = Arc::new(AtomicU32::new(0));
+        let page = |v: u64, gate: Option<Arc<tokio::sync::Notify>>| {
+            let made = made.clone();
+            move || async move {
+                made.fetch_add(1, Ordering::SeqCst);
+                if let Some(g) = gate {
+                    g.notified().await;
+                }
+                Ok::<_, WebError>(serde_json::json!({ "v": v }))
+            }
+        };
+        tables_at(&state, 1).await;
+        let first = state.cached_now("k".into(), page(1, None)).await.unwrap();
+        assert_eq!(first["v"], 1);
+        // Same tables: served from the cache, nothing computed.
+        let again = state.cached_now("k".into(), page(99, None)).await.unwrap();
+        assert_eq!((again["v"].as_u64(), made.load(Ordering::SeqCst)), (Some(1), 1));
+
+        // The tables move on; the first reader's computation is held back.
+        tables_at(&state, 2).await;
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let slow = {
+            let state = state.clone();
+            let make = page(2, Some(gate.clone()));
+            tokio::spawn(async move { state.cached_now("k".into(), make).await })
+        };
+        while made.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // Eight readers meanwhile: each gets the previous page at once and
+        // none starts a computation of its own.
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let state = state.clone();
+                let make = page(77, None);
+                tokio::spawn(async move { state.cached_now("k".into(), make).await })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.await.unwrap().unwrap()["v"], 1);
+        }
+        assert_eq!(made.load(Ordering::SeqCst), 2, "one computation for the newer tables");
+        gate.notify_one();
+        assert_eq!(slow.await.unwrap().unwrap()["v"], 2);
+        let now = state.cached_now("k".into(), page(88, None)).await.unwrap();
+        assert_eq!((now["v"].as_u64(), made.load(Ordering::SeqCst)), (Some(2), 2));
+
+        // A failed computation is not kept: the next reader tries again.
+        tables_at(&state, 3).await;
+        let failing = || async { Err::<serde_json::Value, _>(WebError::Internal("boom".into())) };
+        assert!(state.cached_now("k".into(), failing).await.is_err());
+        let retried = state.cached_now("k".into(), page(3, None)).await.unwrap();
+        assert_eq!((retried["v"].as_u64(), made.load(Ordering::SeqCst)), (Some(3), 3));
     }
 }

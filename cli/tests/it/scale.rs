@@ -378,6 +378,39 @@ fn a_ballista_scheduler_and_two_executors_give_the_cookbook_results_of_local_dat
         compared += usize::from(!local.as_array().unwrap().is_empty());
     }
     assert!(compared >= 4, "most cookbook queries find rows ({compared} did)");
+
+    // A catalogue on the cluster: two members, the second with no eval,
+    // update or checkpoint files (typed empty relations in the plans).
+    let cat = tmp.path().join("catalogue");
+    let other = tmp.path().join("other");
+    load(&other, "48");
+    for (dir, member) in [(&data, "m1"), (&other, "m2")] {
+        let to = cat.join(member).to_string_lossy().into_owned();
+        let out = run(dir, &["--snapshots", &to, "snapshot"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let cat = cat.to_string_lossy().into_owned();
+    for q in [
+        "SELECT origin, count(*) AS n, sum(reward) AS reward FROM episodes GROUP BY origin",
+        "SELECT origin, run_id, step, episodes, reward_mean, tool_calls FROM step_metrics",
+        "SELECT origin, count(*) AS n FROM evals GROUP BY origin",
+        "SELECT count(*) AS n FROM m2.turns",
+        "SELECT e.origin, count(*) AS n FROM episodes e JOIN turns t ON e.origin = t.origin AND e.episode_id = t.episode_id GROUP BY e.origin",
+    ] {
+        let local = sql_json(&data, &["--catalog", &cat], q);
+        let distributed = sql_json(&data, &["--catalog", &cat, "--cluster", &url], q);
+        assert!(!local.as_array().unwrap().is_empty(), "{q}");
+        assert_eq!(canonical(&local), canonical(&distributed), "{q}");
+    }
+    let origins = sql_json(
+        &data,
+        &["--catalog", &cat, "--cluster", &url],
+        "SELECT origin, count(*) AS n FROM episodes GROUP BY origin ORDER BY origin",
+    );
+    assert_eq!(origins.as_array().unwrap().len(), 2, "{origins}");
+    let own = sql_json(&other, &[], "SELECT count(*) AS n FROM episodes");
+    assert_eq!(origins[1]["n"], own[0]["n"], "{origins}");
+
     // The plan is Ballista's: stages with shuffles, handed to executors.
     let plan = sql_json(
         &data,

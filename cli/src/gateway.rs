@@ -21,8 +21,9 @@ use fathom_replay::gateway::{Gateway, GatewayConfig, SearchBackend, WireRequest}
 /// `fathom gateway …`.
 #[derive(Debug, clap::Subcommand)]
 pub enum GatewayCommand {
-    /// Serve the gateway's HTTP attempts (search and page fetches) to trainers
-    /// and evaluations on other processes or machines, until stopped (Ctrl-C).
+    /// Serve the gateway's HTTP attempts (search and page fetches, with the
+    /// pages read to text for the browsing agent) to trainers and evaluations
+    /// on other processes or machines, until stopped (Ctrl-C).
     Serve(GatewayServeArgs),
 }
 
@@ -61,6 +62,7 @@ struct Served {
     gateway: Gateway,
     token: Option<String>,
     served: AtomicU64,
+    pages_read: AtomicU64,
 }
 
 async fn serve(args: GatewayServeArgs) -> anyhow::Result<ExitCode> {
@@ -91,6 +93,7 @@ async fn serve(args: GatewayServeArgs) -> anyhow::Result<ExitCode> {
         gateway: Gateway::live(config, clock).map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?,
         token: args.token.clone(),
         served: AtomicU64::new(0),
+        pages_read: AtomicU64::new(0),
     });
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -105,15 +108,28 @@ async fn serve(args: GatewayServeArgs) -> anyhow::Result<ExitCode> {
         })
         .await
         .context("serving")?;
-    println!("served {} attempt(s)", served.served.load(Ordering::Relaxed));
+    println!(
+        "served {} attempt(s), read {} page(s)",
+        served.served.load(Ordering::Relaxed),
+        served.pages_read.load(Ordering::Relaxed)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn router(served: Arc<Served>) -> Router {
     Router::new()
         .route("/v1/attempt", post(attempt))
-        .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/health", get(health))
         .with_state(served)
+}
+
+async fn health(State(served): State<Arc<Served>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "attempts": served.served.load(Ordering::Relaxed),
+        "pages_read": served.pages_read.load(Ordering::Relaxed),
+        "reader": fathom_replay::gateway::reader_fingerprint(),
+    }))
 }
 
 async fn attempt(State(served): State<Arc<Served>>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
@@ -137,6 +153,9 @@ async fn attempt(State(served): State<Arc<Served>>, headers: HeaderMap, body: By
     request.body = request_body;
     let ex = served.gateway.perform(&request).await;
     served.served.fetch_add(1, Ordering::Relaxed);
+    if ex.page.is_some() {
+        served.pages_read.fetch_add(1, Ordering::Relaxed);
+    }
     let reply = fathom_replay::remote::frame(&ex, &ex.body);
     ([("content-type", "application/octet-stream")], reply).into_response()
 }

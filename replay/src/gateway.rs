@@ -232,6 +232,9 @@ struct Exchange {
     truncated: bool,
     error: Option<WebError>,
     latency_ns: u64,
+    /// The page's text as a remote gateway service read it (with this
+    /// process's reader); never recorded: replay reads the recorded body.
+    text: Option<String>,
 }
 
 impl Exchange {
@@ -246,6 +249,7 @@ impl Exchange {
             truncated: false,
             error: Some(error),
             latency_ns: 0,
+            text: None,
         }
     }
 
@@ -281,6 +285,10 @@ pub struct WireRequest {
     pub timeout_ms: u64,
     /// The response body is cut at this many bytes.
     pub max_body_bytes: usize,
+    /// The response is a page for the browsing agent: a remote service
+    /// reads it to text too ([`read_page`]), sparing the trainer's CPU.
+    #[serde(default)]
+    pub read: bool,
 }
 
 /// What one attempt gave, as a remote gateway service returns it. The
@@ -300,6 +308,21 @@ pub struct WireExchange {
     pub error: Option<WireError>,
     /// How long the attempt took.
     pub latency_ns: u64,
+    /// The page read to text, when the request asked for it and the
+    /// response is a readable page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<WirePage>,
+}
+
+/// A page as a remote gateway service read it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WirePage {
+    /// [`read_page`]'s text.
+    pub text: String,
+    /// The service's [`reader_fingerprint`]: the text is used only when it
+    /// equals the trainer's own, so that replay (which reads the recorded
+    /// body here) gives the same text.
+    pub reader: String,
 }
 
 /// A failed attempt's error, as data.
@@ -364,6 +387,7 @@ impl WireExchange {
             truncated: ex.truncated,
             error: ex.error.as_ref().map(WireError::from),
             latency_ns: ex.latency_ns,
+            page: None,
         }
     }
 
@@ -377,6 +401,7 @@ impl WireExchange {
             truncated: self.truncated,
             error: self.error.map(WebError::from),
             latency_ns: self.latency_ns,
+            text: self.page.map(|p| p.text),
         }
     }
 }
@@ -418,6 +443,7 @@ impl Recording {
                 error,
                 latency_ns: w.latency_ns,
                 request_id: Some(w.request_id),
+                text: None,
             });
         }
         Ok(Recording {
@@ -547,6 +573,66 @@ fn build_client(config: &GatewayConfig) -> Result<reqwest::Client, WebError> {
         .user_agent(concat!("fathom/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| WebError::Transport(e.to_string()))
+}
+
+/// Reads a fetched page to the text the browsing agent works on: HTML
+/// converted ([`html::to_text`]), plain text and Markdown decoded, other
+/// types refused. The same function runs in a remote gateway service, in
+/// the trainer and in replay.
+pub fn read_page(content_type: &str, body: &[u8]) -> Result<String, WebError> {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "text/html" | "application/xhtml+xml" | "" => Ok(html::to_text(&decode_body(content_type, body))),
+        "text/plain" | "text/markdown" => Ok(decode_body(content_type, body)),
+        other => Err(WebError::Unsupported(other.to_string())),
+    }
+}
+
+/// What [`read_page`] makes of a fixed set of awkward pages (headings,
+/// lists, tables, entities, scripts, comments, broken tags, other
+/// charsets), hashed: two processes with the same fingerprint read pages
+/// alike, so a remote service's text is used only when its fingerprint is
+/// this process's own.
+pub fn reader_fingerprint() -> &'static str {
+    static FINGERPRINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FINGERPRINT.get_or_init(|| fingerprint_of(&read_page))
+}
+
+/// A page reader: content type and body to text.
+type ReadPage = dyn Fn(&str, &[u8]) -> Result<String, WebError>;
+
+/// The fingerprint of a page reader (see [`reader_fingerprint`]).
+fn fingerprint_of(read: &ReadPage) -> String {
+    {
+        const PROBES: &[(&str, &[u8])] = &[
+            (
+                "text/html; charset=utf-8",
+                b"<!DOCTYPE html><html><head><title>T</title><style>p{color:red}</style>\
+                  <script>var x = '<p>no</p>';</script></head><body><nav>menu</nav>\
+                  <h1>Heading &amp; more</h1><p>First  paragraph,\n wrapped.</p><!-- gone -->\
+                  <ul><li>one</li><li>two <b>bold</b></li></ul><table><tr><th>a</th><th>b</th></tr>\
+                  <tr><td>1</td><td>2</td></tr></table><p>a &lt; b &gt; c &#233; &#x4e2d; &nbsp;x</p>\
+                  <h3>Deep</h3><div>block<br>break</div><pre>  kept  </pre><p>broken <b",
+            ),
+            ("text/html; charset=iso-8859-1", b"<p>caf\xe9 na\xefve</p>"),
+            ("", b"<article><h2>No type</h2><p>x < y and y > z</p></article>"),
+            ("text/plain", b"plain  text\n\nkept as is"),
+            ("text/markdown; charset=utf-8", "# Title\n- \u{4e2d}\u{6587}".as_bytes()),
+            ("application/pdf", b"%PDF-1.7"),
+        ];
+        let mut h = blake3::Hasher::new();
+        for (content_type, body) in PROBES {
+            let read = read(content_type, body).unwrap_or_else(|e| format!("error: {e}"));
+            h.update(&(read.len() as u64).to_le_bytes());
+            h.update(read.as_bytes());
+        }
+        h.finalize().to_hex()[..16].to_string()
+    }
 }
 
 /// Decodes a body by the charset its content type declares (UTF-8 when
@@ -749,7 +835,7 @@ impl Gateway {
             }
             return Err(refused.into());
         }
-        let ex = self
+        let mut ex = self
             .exchange(
                 Asked {
                     ctx,
@@ -758,21 +844,17 @@ impl Gateway {
                     key: &key,
                     url: &parsed,
                 },
-                &self.wire("GET", parsed.to_string(), Vec::new(), Vec::new()),
+                &WireRequest {
+                    read: true,
+                    ..self.wire("GET", parsed.to_string(), Vec::new(), Vec::new())
+                },
             )
             .await?;
         let content_type = ex.header("content-type").unwrap_or("text/html").to_string();
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        let decoded = decode_body(&content_type, &ex.body);
-        let text = match mime.as_str() {
-            "text/html" | "application/xhtml+xml" | "" => html::to_text(&decoded),
-            "text/plain" | "text/markdown" => decoded,
-            other => return Err(WebError::Unsupported(other.to_string())),
+        // Read by the remote service that made the attempt, or here.
+        let text = match ex.text.take() {
+            Some(text) => text,
+            None => read_page(&content_type, &ex.body)?,
         };
         Ok(Page {
             url: url.to_string(),
@@ -819,6 +901,7 @@ impl Gateway {
             body,
             timeout_ms: self.config.timeout.as_millis() as u64,
             max_body_bytes: self.config.max_body_bytes,
+            read: false,
         }
     }
 
@@ -912,7 +995,26 @@ impl Gateway {
         };
         let limit = self.host_limit(&url);
         let _permit = limit.acquire().await.expect("semaphores are never closed");
-        WireExchange::from_exchange(self.attempt_here(request).await)
+        let ex = self.attempt_here(request).await;
+        let page = if request.read && ex.error.is_none() && ex.status != 0 {
+            let content_type = ex.header("content-type").unwrap_or("text/html").to_string();
+            let body = ex.body.clone();
+            // Reading a large page is CPU work: off the async threads.
+            tokio::task::spawn_blocking(move || read_page(&content_type, &body).ok())
+                .await
+                .ok()
+                .flatten()
+                .map(|text| WirePage {
+                    text,
+                    reader: reader_fingerprint().to_string(),
+                })
+        } else {
+            None
+        };
+        WireExchange {
+            page,
+            ..WireExchange::from_exchange(ex)
+        }
     }
 
     async fn attempt_here(&self, request: &WireRequest) -> Exchange {
@@ -928,6 +1030,7 @@ impl Gateway {
             error: None,
             latency_ns: 0,
             request_id: None,
+            text: None,
         };
         let method = if request.method.eq_ignore_ascii_case("POST") {
             reqwest::Method::POST
@@ -1079,6 +1182,19 @@ pub async fn sandbox_addresses(search_addr: SocketAddr) -> Result<Vec<SocketAddr
 mod tests {
     use super::*;
     use reqwest::dns::Resolve;
+
+    #[test]
+    fn the_reader_fingerprint_changes_with_what_reading_gives() {
+        assert_eq!(reader_fingerprint(), fingerprint_of(&read_page));
+        assert_eq!(reader_fingerprint().len(), 16);
+        // A reader that differs on one probe only (tables kept without
+        // their cell separators) has another fingerprint.
+        let no_cells = |ct: &str, body: &[u8]| read_page(ct, body).map(|t| t.replace(" | ", " "));
+        assert_ne!(reader_fingerprint(), fingerprint_of(&no_cells));
+        // So does one that no longer refuses PDFs.
+        let lenient = |ct: &str, body: &[u8]| read_page(ct, body).or_else(|_| Ok(decode_body(ct, body)));
+        assert_ne!(reader_fingerprint(), fingerprint_of(&lenient));
+    }
 
     #[tokio::test]
     async fn names_that_resolve_to_internal_addresses_are_refused() {

@@ -12,17 +12,26 @@
 //! service is never recorded as a web exchange: only the answer of the
 //! service that made the attempt is.
 //!
+//! Page reading travels too: a fetch asks the service to read the page to
+//! text ([`crate::gateway::read_page`], the browsing agent's input), which
+//! takes the HTML parsing off the trainer's CPU. The text is used only when
+//! the service's [`reader_fingerprint`] is the trainer's own (the same
+//! reading code), since replay reads the recorded body in the trainer;
+//! otherwise the trainer reads the body itself and warns once.
+//!
 //! Protocol: `POST {base}/v1/attempt`, body = little-endian `u32` length,
 //! the [`WireRequest`] as JSON, then the request body; the reply (200) is
-//! the same framing of a [`WireExchange`] and the response body. With a
-//! token, `Authorization: Bearer TOKEN`. `GET {base}/v1/health` answers `ok`.
+//! the same framing of a [`WireExchange`] (with the page's text when asked
+//! for) and the response body. With a token, `Authorization: Bearer TOKEN`.
+//! `GET {base}/v1/health` answers JSON: `status`, `attempts`, `pages_read`
+//! and `reader` (the fingerprint).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fathom_core::{Clock, Timestamp};
 
-use crate::gateway::{WebError, WireExchange, WireRequest};
+use crate::gateway::{WebError, WireExchange, WireRequest, reader_fingerprint};
 
 /// How long a service that failed is skipped.
 pub const REST: Duration = Duration::from_secs(5);
@@ -56,6 +65,8 @@ pub struct Remotes {
     clock: Arc<dyn Clock>,
     /// Per service: skipped until this time after a failure.
     resting: Mutex<Vec<Option<Timestamp>>>,
+    /// Per service: warned that it reads pages with another reader.
+    other_reader: Mutex<Vec<bool>>,
 }
 
 impl std::fmt::Debug for Remotes {
@@ -92,6 +103,7 @@ impl Remotes {
             .map_err(|e| WebError::Transport(e.to_string()))?;
         Ok(Remotes {
             resting: Mutex::new(vec![None; bases.len()]),
+            other_reader: Mutex::new(vec![false; bases.len()]),
             bases,
             token,
             client,
@@ -128,8 +140,24 @@ impl Remotes {
         for i in order {
             let base = &self.bases[i];
             match self.ask(base, body.clone(), timeout).await {
-                Ok(ex) => {
+                Ok(mut ex) => {
                     self.resting.lock().unwrap_or_else(|e| e.into_inner())[i] = None;
+                    if let Some(page) = &ex.page
+                        && page.reader != reader_fingerprint()
+                    {
+                        // Another reader would give other text than replay
+                        // will: read the body here instead.
+                        let mut warned = self.other_reader.lock().unwrap_or_else(|e| e.into_inner());
+                        if !warned[i] {
+                            warned[i] = true;
+                            eprintln!(
+                                "warning: tool gateway {base} reads pages differently (reader {}, here {}: another fathom version?); its pages are read here",
+                                page.reader,
+                                reader_fingerprint()
+                            );
+                        }
+                        ex.page = None;
+                    }
                     return Ok(ex);
                 }
                 Err(why) => {

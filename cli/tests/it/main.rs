@@ -94,3 +94,16 @@ pub fn spawn_server(data: &Path, args: &[&str], prefix: &str) -> (std::process::
         .to_string();
     (child, named)
 }
+
+/// A minimal HTTP/1.1 GET over loopback, returning the body (a 200 is
+/// required).
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}

@@ -1,18 +1,6 @@
 //! `fathom sandbox serve` from the outside.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-/// A minimal HTTP/1.1 GET over loopback, returning the body.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
+use crate::http_get;
 
 #[test]
 fn serve_prints_its_address_and_answers_on_loopback() {

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::snapshot::{load, manifest_paths, sql_json, table_counts, walk};
-use crate::{fathom, free_port, run, spawn_server, stderr, stdout};
+use crate::{fathom, free_port, http_get, run, spawn_server, stderr, stdout};
 
 #[test]
 fn snapshots_shipped_to_a_location_read_the_same_and_a_catalogue_joins_data_directories() {
@@ -204,6 +204,16 @@ fn three_gateways_one_killed_mid_run_lose_no_episode_and_every_episode_replays_i
     gateways[1].0.kill().unwrap();
     gateways[1].0.wait().unwrap();
     let out = eval.wait_with_output().unwrap();
+    // The gateways read the pages for the browsing agent too.
+    let mut pages_read = 0;
+    for i in [0, 2] {
+        let health: serde_json::Value =
+            serde_json::from_str(&http_get(urls[i].trim_start_matches("http://"), "/v1/health")).unwrap();
+        assert_eq!(health["status"], "ok", "{health}");
+        assert!(health["attempts"].as_u64().unwrap() > 0, "{health}");
+        pages_read += health["pages_read"].as_u64().unwrap();
+    }
+    assert!(pages_read > 0, "no page was read by a gateway");
     for (mut g, _) in gateways {
         let _ = g.kill();
         let _ = g.wait();

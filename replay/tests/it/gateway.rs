@@ -273,3 +273,66 @@ async fn replay_gives_back_retries_errors_and_refusals_as_they_were_recorded() {
     assert!(g.fetch(CTX, &url).await.is_err());
     assert_eq!(g.misses().len(), 1, "the one request too many is a miss");
 }
+
+/// A remote gateway service that makes the attempt for real and then
+/// labels the page text it returns (`text`) with the reader `reader`.
+async fn labelling_service(config: GatewayConfig, text: &'static str, reader: String) -> String {
+    use axum::body::Bytes;
+    use fathom_replay::gateway::WireRequest;
+    let service = Arc::new(Gateway::live(config, Arc::new(SystemClock)).unwrap());
+    let app = axum::Router::new().route(
+        "/v1/attempt",
+        axum::routing::post(move |body: Bytes| {
+            let service = service.clone();
+            let reader = reader.clone();
+            async move {
+                let (mut request, request_body): (WireRequest, Vec<u8>) =
+                    fathom_replay::remote::unframe(&body).unwrap();
+                request.body = request_body;
+                let mut ex = service.perform(&request).await;
+                if let Some(page) = &mut ex.page {
+                    page.text = text.to_string();
+                    page.reader = reader;
+                }
+                fathom_replay::remote::frame(&ex, &ex.body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_service_reads_pages_only_with_the_trainers_own_reader() {
+    use fathom_replay::gateway::{read_page, reader_fingerprint};
+    use fathom_replay::remote::Remotes;
+    let sb = sandbox("none").await;
+    let url = first_page_url(&sb);
+    let local = Gateway::live(config_for(&sb), Arc::new(SystemClock)).unwrap();
+    let here = local.fetch(CTX, &url).await.unwrap();
+    assert_eq!(here.text, read_page(&here.content_type, &here.body).unwrap());
+    assert!(here.text.len() > 200, "{}", here.text);
+
+    // The service reads the page itself: what it sends is the text used.
+    let same = labelling_service(config_for(&sb), "READ BY THE SERVICE", reader_fingerprint().into()).await;
+    let mut config = config_for(&sb);
+    config.remote = Some(Arc::new(Remotes::new(&[same], None, Arc::new(SystemClock)).unwrap()));
+    let through = Gateway::live(config, Arc::new(SystemClock)).unwrap();
+    let page = through.fetch(CTX, &url).await.unwrap();
+    assert_eq!(page.text, "READ BY THE SERVICE");
+    assert_eq!(page.body, here.body, "the body travels as it was received");
+    // Searches are not pages: nothing is read for them.
+    let results = through.search(CTX, &["anything".to_string()]).await;
+    assert!(results[0].1.is_ok(), "{:?}", results[0].1);
+
+    // Another reader (another fathom version): its text is ignored and the
+    // page is read here, as replay will read it.
+    let other = labelling_service(config_for(&sb), "READ BY ANOTHER VERSION", "0123456789abcdef".into()).await;
+    let mut config = config_for(&sb);
+    config.remote = Some(Arc::new(Remotes::new(&[other], None, Arc::new(SystemClock)).unwrap()));
+    let through = Gateway::live(config, Arc::new(SystemClock)).unwrap();
+    let page = through.fetch(CTX, &url).await.unwrap();
+    assert_eq!(page.text, here.text);
+}

@@ -2,9 +2,10 @@
 two executors, same machine), and rollouts through one against three tool
 gateways on a sandbox with injected latency. Medians and ratios.
 
-usage: bench_scale.py FATHOM DATA REPEATS
+usage: bench_scale.py FATHOM DATA REPEATS [all|sql|gateways]
 """
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -23,12 +24,20 @@ def free_port():
 
 
 def timed(cmd):
+    return timed_cpu(cmd)[0]
+
+
+def timed_cpu(cmd):
+    """Wall seconds of a command, and the CPU seconds (user + system) it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd[:6])}… failed: {out.stderr[-2000:]}")
-    return dt
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dt, cpu
 
 
 def cluster(fathom, executors):
@@ -100,29 +109,36 @@ def gateway_bench(fathom, repeats):
     try:
         for name, urls in [("in-process", []), ("1 gateway", [gateways[0][1]]),
                            ("3 gateways", [g[1] for g in gateways])]:
-            runs = []
+            runs, cpus = [], []
             for r in range(repeats):
                 data = os.path.join(work, f"d-{name.replace(' ', '-')}-{r}")
                 cmd = [fathom, "--data", data, "--snapshot-every", "off", "eval", "--questions", questions,
                        "--sandbox", f"127.0.0.1:{port}", "--concurrency", "32"]
                 if urls:
                     cmd += ["--gateways", ",".join(urls)]
-                runs.append(timed(cmd))
-            results[name] = statistics.median(runs)
+                wall, cpu = timed_cpu(cmd)
+                runs.append(wall)
+                cpus.append(cpu)
+            results[name] = (statistics.median(runs), statistics.median(cpus))
     finally:
         stop([sandbox] + [g[0] for g in gateways])
-    base = results["in-process"]
-    print("| gateways | 64 episodes | episodes/s | vs in-process |")
-    print("|---|---:|---:|---:|")
-    for name, t in results.items():
-        print(f"| {name} | {t:.2f} s | {64 / t:.1f} | {base / t:.2f}x |")
+    base, base_cpu = results["in-process"]
+    print("| gateways | 64 episodes | episodes/s | vs in-process | trainer CPU | vs in-process |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (t, cpu) in results.items():
+        print(f"| {name} | {t:.2f} s | {64 / t:.1f} | {base / t:.2f}x | {cpu:.2f} s | {cpu / base_cpu:.2f}x |")
     print()
 
 
 def main():
     fathom, data, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    sql_bench(fathom, data, repeats)
-    gateway_bench(fathom, repeats)
+    part = sys.argv[4] if len(sys.argv) > 4 else "all"
+    if part not in ("all", "sql", "gateways"):
+        sys.exit(f"unknown part '{part}': use all, sql or gateways")
+    if part in ("all", "sql"):
+        sql_bench(fathom, data, repeats)
+    if part in ("all", "gateways"):
+        gateway_bench(fathom, repeats)
 
 
 if __name__ == "__main__":

@@ -298,7 +298,13 @@ fn load(data: &Path, args: LoadArgs, snapshots: crate::Snapshotting) -> anyhow::
         repeat_fraction: args.repeat,
         ..WorkloadSpec::default()
     };
-    let mut generator = Workload::new(args.seed, run, spec).starting_at(clock.now());
+    // Ids after those the log has given out (other runs' episodes and
+    // requests), and the counters moved past each batch before it is
+    // appended, so a load never reuses an id.
+    let mut generator = Workload::new(args.seed, run, spec).starting_at(clock.now()).ids_after(
+        store.reserve_ids(IdKind::Episode, 0)?,
+        store.reserve_ids(IdKind::Request, 0)?,
+    );
     let bar = crate::progress_bar(args.events, "appending");
     let stdout = std::io::stdout();
     let start = clock.now();
@@ -310,6 +316,9 @@ fn load(data: &Path, args: LoadArgs, snapshots: crate::Snapshotting) -> anyhow::
             args.batch.min((args.events - appended) as usize)
         };
         let items = generator.batch(n);
+        let (last_episode, last_request) = generator.last_ids();
+        store.reserve_through(IdKind::Episode, last_episode)?;
+        store.reserve_through(IdKind::Request, last_request)?;
         logical += items.iter().map(|i| i.blob_bytes().len() as u64).sum::<u64>();
         let range = workload::append(&store, &items, durability)?.context("a non-empty batch returns its range")?;
         appended += n as u64;

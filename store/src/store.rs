@@ -305,6 +305,18 @@ impl Store {
         Ok(u64::from_be_bytes(bytes))
     }
 
+    /// Moves a kind's id counter up to `last` when it is below, so that ids
+    /// up to `last`, numbered by the caller, are never given out again.
+    pub fn reserve_through(&self, kind: IdKind, last: u64) -> Result<()> {
+        self.events
+            .update_and_fetch(keys::counter(kind), |old| {
+                let c = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                Some(c.max(last).to_be_bytes().to_vec())
+            })
+            .map_err(sled_err("allocate an id"))?;
+        Ok(())
+    }
+
     /// A new run id.
     pub fn new_run_id(&self) -> Result<RunId> {
         self.next_id(IdKind::Run).map(RunId)

@@ -313,6 +313,8 @@ pub struct Workload {
     pages: Vec<Vec<u8>>,
     /// Timestamp of the first item; each next one is 1 ms later.
     start: Timestamp,
+    /// Episode and request ids are numbered after these.
+    ids_after: (u64, u64),
 }
 
 impl Workload {
@@ -325,7 +327,25 @@ impl Workload {
             items: 0,
             pages: Vec::new(),
             start: Timestamp(1_795_262_400_000_000_000),
+            ids_after: (0, 0),
         }
+    }
+
+    /// Numbers episodes after `episodes` and requests after `requests`
+    /// (the ids a log has already given out) instead of from 1.
+    pub fn ids_after(mut self, episodes: u64, requests: u64) -> Self {
+        self.ids_after = (episodes, requests);
+        self
+    }
+
+    /// The highest episode and request ids of the items generated so far
+    /// (upper bounds), for the log's id counters.
+    pub fn last_ids(&self) -> (u64, u64) {
+        let n = self.items;
+        (
+            self.ids_after.0 + n.saturating_sub(1) / 10 + u64::from(n > 0),
+            self.ids_after.1 + n,
+        )
     }
 
     /// Stamps items from `start` on instead of a fixed date.
@@ -349,7 +369,7 @@ impl Workload {
         let n = self.items;
         self.items += 1;
         // About ten items per episode, as in a DeepResearcher rollout.
-        let episode = EpisodeId(n / 10 + 1);
+        let episode = EpisodeId(self.ids_after.0 + n / 10 + 1);
         let turn = ((n % 10) / 2) as u32;
         let ts = Timestamp(self.start.0 + n as i64 * 1_000_000);
         (n, episode, turn, ts)
@@ -410,7 +430,7 @@ impl Workload {
             self.run,
             ts,
             WebExchange {
-                request_id: RequestId(n + 1),
+                request_id: RequestId(self.ids_after.1 + n + 1),
                 episode_id: Some(episode),
                 turn: Some(turn),
                 request_kind: WebKind::Fetch,

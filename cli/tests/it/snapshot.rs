@@ -336,6 +336,18 @@ fn while_a_writer_holds_the_log_sql_gets_its_newest_events_from_it() {
         err.contains("held by another fathom process") && err.contains("showing the snapshots"),
         "{err}"
     );
+    // The raw load numbered its episodes and requests after the ones the
+    // log had given out: no id belongs to two runs.
+    let v = sql_json(
+        data,
+        &[],
+        "SELECT (SELECT count(DISTINCT run_id) FROM turns) AS runs, \
+         (SELECT count(*) FROM (SELECT episode_id FROM turns GROUP BY episode_id HAVING count(DISTINCT run_id) > 1)) AS shared_episodes, \
+         (SELECT count(*) FROM (SELECT request_id FROM web_requests GROUP BY request_id HAVING count(DISTINCT run_id) > 1)) AS shared_requests",
+    );
+    assert_eq!(v[0]["runs"], 2, "{v}");
+    assert_eq!(v[0]["shared_episodes"], 0, "{v}");
+    assert_eq!(v[0]["shared_requests"], 0, "{v}");
 }
 
 #[test]

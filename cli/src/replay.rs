@@ -76,9 +76,7 @@ pub fn run(data: &Path, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if args.on_miss == "live" && args.web_args.search_url.is_none() && args.web_args.searxng_url.is_none() {
         anyhow::bail!("--on-miss live needs a search API: pass --search-url (Serper-compatible) or --searxng-url");
     }
-    let store = Arc::new(crate::open_store(data, Options::default())?);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let replayer = Arc::new(Replayer::new(store, clock, &args.device));
+    let replayer = Arc::new(replayer_for(data, &args.device, counterfactual)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,6 +97,32 @@ pub fn run(data: &Path, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             (None, None) => unreachable!("clap requires --episode or --run"),
         }
     })
+}
+
+/// A replayer over the log of `data`: the log itself, or, while another
+/// fathom process holds it and only checks are asked for (`writes` false),
+/// that process's read endpoint, so checks run during a training run.
+pub(crate) fn replayer_for(data: &Path, device: &str, writes: bool) -> anyhow::Result<Replayer> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let e = match crate::open_store(data, Options::default()) {
+        Ok(store) => return Ok(Replayer::new(Arc::new(store), clock, device)),
+        Err(e) => e,
+    };
+    let Some(fathom_store::Error::InUse { holder, .. }) = e.downcast_ref::<fathom_store::Error>() else {
+        return Err(e);
+    };
+    if writes {
+        anyhow::bail!(
+            "a re-run writes a new run into the log, which another fathom process holds ({holder}); run it once that process has finished"
+        );
+    }
+    let endpoint = fathom_store::tail::Endpoint::connect(data).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the log is held by another fathom process ({holder}) that serves no read endpoint; run the check once it has finished"
+        )
+    })?;
+    eprintln!("note: the log is held by {holder}; reading it through that process's read endpoint");
+    Ok(Replayer::read_only(Arc::new(endpoint), clock, device))
 }
 
 fn exit(ok: bool) -> ExitCode {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use fathom_core::{EpisodeId, SystemClock};
-use fathom_trainer::replay::{Replayer, Verdict};
+use fathom_core::EpisodeId;
+use fathom_trainer::replay::Verdict;
 use fathom_web::ReplayVerdict;
 
 /// Arguments of `fathom serve`.
@@ -66,8 +66,9 @@ pub fn run(data: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The dashboard's replay action: `fathom replay --episode … --check` on
-/// the data directory. It opens the log for the length of one check, so it
-/// works while no other fathom process holds the log, one check at a time.
+/// the data directory, one check at a time. It opens the log for the
+/// length of one check or, while another fathom process (a training run)
+/// holds it, reads it through that process's read endpoint.
 struct LogReplay {
     data: PathBuf,
     one_at_a_time: tokio::sync::Mutex<()>,
@@ -83,10 +84,7 @@ impl fathom_web::ReplayCheck for LogReplay {
             let id: EpisodeId = episode
                 .parse()
                 .map_err(|_| format!("'{episode}' is not an episode id"))?;
-            let store = fathom_store::Store::open(self.data.as_path(), fathom_store::Options::default()).map_err(|e| {
-                format!("a replay check needs the log, which another fathom process holds ({e}); run 'fathom replay --episode {episode} --check' once it has finished")
-            })?;
-            let replayer = Replayer::new(Arc::new(store), Arc::new(SystemClock), "cpu");
+            let replayer = crate::replay::replayer_for(&self.data, "cpu", false).map_err(|e| e.to_string())?;
             let verdict = replayer.check(id).await.map_err(|e| e.to_string())?;
             Ok(to_web(&verdict))
         })

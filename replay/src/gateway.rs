@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use fathom_core::event::{Header, WebExchange, WebKind, WebSource};
 use fathom_core::{Clock, EpisodeId, Event, IdKind, Payload, Record, RequestId, RunId};
-use fathom_store::Store;
+use fathom_store::{LogRead, Store};
 
 use crate::canonical;
 use crate::html;
@@ -423,14 +423,14 @@ impl Clone for Recording {
 impl Recording {
     /// Loads the `WebExchange` events among `records` (with their bodies
     /// from the store's blobs).
-    pub fn from_records(store: &Store, records: &[Record]) -> Result<Recording, fathom_store::Error> {
+    pub fn from_records(store: &dyn LogRead, records: &[Record]) -> Result<Recording, fathom_store::Error> {
         let mut by_key: HashMap<String, VecDeque<Exchange>> = HashMap::new();
         for r in records {
             let Payload::WebExchange(w) = &r.event.payload else {
                 continue;
             };
             let body = match &w.body {
-                Some(b) => store.get_blob(&b.digest)?.unwrap_or_default(),
+                Some(b) => store.blob(&b.digest)?.unwrap_or_default(),
                 None => Vec::new(),
             };
             let error = w.error.as_ref().map(|e| WebError::Recorded(e.clone()));

@@ -23,6 +23,7 @@ pub mod frame;
 mod keys;
 pub mod lock;
 pub mod paths;
+mod read;
 pub mod remote;
 pub mod snapshot;
 mod stats;
@@ -38,6 +39,7 @@ use std::path::PathBuf;
 use fathom_core::{Digest, EventKind, Seq};
 
 pub use paths::DataDir;
+pub use read::LogRead;
 pub use stats::{KindStats, RunStats, Stats};
 pub use store::{Durability, Options, RecoveryReport, SeqRange, Store};
 pub use verify::{Problem, VerifyPhase, VerifyReport};

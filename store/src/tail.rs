@@ -6,7 +6,9 @@
 //! `N` up to the last visible one, each as a little-endian `u32` length
 //! followed by the event's frame (the format of `store/README.md`), then a
 //! zero length. `episode N\n` gets the events of episode `e-N` (from the
-//! log's per-episode index) the same way. Or it sends `blob HEX\n` (a BLAKE3 digest) and receives the
+//! log's per-episode index) the same way, and `run N KIND,KIND,…\n` the
+//! events of run `r-N` of those kinds (from the per-run index, filtered by
+//! the writer). Or it sends `blob HEX\n` (a BLAKE3 digest) and receives the
 //! blob's bytes after a little-endian `u64` length (`u64::MAX`: no such
 //! blob); the client checks the digest. Frames are checked by the client as they are read from the
 //! log (CRC and validation), so a damaged transfer is an error, never a
@@ -152,6 +154,17 @@ fn serve(store: &Store, conn: UnixStream) -> std::io::Result<()> {
         for rec in store.episode_events(fathom_core::EpisodeId(n)) {
             send(&mut out, rec)?;
         }
+    } else if let Some((n, kinds)) = line.trim().strip_prefix("run ").and_then(|rest| rest.split_once(' ')) {
+        let kinds: Vec<fathom_core::EventKind> =
+            kinds.split(',').filter_map(fathom_core::EventKind::from_name).collect();
+        if let Ok(n) = n.parse::<u64>() {
+            for rec in store.run_events(fathom_core::RunId(n)) {
+                if rec.as_ref().is_ok_and(|r| !kinds.contains(&r.event.payload.kind())) {
+                    continue;
+                }
+                send(&mut out, rec)?;
+            }
+        }
     } else {
         let after = line
             .trim()
@@ -180,6 +193,60 @@ pub fn fetch(data: &Path, after: Seq) -> Result<Option<Vec<Record>>> {
 /// log has no such episode, or the writer predates this request.
 pub fn fetch_episode(data: &Path, episode: fathom_core::EpisodeId) -> Result<Option<Vec<Record>>> {
     frames(data, &format!("episode {}\n", episode.0))
+}
+
+/// Asks the writer of `data` for run `run`'s events of `kinds` (in log
+/// order). `Ok(None)` when no writer serves the endpoint.
+pub fn fetch_run(
+    data: &Path,
+    run: fathom_core::RunId,
+    kinds: &[fathom_core::EventKind],
+) -> Result<Option<Vec<Record>>> {
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    frames(data, &format!("run {} {}\n", run.0, names.join(",")))
+}
+
+/// A log read through its writer's endpoint, for a process that needs more
+/// than the tail while another one holds the log (the dashboard's replay
+/// check during a training run).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    data: PathBuf,
+}
+
+impl Endpoint {
+    /// The endpoint of the writer of `data`, when one serves it now.
+    pub fn connect(data: &Path) -> Option<Endpoint> {
+        UnixStream::connect(data.join(SOCKET)).ok()?;
+        Some(Endpoint {
+            data: data.to_path_buf(),
+        })
+    }
+
+    fn gone(&self) -> Error {
+        Error::Internal(format!(
+            "the writer of {} stopped serving its read endpoint (it finished or was stopped); try again, the log is free now",
+            self.data.display()
+        ))
+    }
+}
+
+impl crate::LogRead for Endpoint {
+    fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    fn episode_records(&self, episode: fathom_core::EpisodeId) -> Result<Vec<Record>> {
+        fetch_episode(&self.data, episode)?.ok_or_else(|| self.gone())
+    }
+
+    fn run_records(&self, run: fathom_core::RunId, kinds: &[fathom_core::EventKind]) -> Result<Vec<Record>> {
+        fetch_run(&self.data, run, kinds)?.ok_or_else(|| self.gone())
+    }
+
+    fn blob(&self, digest: &fathom_core::Digest) -> Result<Option<Vec<u8>>> {
+        fetch_blob(&self.data, digest)?.ok_or_else(|| self.gone())
+    }
 }
 
 /// What a request to the writer's endpoint was doing, for its errors.

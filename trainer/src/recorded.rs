@@ -13,7 +13,7 @@ use fathom_core::event::{EndReason, TurnGenerated};
 use fathom_core::protocol::{self, Message};
 use fathom_core::{EpisodeId, Payload, QuestionId, Record, RunId};
 use fathom_model::ChatTokenizer;
-use fathom_store::Store;
+use fathom_store::{LogRead, Store};
 
 use crate::candle_policy::continuation;
 use crate::grpo::Sequence;
@@ -106,10 +106,14 @@ fn decode_f32(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn blob(store: &Store, episode: EpisodeId, r: &Option<fathom_core::BlobRef>) -> Result<Option<Vec<u8>>, RecordedError> {
+fn blob(
+    store: &dyn LogRead,
+    episode: EpisodeId,
+    r: &Option<fathom_core::BlobRef>,
+) -> Result<Option<Vec<u8>>, RecordedError> {
     match r {
         None => Ok(None),
-        Some(r) => match store.get_blob(&r.digest)? {
+        Some(r) => match store.blob(&r.digest)? {
             Some(b) => Ok(Some(b)),
             None => Err(RecordedError::Unusable {
                 episode,
@@ -119,7 +123,7 @@ fn blob(store: &Store, episode: EpisodeId, r: &Option<fathom_core::BlobRef>) -> 
     }
 }
 
-fn turn_of(store: &Store, episode: EpisodeId, t: &TurnGenerated) -> Result<RecordedTurn, RecordedError> {
+fn turn_of(store: &dyn LogRead, episode: EpisodeId, t: &TurnGenerated) -> Result<RecordedTurn, RecordedError> {
     Ok(RecordedTurn {
         text: t.text.clone(),
         ids: blob(store, episode, &t.token_ids)?.map(|b| decode_u32(&b)),
@@ -135,9 +139,9 @@ pub fn read_episode(store: &Store, episode: EpisodeId) -> Result<Option<Recorded
 }
 
 /// An episode from its events already read (`Store::episode_events`), with
-/// token ids and log-probs from the store's blobs.
+/// token ids and log-probs from the log's blobs.
 pub fn episode_of(
-    store: &Store,
+    store: &dyn LogRead,
     episode: EpisodeId,
     records: &[Record],
 ) -> Result<Option<RecordedEpisode>, RecordedError> {

@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use fathom_core::event::{CheckpointSaved, RunFinished, RunKind, RunStarted, RunStatus};
 use fathom_core::protocol::Message;
-use fathom_core::{Clock, Digest, EpisodeId, Event, Payload, QuestionId, Record, RunId};
+use fathom_core::{Clock, Digest, EpisodeId, Event, EventKind, Payload, QuestionId, Record, RunId};
 use fathom_model::sample::Sampling;
 use fathom_replay::{Gateway, GatewayConfig, Miss, Recording, SearchBackend};
-use fathom_store::Store;
+use fathom_store::{LogRead, Store};
 
 use crate::candle_policy::{CandleModel, CandlePolicy};
 use crate::harness::{JobError, Question, sampled_events};
@@ -268,7 +268,10 @@ struct RunInfo {
 
 /// Re-runs episodes of one log; loaded models are shared between episodes.
 pub struct Replayer {
-    store: Arc<Store>,
+    /// The log, read (the store, or its writer's endpoint).
+    log: Arc<dyn LogRead>,
+    /// The log to write counterfactual runs into, when this process holds it.
+    store: Option<Arc<Store>>,
     clock: Arc<dyn Clock>,
     device: String,
     runs: Mutex<HashMap<RunId, Arc<RunInfo>>>,
@@ -366,7 +369,8 @@ impl Replayer {
     /// A replayer over `store`, running models on `device` (`cpu`, `cuda:N`).
     pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>, device: &str) -> Replayer {
         Replayer {
-            store,
+            log: store.clone(),
+            store: Some(store),
             clock,
             device: device.to_string(),
             runs: Mutex::default(),
@@ -375,9 +379,34 @@ impl Replayer {
         }
     }
 
-    /// The log.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+    /// A replayer that only reads `log` (a writer's endpoint while another
+    /// process holds the log): it checks episodes and writes nothing, so
+    /// counterfactual re-runs are refused.
+    pub fn read_only(log: Arc<dyn LogRead>, clock: Arc<dyn Clock>, device: &str) -> Replayer {
+        Replayer {
+            log,
+            store: None,
+            clock,
+            device: device.to_string(),
+            runs: Mutex::default(),
+            checkpoints: Mutex::default(),
+            models: Mutex::default(),
+        }
+    }
+
+    /// The log, when this replayer holds it.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// The log to write into, or why there is none.
+    fn writable(&self) -> Result<&Arc<Store>, JobError> {
+        self.store.as_ref().ok_or_else(|| {
+            invalid(format!(
+                "a re-run writes a new run into the log of {}, which another fathom process holds; run it once that process has finished",
+                self.log.data_dir().display()
+            ))
+        })
     }
 
     /// Reads an episode, or says it is not in the log.
@@ -387,8 +416,8 @@ impl Replayer {
 
     /// An episode and its events, read once for everything a re-run needs.
     fn episode_and_events(&self, episode: EpisodeId) -> Result<(RecordedEpisode, Vec<Record>), JobError> {
-        let records: Vec<Record> = self.store.episode_events(episode).collect::<Result<_, _>>()?;
-        let recorded = episode_of(&self.store, episode, &records)?.ok_or_else(|| {
+        let records: Vec<Record> = self.log.episode_records(episode)?;
+        let recorded = episode_of(self.log.as_ref(), episode, &records)?.ok_or_else(|| {
             invalid(format!(
                 "the log holds no episode {episode}; list some with: fathom sql \"SELECT episode_id, run_id, reward FROM episodes LIMIT 20\""
             ))
@@ -400,16 +429,25 @@ impl Replayer {
     pub fn episodes_of(&self, run: RunId) -> Result<Vec<EpisodeId>, JobError> {
         let mut started = Vec::new();
         let mut ended = HashMap::new();
-        for record in self.store.run_events(run) {
-            match record?.event.payload {
+        let mut has_run = false;
+        for record in self.log.run_records(
+            run,
+            &[
+                EventKind::RunStarted,
+                EventKind::EpisodeStarted,
+                EventKind::EpisodeFinished,
+            ],
+        )? {
+            match record.event.payload {
                 Payload::EpisodeStarted(p) => started.push(p.episode_id),
                 Payload::EpisodeFinished(p) => {
                     ended.insert(p.episode_id, p.ended_by);
                 }
+                Payload::RunStarted(_) => has_run = true,
                 _ => {}
             }
         }
-        if started.is_empty() && !self.store.runs()?.contains(&run) {
+        if started.is_empty() && !has_run {
             return Err(invalid(format!(
                 "the log holds no run {run}; list them with: fathom sql \"SELECT * FROM runs\""
             )));
@@ -430,8 +468,11 @@ impl Replayer {
         }
         let mut started: Option<RunStarted> = None;
         let mut questions = HashMap::new();
-        for record in self.store.run_events(run) {
-            match record?.event.payload {
+        for record in self
+            .log
+            .run_records(run, &[EventKind::RunStarted, EventKind::QuestionSampled])?
+        {
+            match record.event.payload {
                 Payload::RunStarted(p) if started.is_none() => started = Some(p),
                 Payload::QuestionSampled(q) => {
                     questions.insert(
@@ -471,7 +512,7 @@ impl Replayer {
                         let of: RunId = id.parse().map_err(|_| {
                             invalid(format!("run {run} names a training run '{id}' that is not a run id"))
                         })?;
-                        let first = self.store.run_events(of).next().transpose()?;
+                        let first = self.log.run_records(of, &[EventKind::RunStarted])?.into_iter().next();
                         match first.map(|r| r.event.payload) {
                             Some(Payload::RunStarted(p)) => Some((of, train_record(&p.config_json, of)?)),
                             _ => {
@@ -515,8 +556,8 @@ impl Replayer {
             return Ok(c.clone());
         }
         let mut out = BTreeMap::new();
-        for record in self.store.run_events(run) {
-            if let Payload::CheckpointSaved(c) = record?.event.payload {
+        for record in self.log.run_records(run, &[EventKind::CheckpointSaved])? {
+            if let Payload::CheckpointSaved(c) = record.event.payload {
                 out.insert(c.policy_version, c);
             }
         }
@@ -636,7 +677,7 @@ impl Replayer {
         let text = dir.to_string_lossy();
         for part in ["checkpoints/", "models/"] {
             if let Some(i) = text.rfind(part) {
-                let inside = self.store.dir().root().join(&text[i..]);
+                let inside = self.log.data_dir().join(&text[i..]);
                 if inside.exists() {
                     return inside;
                 }
@@ -772,7 +813,7 @@ impl Replayer {
                 }
             }
         }
-        let recording = Recording::from_records(&self.store, records)?;
+        let recording = Recording::from_records(self.log.as_ref(), records)?;
         // No socket is opened in replay: the URL only selects how search
         // answers are read.
         let search = match backend.as_str() {
@@ -901,6 +942,7 @@ impl Replayer {
         choice: &PolicyChoice,
         fallback: Option<GatewayConfig>,
     ) -> Result<Rerun, JobError> {
+        let store = self.writable()?.clone();
         let (original, records) = self.episode_and_events(episode)?;
         let info = self.run_info(original.run)?;
         let question = self.question(&info, &original)?;
@@ -908,8 +950,7 @@ impl Replayer {
         let (inner, _) = self.make_policy(&plan).map_err(|c| invalid(c.to_string()))?;
         let (recording, _, gateway_config) = self.recording(&records)?;
         let on_miss = if fallback.is_some() { "fallback" } else { "fail" };
-        let mut gateway =
-            Gateway::replay(gateway_config, recording, self.clock.clone()).recording_into(self.store.clone());
+        let mut gateway = Gateway::replay(gateway_config, recording, self.clock.clone()).recording_into(store.clone());
         if let Some(live) = fallback {
             gateway = gateway.on_miss(live).map_err(|e| invalid(e.to_string()))?;
         }
@@ -939,7 +980,7 @@ impl Replayer {
                 0,
             ),
         };
-        let run = self.store.new_run_id()?;
+        let run = store.new_run_id()?;
         let choice_text = match choice {
             PolicyChoice::Recorded => "recorded".to_string(),
             PolicyChoice::Checkpoint(s) => format!("checkpoint {s}"),
@@ -960,7 +1001,7 @@ impl Replayer {
             config["model_name"] = c.model.clone().into();
         }
         let clock = self.clock.as_ref();
-        self.store.append(&[Event::new(
+        store.append(&[Event::new(
             run,
             clock.now(),
             RunStarted {
@@ -974,10 +1015,9 @@ impl Replayer {
                 attempt: 0,
             },
         )])?;
-        self.store
-            .append(&sampled_events(run, clock, original.step, &[(&question, 0)]))?;
+        store.append(&sampled_events(run, clock, original.step, &[(&question, 0)]))?;
         let rollout = Rollout::new(
-            self.store.clone(),
+            store.clone(),
             gateway.clone(),
             self.clock.clone(),
             run,
@@ -994,7 +1034,7 @@ impl Replayer {
             Ok(o) => (RunStatus::Completed, format!("reward {:.3}", o.score.reward)),
             Err(e) => (RunStatus::Failed, e.to_string()),
         };
-        self.store.append(&[Event::new(
+        store.append(&[Event::new(
             run,
             clock.now(),
             RunFinished {

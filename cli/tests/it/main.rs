@@ -107,3 +107,32 @@ pub(crate) fn http_get(addr: &str, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
 }
+
+/// A `fathom log load` that holds the log of `data` and keeps appending
+/// until killed, started and past its first acknowledged batch (so its
+/// read endpoint answers).
+pub(crate) fn hold_log(data: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut writer = fathom(data)
+        .args([
+            "--snapshot-every",
+            "off",
+            "log",
+            "load",
+            "--events",
+            "0",
+            "--print-acks",
+            "--no-verify",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the writer starts");
+    let mut acks = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    acks.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ack"), "the writer acknowledged nothing: {line:?}");
+    // Keep reading its acknowledgements so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut acks, &mut std::io::sink()));
+    writer
+}

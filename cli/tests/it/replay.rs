@@ -102,6 +102,25 @@ fn a_scripted_run_replays_identically_and_tampered_web_records_are_caught_at_the
     let (ok, text) = replay(&data, &["--episode", &episode, "--check"]);
     assert!(ok && text.contains(": identical:"), "{text}");
 
+    // While another process writes the log, checks read it through that
+    // writer's endpoint; a re-run, which would write, is refused.
+    let mut writer = crate::hold_log(&data);
+    let (ok, text) = replay(&data, &["--episode", &episode, "--check"]);
+    let (run_ok, run_text) = replay(&data, &["--run", "r-1", "--check", "--jobs", "2"]);
+    let (rerun_ok, rerun_text) = replay(&data, &["--episode", &episode, "--policy", "scripted"]);
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    assert!(ok && text.contains(": identical:"), "{text}");
+    assert!(
+        text.contains("reading it through that process's read endpoint"),
+        "{text}"
+    );
+    assert!(run_ok && run_text.contains("identical   6"), "{run_text}");
+    assert!(
+        !rerun_ok && rerun_text.contains("writes a new run into the log, which another fathom process holds"),
+        "{rerun_text}"
+    );
+
     // A recorded response body replaced by another page.
     let altered = dir.path().join("altered");
     copy_log(&data, &altered, |dst, e| {

@@ -349,4 +349,37 @@ fn an_episodes_events_are_read_through_the_writers_endpoint() {
     assert_eq!(got, expected);
     assert!(got.windows(2).all(|w| w[0].seq < w[1].seq), "in log order");
     assert!(fetch_episode(dir.path(), EpisodeId(99)).unwrap().unwrap().is_empty());
+
+    // A run's events of some kinds, and the same through the LogRead of
+    // the endpoint and of the store.
+    use fathom_core::EventKind;
+    use fathom_store::LogRead;
+    let starts = fathom_store::tail::fetch_run(dir.path(), RunId(1), &[EventKind::EpisodeStarted])
+        .unwrap()
+        .unwrap();
+    assert_eq!(starts.len(), 3, "the three starts, none of the twelve turns");
+    assert!(
+        starts
+            .iter()
+            .all(|r| r.event.payload.kind() == EventKind::EpisodeStarted)
+    );
+    let endpoint = fathom_store::tail::Endpoint::connect(dir.path()).expect("the endpoint answers");
+    let kinds = [EventKind::EpisodeStarted, EventKind::TurnGenerated];
+    assert_eq!(
+        endpoint.run_records(RunId(1), &kinds).unwrap(),
+        store.run_records(RunId(1), &kinds).unwrap()
+    );
+    assert_eq!(endpoint.run_records(RunId(1), &kinds).unwrap().len(), 15);
+    assert!(endpoint.run_records(RunId(7), &kinds).unwrap().is_empty());
+    assert_eq!(
+        endpoint.episode_records(EpisodeId(3)).unwrap(),
+        store.episode_records(EpisodeId(3)).unwrap()
+    );
+    drop(_server);
+    assert!(
+        fathom_store::tail::Endpoint::connect(dir.path()).is_none(),
+        "no endpoint once the writer stops"
+    );
+    let gone = endpoint.episode_records(EpisodeId(3)).unwrap_err().to_string();
+    assert!(gone.contains("stopped serving its read endpoint"), "{gone}");
 }

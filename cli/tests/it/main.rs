@@ -108,11 +108,11 @@ pub(crate) fn http_get(addr: &str, path: &str) -> String {
     body.to_string()
 }
 
-/// A `fathom log load` that holds the log of `data` and keeps appending
-/// until killed, started and past its first acknowledged batch (so its
-/// read endpoint answers).
-pub(crate) fn hold_log(data: &std::path::Path) -> std::process::Child {
-    use std::io::BufRead;
+/// A `fathom log load` that appends to the log of `data` until killed,
+/// printing an `ack FIRST LAST` line per durable batch.
+pub(crate) fn spawn_writer(
+    data: &std::path::Path,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
     let mut writer = fathom(data)
         .args([
             "--snapshot-every",
@@ -128,7 +128,16 @@ pub(crate) fn hold_log(data: &std::path::Path) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("the writer starts");
-    let mut acks = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let acks = std::io::BufReader::new(writer.stdout.take().unwrap());
+    (writer, acks)
+}
+
+/// A `fathom log load` that holds the log of `data` and keeps appending
+/// until killed, started and past its first acknowledged batch (so its
+/// read endpoint answers).
+pub(crate) fn hold_log(data: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    let (writer, mut acks) = spawn_writer(data);
     let mut line = String::new();
     acks.read_line(&mut line).unwrap();
     assert!(line.starts_with("ack"), "the writer acknowledged nothing: {line:?}");

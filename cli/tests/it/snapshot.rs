@@ -283,22 +283,7 @@ fn while_a_writer_holds_the_log_sql_gets_its_newest_events_from_it() {
     load(data, "128");
     assert!(run(data, &["snapshot"]).status.success());
     // A writer that keeps the log open and keeps appending.
-    let mut writer = fathom(data)
-        .args([
-            "--snapshot-every",
-            "off",
-            "log",
-            "load",
-            "--events",
-            "0",
-            "--print-acks",
-            "--no-verify",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut acks = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let (mut writer, mut acks) = crate::spawn_writer(data);
     let mut acked = 0u64;
     for _ in 0..5 {
         use std::io::BufRead;

@@ -608,31 +608,29 @@ type ReadPage = dyn Fn(&str, &[u8]) -> Result<String, WebError>;
 
 /// The fingerprint of a page reader (see [`reader_fingerprint`]).
 fn fingerprint_of(read: &ReadPage) -> String {
-    {
-        const PROBES: &[(&str, &[u8])] = &[
-            (
-                "text/html; charset=utf-8",
-                b"<!DOCTYPE html><html><head><title>T</title><style>p{color:red}</style>\
-                  <script>var x = '<p>no</p>';</script></head><body><nav>menu</nav>\
-                  <h1>Heading &amp; more</h1><p>First  paragraph,\n wrapped.</p><!-- gone -->\
-                  <ul><li>one</li><li>two <b>bold</b></li></ul><table><tr><th>a</th><th>b</th></tr>\
-                  <tr><td>1</td><td>2</td></tr></table><p>a &lt; b &gt; c &#233; &#x4e2d; &nbsp;x</p>\
-                  <h3>Deep</h3><div>block<br>break</div><pre>  kept  </pre><p>broken <b",
-            ),
-            ("text/html; charset=iso-8859-1", b"<p>caf\xe9 na\xefve</p>"),
-            ("", b"<article><h2>No type</h2><p>x < y and y > z</p></article>"),
-            ("text/plain", b"plain  text\n\nkept as is"),
-            ("text/markdown; charset=utf-8", "# Title\n- \u{4e2d}\u{6587}".as_bytes()),
-            ("application/pdf", b"%PDF-1.7"),
-        ];
-        let mut h = blake3::Hasher::new();
-        for (content_type, body) in PROBES {
-            let read = read(content_type, body).unwrap_or_else(|e| format!("error: {e}"));
-            h.update(&(read.len() as u64).to_le_bytes());
-            h.update(read.as_bytes());
-        }
-        h.finalize().to_hex()[..16].to_string()
+    const PROBES: &[(&str, &[u8])] = &[
+        (
+            "text/html; charset=utf-8",
+            b"<!DOCTYPE html><html><head><title>T</title><style>p{color:red}</style>\
+              <script>var x = '<p>no</p>';</script></head><body><nav>menu</nav>\
+              <h1>Heading &amp; more</h1><p>First  paragraph,\n wrapped.</p><!-- gone -->\
+              <ul><li>one</li><li>two <b>bold</b></li></ul><table><tr><th>a</th><th>b</th></tr>\
+              <tr><td>1</td><td>2</td></tr></table><p>a &lt; b &gt; c &#233; &#x4e2d; &nbsp;x</p>\
+              <h3>Deep</h3><div>block<br>break</div><pre>  kept  </pre><p>broken <b",
+        ),
+        ("text/html; charset=iso-8859-1", b"<p>caf\xe9 na\xefve</p>"),
+        ("", b"<article><h2>No type</h2><p>x < y and y > z</p></article>"),
+        ("text/plain", b"plain  text\n\nkept as is"),
+        ("text/markdown; charset=utf-8", "# Title\n- \u{4e2d}\u{6587}".as_bytes()),
+        ("application/pdf", b"%PDF-1.7"),
+    ];
+    let mut h = blake3::Hasher::new();
+    for (content_type, body) in PROBES {
+        let read = read(content_type, body).unwrap_or_else(|e| format!("error: {e}"));
+        h.update(&(read.len() as u64).to_le_bytes());
+        h.update(read.as_bytes());
     }
+    h.finalize().to_hex()[..16].to_string()
 }
 
 /// Decodes a body by the charset its content type declares (UTF-8 when

@@ -73,6 +73,10 @@ pub struct EvalArgs {
     /// Generated tokens per turn at most.
     #[arg(long, default_value_t = fathom_core::protocol::MAX_TURN_TOKENS)]
     pub max_turn_tokens: u32,
+    /// The system prompt: `paper` (with the tool schemas), or `compact` (the
+    /// few lines tiny models are trained with, as `fathom demo` does).
+    #[arg(long, default_value = "paper", value_parser = ["paper", "compact"])]
+    pub prompt: String,
     #[command(flatten)]
     pub web_args: WebArgs,
 }
@@ -226,6 +230,11 @@ async fn evaluate(
     let config = RolloutConfig {
         max_turns: args.max_turns,
         max_turn_tokens: args.max_turn_tokens,
+        prompt: if args.prompt == "compact" {
+            fathom_core::protocol::PromptStyle::Compact
+        } else {
+            fathom_core::protocol::PromptStyle::Paper
+        },
         ..RolloutConfig::default()
     };
     let model_digest = match args.policy.strip_prefix("candle:") {
@@ -243,7 +252,7 @@ async fn evaluate(
                 "limit": args.limit, "seed": args.seed, "max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens,
                 "sandbox_seed": args.web_args.sandbox_seed, "sandbox_entities": args.web_args.sandbox_entities,
                 "sandbox_faults": args.web_args.sandbox_faults, "search": format!("{:?}", web.config.search),
-                "rollout": fathom_trainer::replay::rollout_json(&config), "model_digest": model_digest,
+                "rollout": config.to_json(), "model_digest": model_digest,
                 "model_name": args.model_name, "threads": candle_core::utils::get_num_threads(),
             })
             .to_string(),

@@ -72,6 +72,9 @@ pub struct InitTinyArgs {
     /// Seed of the sandbox world whose pages train the tokenizer.
     #[arg(long, default_value_t = 1)]
     pub sandbox_seed: u64,
+    /// Size of that world (as `--sandbox-entities` of the commands that serve it).
+    #[arg(long, default_value_t = 2000)]
+    pub sandbox_entities: usize,
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
@@ -112,7 +115,7 @@ fn init_tiny(args: InitTinyArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         ..TinySpec::default()
     };
-    let texts = tokenizer_corpus(args.sandbox_seed);
+    let texts = tokenizer_corpus(args.sandbox_seed, args.sandbox_entities);
     let config = write_tiny(&args.out, &spec, texts.iter())?;
     println!(
         "wrote {}: Qwen2, {} layers, hidden {}, {} heads ({} key/value), vocabulary {}, {} parameters",
@@ -132,32 +135,63 @@ fn init_tiny(args: InitTinyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Text the tiny tokenizer learns from: the sandbox's pages and questions,
-/// and the protocol's prompt and turn shapes.
-pub(crate) fn tokenizer_corpus(seed: u64) -> Vec<String> {
-    let world = fathom_sandbox::world::World::generate(seed, 300);
-    let mut texts: Vec<String> = fathom_sandbox::pages::render(&world)
+/// Text the tiny tokenizer learns from: the world's pages and questions
+/// (the world the demo and `fathom train` serve, `entities` entities from
+/// `seed`), and the protocol's shapes filled with the world's names: both
+/// system prompts, the turns the scripted researcher writes (searches,
+/// browses and answers), and search results and pages as tool responses
+/// render them. Frequent shapes become single tokens, so a tiny model's
+/// sequences are short and its turns take few steps to write.
+pub(crate) fn tokenizer_corpus(seed: u64, entities: usize) -> Vec<String> {
+    use fathom_core::protocol::{self, PromptStyle, ToolCall};
+    let world = fathom_sandbox::world::World::generate(seed, entities);
+    let pages = fathom_sandbox::pages::render(&world);
+    let mut texts: Vec<String> = pages.iter().map(|p| p.text.clone()).collect();
+    for style in [PromptStyle::Paper, PromptStyle::Compact] {
+        let opening = protocol::opening(style, "2026-01-01", "");
+        for _ in 0..20 {
+            texts.push(protocol::render_prompt(&opening, protocol::Protocol::CURRENT));
+        }
+    }
+    let base = "http://127.0.0.1:893";
+    for (i, q) in fathom_sandbox::questions::generate(&world, seed, 2000, 1..=4)
         .into_iter()
-        .map(|p| p.text)
-        .collect();
-    texts.extend(
-        fathom_sandbox::questions::generate(&world, seed, 400, 1..=4)
-            .into_iter()
-            .map(|q| format!("{} {}", q.text, q.answers.join(" "))),
-    );
-    let prompt = fathom_core::protocol::render_chat(
-        &[fathom_core::protocol::Message::System(
-            fathom_core::protocol::system_prompt("2026-01-01"),
-        )],
-        true,
-    );
-    for _ in 0..20 {
-        texts.push(prompt.clone());
-        texts.push(
-            "<think>I will search for it first.</think>\n<tool_call>\n{\"name\": \"web_search\", \"arguments\": {\"query\": [\"who founded\"]}}\n</tool_call>"
-                .into(),
-        );
-        texts.push("<think>The page says so.</think>\n<answer>unknown</answer>".into());
+        .enumerate()
+    {
+        let subject = world.get(q.chain[0]);
+        let answer = q.answers.first().cloned().unwrap_or_default();
+        let search = ToolCall::WebSearch {
+            query: vec![subject.name.clone()],
+        };
+        let browse = ToolCall::BrowseWebpage {
+            url_list: vec![format!("{base}{}/{}", 1 + i % 4, subject.slug)],
+        };
+        texts.push(q.text.clone());
+        texts.push(format!(
+            "<think>First I will find the page about {}, then follow it to the answer.</think>\n{}",
+            subject.name,
+            search.to_tag()
+        ));
+        texts.push(format!(
+            "<think>The result \"{}\" should say more about {}.</think>\n{}",
+            subject.name,
+            subject.name,
+            browse.to_tag()
+        ));
+        texts.push(format!(
+            "<think>The page says the answer is {answer}.</think>\n<answer>{answer}</answer>"
+        ));
+        // A search result and a page as the policy reads them.
+        let page = pages
+            .iter()
+            .find(|p| p.entity == Some(q.chain[0]))
+            .map_or(String::new(), |p| p.text.replace('\n', " "));
+        let snippet: String = page.chars().take(180).collect();
+        texts.push(protocol::tool_response(&format!(
+            "## Results for \"{}\"\n\n[1] {}\nURL: {base}1/{}\n{snippet}",
+            subject.name, subject.name, subject.slug
+        )));
+        texts.push(protocol::tool_response(&format!("## {base}1/{}\n{page}", subject.slug)));
     }
     texts
 }

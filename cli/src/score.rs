@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use fathom_core::protocol::{self, Protocol};
 use fathom_core::reward::{self, Score};
 
 /// Arguments of `fathom score`.
@@ -16,6 +17,12 @@ pub struct ScoreArgs {
     /// Output: an aligned table, or one JSON object per line.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// The turn rules: 2 (DeepResearcher's: every model turn begins with
+    /// the `<think>` its prompt ended with and must close it, and the reward
+    /// is its own `compute_score` over the model's turns) or 1 (fathom's
+    /// first rules, for logs recorded under them).
+    #[arg(long, default_value_t = 2)]
+    pub protocol: u32,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -38,6 +45,7 @@ enum Truths {
 }
 
 pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let rules = Protocol::try_from(args.protocol).map_err(|e| anyhow::anyhow!("--protocol: {e}"))?;
     let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -73,7 +81,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         if truths.is_empty() {
             anyhow::bail!("{} line {n} has no ground truth to score against", args.file.display());
         }
-        let s = reward::score_response(&parsed.response, &truths);
+        let s = reward::score_episode(rules, &protocol::model_turns(&parsed.response), &truths);
         match args.format {
             Format::Json => {
                 let obj = serde_json::json!({

@@ -29,6 +29,11 @@ pub struct ServeModelArgs {
     /// Tokens generated when a request gives no `max_tokens`.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: u32,
+    /// The turn rules the model was trained under: 2 (fathom's current
+    /// rules, DeepResearcher's) ends each prompt with `<think>` and begins
+    /// each reply with it; 1 serves plain chat.
+    #[arg(long, default_value_t = 2)]
+    pub protocol: u32,
 }
 
 pub fn run(args: ServeModelArgs) -> anyhow::Result<ExitCode> {
@@ -48,10 +53,13 @@ pub fn run(args: ServeModelArgs) -> anyhow::Result<ExitCode> {
             args.addr
         );
     }
+    let protocol =
+        fathom_core::protocol::Protocol::try_from(args.protocol).map_err(|e| anyhow::anyhow!("--protocol: {e}"))?;
     let served = Arc::new(Served {
         model: Arc::new(model),
         name: name.clone(),
         default_max_tokens: args.max_tokens,
+        protocol,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

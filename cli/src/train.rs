@@ -204,11 +204,8 @@ pub(crate) fn model_dir(data_dir: &Path, config: &TrainConfig, web: &WebArgs) ->
     }
     let dir = data_dir.join("models").join(format!("{}-tiny", config.name));
     if !dir.join("config.json").exists() {
-        let spec = fathom_model::init::TinySpec {
-            seed: config.seed,
-            ..Default::default()
-        };
-        let texts = crate::model::tokenizer_corpus(web.sandbox_seed);
+        let spec = config.model.tiny.spec(config.seed);
+        let texts = crate::model::tokenizer_corpus(web.sandbox_seed, web.sandbox_entities);
         fathom_model::init::write_tiny(&dir, &spec, texts.iter())
             .with_context(|| format!("making the tiny model in {}", dir.display()))?;
     }
@@ -349,7 +346,7 @@ fn print_summary(s: &TrainSummary) {
         );
     }
     for (name, e) in [("before", &s.eval_before), ("after", &s.eval_after)] {
-        if let Some(e) = e {
+        if let Some(e) = e.as_ref().map(|e| &e.main) {
             println!(
                 "held-out {name}: reward {:.3}, F1 {:.3}, EM {:.3}, well-formed {:.1}% ({} questions, run {})",
                 e.overall.mean_reward(),
@@ -368,8 +365,13 @@ fn print_summary(s: &TrainSummary) {
 
 /// The median of each part of the step time, and logging's share.
 pub(crate) fn print_timings(t: &[StepTimings]) {
+    print!("{}", timings_text(t));
+}
+
+/// The median of each part of the step time, and logging's share, as text.
+pub(crate) fn timings_text(t: &[StepTimings]) -> String {
     if t.is_empty() {
-        return;
+        return String::new();
     }
     let median = |f: &dyn Fn(&StepTimings) -> u64| -> f64 {
         let mut v: Vec<u64> = t.iter().map(f).collect();
@@ -377,7 +379,7 @@ pub(crate) fn print_timings(t: &[StepTimings]) {
         v[v.len() / 2] as f64 / 1e6
     };
     let total = median(&|x| x.total_ns);
-    println!("\nstep time, median of {} steps (ms):", t.len());
+    let mut out = format!("\nstep time, median of {} steps (ms):\n", t.len());
     let rows: [(&str, f64); 12] = [
         ("rollouts (wall)", median(&|x| x.rollout_ns)),
         ("  generation", median(&|x| x.episodes.generate_ns)),
@@ -393,17 +395,17 @@ pub(crate) fn print_timings(t: &[StepTimings]) {
         ("evaluation", median(&|x| x.eval_ns)),
     ];
     for (name, ms) in rows {
-        println!("{name:<20} {ms:>10.1}");
+        out.push_str(&format!("{name:<20} {ms:>10.1}\n"));
     }
-    println!("{:<20} {total:>10.1}", "step (wall)");
-    let logging: Vec<f64> = t
+    out.push_str(&format!("{:<20} {total:>10.1}\n", "step (wall)"));
+    let mut logging: Vec<f64> = t
         .iter()
         .map(|x| (x.episodes.log_ns + x.log_ns) as f64 / x.total_ns.max(1) as f64)
         .collect();
-    let mut sorted = logging.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    println!(
-        "logging share (episode and step logging / step wall time): median {:.2}%",
-        100.0 * sorted[sorted.len() / 2]
-    );
+    logging.sort_by(f64::total_cmp);
+    out.push_str(&format!(
+        "logging share (episode and step logging / step wall time): median {:.2}%\n",
+        100.0 * logging[logging.len() / 2]
+    ));
+    out
 }

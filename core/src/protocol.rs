@@ -14,6 +14,9 @@
 
 use std::fmt;
 
+mod rules;
+pub use rules::{Protocol, unrecorded};
+
 /// At most this many queries of one `web_search` call are run.
 pub const MAX_SEARCH_QUERIES: usize = 3;
 /// Results returned per search query.
@@ -110,7 +113,7 @@ pub fn tool_schemas() -> Vec<serde_json::Value> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "role", content = "content", rename_all = "snake_case")]
 pub enum Message {
-    /// The system prompt (tools are appended when rendered).
+    /// The system turn's whole text ([`system_text`]).
     System(String),
     /// The question.
     User(String),
@@ -142,6 +145,55 @@ pub fn system_content(prompt: &str) -> String {
     out
 }
 
+/// Which system prompt an episode opens with (recorded with each run's
+/// rollout settings; absent in older logs, which used the paper's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStyle {
+    /// The paper's prompt with the date and the tool schemas as Qwen2.5's
+    /// template lists them ([`system_prompt`], [`system_content`]): the
+    /// default, and what a real model should see.
+    #[default]
+    Paper,
+    /// A few lines naming the two tools and the two reply forms
+    /// ([`COMPACT_PROMPT`]), for tiny models trained from scratch, whose
+    /// contexts (and so every forward pass) it shortens by several hundred
+    /// tokens.
+    Compact,
+}
+
+impl PromptStyle {
+    /// `paper` or `compact`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptStyle::Paper => "paper",
+            PromptStyle::Compact => "compact",
+        }
+    }
+}
+
+/// The compact system prompt (see [`PromptStyle::Compact`]).
+pub const COMPACT_PROMPT: &str = "Research the question with the tools, then answer it.\n\
+     Tools: web_search {\"query\": [queries]}, browse_webpage {\"url_list\": [urls from the last search]}.\n\
+     Reply <think>reasoning</think> then either <tool_call>{\"name\": tool, \"arguments\": {...}}</tool_call> \
+     or <answer>only the answer</answer>.";
+
+/// The whole text of the system turn in `style`.
+pub fn system_text(style: PromptStyle, today: &str) -> String {
+    match style {
+        PromptStyle::Paper => system_content(&system_prompt(today)),
+        PromptStyle::Compact => COMPACT_PROMPT.to_string(),
+    }
+}
+
+/// The messages an episode opens with: the system turn and the question.
+pub fn opening(style: PromptStyle, today: &str, question: &str) -> Vec<Message> {
+    vec![
+        Message::System(system_text(style, today)),
+        Message::User(question.to_string()),
+    ]
+}
+
 /// The role of a message in OpenAI's chat format (tool responses go back
 /// as user turns, as DeepResearcher does).
 pub fn openai_role(m: &Message) -> &'static str {
@@ -152,16 +204,15 @@ pub fn openai_role(m: &Message) -> &'static str {
     }
 }
 
-/// Renders a conversation in the Qwen2.5 chat format, with the tool
-/// schemas in the system turn, ending with an open assistant turn when
-/// `generation_prompt` is set.
+/// Renders a conversation in the Qwen2.5 chat format, ending with an open
+/// assistant turn when `generation_prompt` is set.
 pub fn render_chat(messages: &[Message], generation_prompt: bool) -> String {
     let mut out = String::new();
     for m in messages {
         match m {
             Message::System(text) => {
                 out.push_str("<|im_start|>system\n");
-                out.push_str(&system_content(text));
+                out.push_str(text);
                 out.push_str("<|im_end|>\n");
             }
             Message::User(text) | Message::Tool(text) => {
@@ -179,6 +230,15 @@ pub fn render_chat(messages: &[Message], generation_prompt: bool) -> String {
     if generation_prompt {
         out.push_str("<|im_start|>assistant\n");
     }
+    out
+}
+
+/// The text a policy continues for its next turn under `protocol`: the
+/// conversation, the open assistant turn, and the protocol's turn prefix
+/// (`<think>` from version 2).
+pub fn render_prompt(messages: &[Message], protocol: Protocol) -> String {
+    let mut out = render_chat(messages, true);
+    out.push_str(protocol.turn_prefix());
     out
 }
 
@@ -287,6 +347,20 @@ pub enum FormatError {
     /// Neither an answer nor a tool call.
     #[error("the turn has neither <answer> nor <tool_call>")]
     NoAction,
+    /// The turn never closes the think block its prompt opened (version 2).
+    #[error("the turn never closes its <think> block")]
+    UnclosedThink,
+    /// A closing tag comes before its opening tag (version 2).
+    #[error("the turn's tags are out of order (a closing tag before its opening tag)")]
+    OutOfOrder,
+    /// Text follows the action's closing tag (version 2).
+    #[error("text after </{after}>: {text:?}")]
+    TrailingText {
+        /// The action's tag.
+        after: &'static str,
+        /// The start of the text.
+        text: String,
+    },
     /// The tool call is not a JSON object.
     #[error("tool call is not valid JSON: {0}")]
     BadJson(String),

@@ -1,7 +1,12 @@
-//! The reward and the evaluation scores, exactly as DESIGN section 2 states
-//! them.
+//! The reward and the evaluation scores.
 //!
-//! Normalisation: lowercase, every punctuation character (ASCII and the
+//! Episodes of protocol version 2 (every new run) are scored by
+//! [`score_episode`]: DeepResearcher's turn rules, then its own
+//! `compute_score` ([`deepresearcher`]), whose normalisation turns only
+//! ASCII punctuation into spaces. Version 1 (older logs, and `fathom score`
+//! unless asked otherwise) scores with the rules below.
+//!
+//! Version 1 normalisation: lowercase, every punctuation character (ASCII and the
 //! common Unicode quotes, dashes and marks) becomes a space, whitespace is
 //! collapsed. F1 compares **sets** of words (not multisets) and articles are
 //! kept. EM is equality of the normalised strings. The training reward is
@@ -11,7 +16,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::protocol::{self, Action};
+use crate::protocol::{self, Action, Protocol};
+
+pub mod deepresearcher;
 
 /// Separates alternative ground truths in verl data.
 pub const ANSWER_SPLIT: &str = "<|answer_split|>";
@@ -205,6 +212,59 @@ pub fn score_turns<S: AsRef<str>>(turns: &[S], truths: &[String]) -> Score {
     match answer {
         Some(a) => Score::answered(&a, truths),
         None => Score::failure("no <answer>: the episode ended on a tool call", None),
+    }
+}
+
+/// Scores an episode from the model's own turns (each whole, its turn
+/// prefix included) under `protocol`'s rules: version 1 by
+/// [`score_turns`]; version 2 by DeepResearcher's turn rules
+/// ([`Protocol::parse_turn`]) and then its own `compute_score` over the
+/// model's turns in order ([`deepresearcher::compute_score`]), so the
+/// reward is exactly the paper's, computed on the model's text only (never
+/// on web text).
+pub fn score_episode<S: AsRef<str>>(protocol: Protocol, turns: &[S], truths: &[String]) -> Score {
+    if protocol == Protocol::V1 {
+        return score_turns(turns, truths);
+    }
+    if turns.is_empty() {
+        return Score::failure("no model turns", None);
+    }
+    let mut answer: Option<String> = None;
+    for (i, text) in turns.iter().enumerate() {
+        match protocol.parse_turn(text.as_ref()) {
+            Err(e) => return Score::failure(format!("turn {i}: {e}"), answer),
+            Ok(turn) => {
+                if let Action::Answer(a) = turn.action {
+                    if i + 1 != turns.len() {
+                        return Score::failure(format!("turn {i} answered but the episode went on"), Some(a));
+                    }
+                    answer = Some(a);
+                }
+            }
+        }
+    }
+    let Some(answer) = answer else {
+        return Score::failure("no <answer>: the episode ended on a tool call", None);
+    };
+    let solution: String = turns.iter().map(AsRef::as_ref).collect();
+    let joined = truths.join(ANSWER_SPLIT);
+    let f1 = deepresearcher::compute_score(&solution, &joined, deepresearcher::Metric::F1);
+    if f1 < 0.0 {
+        // The per-turn parse is case-sensitive, as `parse_response` is; the
+        // score lowercases first, so tags in another case can still fail it.
+        return Score::failure(
+            "the lowercased turns fail DeepResearcher's tag check (tags written in capitals)",
+            Some(answer),
+        );
+    }
+    let em = deepresearcher::compute_score(&solution, &joined, deepresearcher::Metric::Em);
+    Score {
+        format_ok: true,
+        format_error: None,
+        answer: Some(answer),
+        reward: f1,
+        f1,
+        em,
     }
 }
 

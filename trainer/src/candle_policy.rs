@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fathom_core::derive_seed;
 use fathom_core::event::FinishReason;
-use fathom_core::protocol::{self, Message};
+use fathom_core::protocol::{self, Message, Protocol};
 use fathom_model::generate::{Finish, Request, generate};
 use fathom_model::sample::Sampling;
 use fathom_model::tokenizer::IM_END;
@@ -81,11 +81,17 @@ pub fn parse_device(name: &str) -> Result<candle_core::Device, ModelError> {
 
 /// The ids that follow a generated turn in the context: the end of that
 /// turn (unless the model sampled its end token itself), the tool response
-/// as a user turn, and the opening of the next assistant turn. The policy
-/// builds its context with this, and the trainer rebuilds the same
-/// sequence from the log with it, so training sees exactly the ids the
-/// model conditioned on (the sampled ids are never re-tokenised).
-pub fn continuation(tokenizer: &ChatTokenizer, turn_ended: bool, tool_text: &str) -> Result<Vec<u32>, ModelError> {
+/// as a user turn, the opening of the next assistant turn and the
+/// protocol's turn prefix. The policy builds its context with this, and
+/// the trainer rebuilds the same sequence from the log with it, so
+/// training sees exactly the ids the model conditioned on (the sampled ids
+/// are never re-tokenised).
+pub fn continuation(
+    tokenizer: &ChatTokenizer,
+    turn_ended: bool,
+    tool_text: &str,
+    protocol: Protocol,
+) -> Result<Vec<u32>, ModelError> {
     let mut text = String::new();
     if !turn_ended {
         text.push_str(IM_END);
@@ -93,6 +99,7 @@ pub fn continuation(tokenizer: &ChatTokenizer, turn_ended: bool, tool_text: &str
     text.push_str("\n<|im_start|>user\n");
     text.push_str(tool_text);
     text.push_str("<|im_end|>\n<|im_start|>assistant\n");
+    text.push_str(protocol.turn_prefix());
     tokenizer.encode(&text)
 }
 
@@ -174,7 +181,7 @@ impl Policy for CandlePolicy {
             for msg in &input.messages[self.seen..] {
                 match msg {
                     Message::Tool(text) | Message::User(text) => {
-                        let ids = continuation(&m.tokenizer, self.ended, text).map_err(err)?;
+                        let ids = continuation(&m.tokenizer, self.ended, text, input.protocol).map_err(err)?;
                         self.generated.extend(std::iter::repeat_n(false, ids.len()));
                         self.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
                         self.context.extend(ids);
@@ -190,7 +197,7 @@ impl Policy for CandlePolicy {
         } else {
             self.context = m
                 .tokenizer
-                .encode(&protocol::render_chat(input.messages, true))
+                .encode(&protocol::render_prompt(input.messages, input.protocol))
                 .map_err(err)?;
             self.generated = vec![false; self.context.len()];
             self.logprobs = vec![0.0; self.context.len()];
@@ -216,7 +223,7 @@ impl Policy for CandlePolicy {
         self.ended = out.ids.last().is_some_and(|id| m.tokenizer.end_ids().contains(id));
         self.seen = n + 1;
         Ok(Generation {
-            text: out.text,
+            text: format!("{}{}", input.protocol.turn_prefix(), out.text),
             n_tokens: out.ids.len() as u32,
             token_ids: Some(out.ids),
             logprobs: Some(out.logprobs),

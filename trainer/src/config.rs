@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fathom_core::protocol::PromptStyle;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a training run.
@@ -54,6 +55,58 @@ pub struct ModelSection {
     /// `f32` or `bf16`.
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// With `path = "init-tiny"`: the tiny model's shape.
+    #[serde(default)]
+    pub tiny: TinyShape,
+}
+
+/// `[model.tiny]`: the shape of an `init-tiny` model (its weights are
+/// seeded by the run's `seed`, its tokenizer trained on the sandbox world).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TinyShape {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Residual width.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Vocabulary of the trained tokenizer.
+    pub vocab: usize,
+}
+
+impl Default for TinyShape {
+    fn default() -> Self {
+        let d = fathom_model::init::TinySpec::default();
+        TinyShape {
+            layers: d.layers,
+            hidden: d.hidden,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            intermediate: d.intermediate,
+            vocab: d.vocab,
+        }
+    }
+}
+
+impl TinyShape {
+    /// The spec of a tiny model of this shape with weights from `seed`.
+    pub fn spec(&self, seed: u64) -> fathom_model::init::TinySpec {
+        fathom_model::init::TinySpec {
+            layers: self.layers,
+            hidden: self.hidden,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            intermediate: self.intermediate,
+            vocab: self.vocab,
+            seed,
+            ..Default::default()
+        }
+    }
 }
 
 /// `[data]`.
@@ -100,6 +153,10 @@ pub struct RolloutSection {
     /// after each call; longer responses are cut).
     #[serde(default = "default_tool_chars")]
     pub max_tool_chars: usize,
+    /// The system prompt: `paper` (the paper's, with the tool schemas) or
+    /// `compact` (a few lines, for tiny models trained from scratch).
+    #[serde(default)]
+    pub prompt: PromptStyle,
 }
 
 fn default_tool_chars() -> usize {
@@ -115,6 +172,7 @@ impl Default for RolloutSection {
             top_p: 1.0,
             concurrency: 8,
             max_tool_chars: default_tool_chars(),
+            prompt: PromptStyle::Paper,
         }
     }
 }
@@ -194,6 +252,18 @@ pub struct EvalSection {
     /// Sampling temperature of evaluation episodes (0: greedy).
     #[serde(default)]
     pub temperature: f64,
+    /// Episodes per question at that temperature (the paper validates
+    /// with 4 samples at temperature 1).
+    #[serde(default = "one")]
+    pub samples: u32,
+    /// With a temperature above 0: also evaluate greedily (one episode per
+    /// question, recorded as benchmark `held-out greedy`).
+    #[serde(default)]
+    pub greedy: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Default for EvalSection {
@@ -203,6 +273,8 @@ impl Default for EvalSection {
             limit: 50,
             every: 0,
             temperature: 0.0,
+            samples: 1,
+            greedy: false,
         }
     }
 }
@@ -222,6 +294,16 @@ pub struct SftSection {
     /// Trajectories per optimizer step.
     #[serde(default = "default_sft_batch")]
     pub batch: usize,
+    /// Optimizer steps of linear warm-up from 0 to `lr`.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// After warm-up: `constant`, or `cosine` (to 10% of `lr` at the last step).
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+}
+
+fn default_schedule() -> String {
+    "constant".into()
 }
 
 fn default_sft_batch() -> usize {
@@ -288,6 +370,21 @@ impl TrainConfig {
         if !matches!(self.model.device.as_str(), "cpu") && !self.model.device.starts_with("cuda:") {
             return Err(format!("model.device '{}' is not cpu or cuda:N", self.model.device));
         }
+        let t = &self.model.tiny;
+        if !(1..=64).contains(&t.layers)
+            || !(8..=4096).contains(&t.hidden)
+            || t.heads == 0
+            || t.kv_heads == 0
+            || t.hidden % t.heads != 0
+            || t.heads % t.kv_heads != 0
+            || (t.hidden / t.heads) % 2 != 0
+            || !(1..=65_536).contains(&t.intermediate)
+            || !(512..=65_536).contains(&t.vocab)
+        {
+            return Err(format!(
+                "model.tiny {t:?} is not a usable shape: 1-64 layers, hidden 8-4096 divisible by heads into even head sizes, heads divisible by kv_heads, intermediate 1-65536, vocab 512-65536"
+            ));
+        }
         if !matches!(self.model.dtype.as_str(), "f32" | "bf16") {
             return Err(format!("model.dtype '{}' is not f32 or bf16", self.model.dtype));
         }
@@ -338,6 +435,12 @@ impl TrainConfig {
                 self.eval.temperature
             ));
         }
+        if !(1..=64).contains(&self.eval.samples) {
+            return Err(format!(
+                "eval.samples must be 1 to 64 episodes per question, got {}",
+                self.eval.samples
+            ));
+        }
         if !matches!(self.checkpoint.keep_best.as_str(), "" | "reward" | "eval_f1") {
             return Err(format!(
                 "checkpoint.keep_best '{}' is not reward, eval_f1 or empty",
@@ -346,6 +449,9 @@ impl TrainConfig {
         }
         if let Some(sft) = &self.sft {
             positive("sft.lr", sft.lr)?;
+            if !matches!(sft.schedule.as_str(), "constant" | "cosine") {
+                return Err(format!("sft.schedule '{}' is not constant or cosine", sft.schedule));
+            }
             if sft.epochs == 0 || sft.batch == 0 {
                 return Err("sft.epochs and sft.batch must be at least 1".into());
             }

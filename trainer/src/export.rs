@@ -1,15 +1,17 @@
 //! Trajectories as chat-format JSON lines for supervised fine-tuning: one
-//! object per finished episode with `messages` (system prompt with its tool
-//! schemas, question, each assistant turn and each tool response exactly as
+//! object per finished episode with `messages` (the system turn the run
+//! used, question, each assistant turn and each tool response exactly as
 //! the policy saw it, in Qwen2.5's roles: tool responses are `user` turns
 //! wrapped in `<tool_response>`) and the episode's score and metadata as
-//! flat fields. Hugging Face `datasets.load_dataset("json", …)` reads it.
+//! flat fields (`protocol` among them: under version 2 each assistant turn
+//! begins with the `<think>` its prompt ended with, as the conversation
+//! holds it). Hugging Face `datasets.load_dataset("json", …)` reads it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use fathom_core::event::{EndReason, QuestionSampled, RunStarted};
-use fathom_core::protocol;
+use fathom_core::protocol::{self, PromptStyle, Protocol};
 use fathom_core::{EpisodeId, Payload, QuestionId, RunId};
 use fathom_store::Store;
 
@@ -34,15 +36,29 @@ struct Open {
     turns: BTreeMap<u32, (String, Option<String>)>,
 }
 
-/// The date a run's system prompt carried: recorded in its configuration
-/// (`today`, or `rollout.today`), else the rollout default.
-fn today_of(started: &RunStarted) -> String {
+/// The system turn a run's episodes opened with, and the turn rules they
+/// followed: from its configuration (a training run's `today`, `protocol`
+/// and `config.rollout.prompt`; an evaluation's `rollout`), else what
+/// older logs used (the rollout default date, the paper's prompt, version 1).
+fn opening_of(started: &RunStarted) -> (String, Protocol) {
     let config: serde_json::Value = serde_json::from_str(&started.config_json).unwrap_or_default();
-    config
+    let rollout = config.get("rollout");
+    let today = config
         .get("today")
-        .or_else(|| config.get("rollout").and_then(|r| r.get("today")))
+        .or_else(|| rollout.and_then(|r| r.get("today")))
         .and_then(|v| v.as_str())
-        .map_or_else(|| crate::rollout::RolloutConfig::default().today, str::to_string)
+        .map_or_else(|| crate::rollout::RolloutConfig::default().today, str::to_string);
+    let style: PromptStyle = rollout
+        .or_else(|| config.get("config").and_then(|c| c.get("rollout")))
+        .and_then(|r| r.get("prompt"))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let rules: Protocol = config
+        .get("protocol")
+        .or_else(|| rollout.and_then(|r| r.get("protocol")))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or(Protocol::UNRECORDED);
+    (protocol::system_text(style, &today), rules)
 }
 
 /// Writes the finished (not aborted) episodes of `runs` as JSON lines;
@@ -94,8 +110,9 @@ pub fn write_jsonl(store: &Store, runs: &[RunId], filter: JsonlFilter, out: &mut
                     let Some(start) = &started else { continue };
                     let question = e.question_id.as_ref().and_then(|q| questions.get(q));
                     let question_text = question.map(|q| q.question.clone()).unwrap_or_default();
+                    let (system, rules) = opening_of(start);
                     let mut messages = vec![
-                        serde_json::json!({"role": "system", "content": protocol::system_content(&protocol::system_prompt(&today_of(start)))}),
+                        serde_json::json!({"role": "system", "content": system}),
                         serde_json::json!({"role": "user", "content": question_text}),
                     ];
                     for (text, tool) in e.turns.into_values() {
@@ -115,6 +132,7 @@ pub fn write_jsonl(store: &Store, runs: &[RunId], filter: JsonlFilter, out: &mut
                         "f1": f.f1,
                         "em": f.em,
                         "format_ok": f.format_ok,
+                        "protocol": rules,
                         "ended_by": f.ended_by.to_string(),
                         "n_turns": f.n_turns,
                         "n_tool_calls": f.n_tool_calls,

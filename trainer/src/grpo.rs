@@ -32,8 +32,12 @@ impl Default for GrpoConfig {
     }
 }
 
+/// The bound of the per-token k3 KL term, as verl clamps it.
+pub const KL_CLAMP: f64 = 10.0;
+
 /// `(r − mean) / (std + 1e-6)` within each group (unbiased std); a group
-/// of one gets 0. `groups[i]` names the group of `rewards[i]`.
+/// of one keeps its raw reward (mean 0, std 1, as verl does). `groups[i]`
+/// names the group of `rewards[i]`.
 pub fn advantages(rewards: &[f64], groups: &[u64]) -> Vec<f64> {
     assert_eq!(rewards.len(), groups.len(), "one group per reward");
     let mut out = vec![0.0; rewards.len()];
@@ -42,14 +46,16 @@ pub fn advantages(rewards: &[f64], groups: &[u64]) -> Vec<f64> {
     ids.dedup();
     for g in ids {
         let members: Vec<usize> = (0..rewards.len()).filter(|&i| groups[i] == g).collect();
-        if members.len() < 2 {
-            continue;
-        }
-        let n = members.len() as f64;
-        let mean = members.iter().map(|&i| rewards[i]).sum::<f64>() / n;
-        let var = members.iter().map(|&i| (rewards[i] - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let (mean, std) = if members.len() < 2 {
+            (0.0, 1.0)
+        } else {
+            let n = members.len() as f64;
+            let mean = members.iter().map(|&i| rewards[i]).sum::<f64>() / n;
+            let var = members.iter().map(|&i| (rewards[i] - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            (mean, var.sqrt())
+        };
         for &i in &members {
-            out[i] = (rewards[i] - mean) / (var.sqrt() + 1e-6);
+            out[i] = (rewards[i] - mean) / (std + 1e-6);
         }
     }
     out
@@ -117,7 +123,9 @@ pub struct TokenInputs<'a> {
 
 /// The GRPO loss over tokens: `Σ mask · (pg + kl_coef·kl − entropy_coef·H) / denominator`,
 /// where `pg = −min(ρA, clip(ρ, 1−ε, 1+ε)A)`, `ρ = exp(logp − old)` and
-/// `kl = exp(ref − logp) − (ref − logp) − 1`. The denominator is the number of
+/// `kl = clamp(exp(ref − logp) − (ref − logp) − 1, −10, 10)` (verl's
+/// low-variance k3 estimator with its clamp, so one token far from the
+/// reference cannot dominate a step). The denominator is the number of
 /// loss tokens of the whole batch, so micro-batches accumulate to the
 /// token-level mean.
 pub fn token_loss(t: &TokenInputs<'_>, cfg: &GrpoConfig, denominator: f64) -> candle_core::Result<LossTerms> {
@@ -129,7 +137,7 @@ pub fn token_loss(t: &TokenInputs<'_>, cfg: &GrpoConfig, denominator: f64) -> ca
     let kl = match t.ref_logp {
         Some(r) => {
             let d = (r - t.logp)?;
-            ((d.exp()? - &d)? - 1.0)?
+            ((d.exp()? - &d)? - 1.0)?.clamp(-KL_CLAMP, KL_CLAMP)?
         }
         None => t.logp.zeros_like()?,
     };
@@ -174,37 +182,62 @@ pub fn logprobs_and_entropy(
     Ok((taken, entropy))
 }
 
-/// What the model computes for one sequence: the logits at the positions
-/// whose next id carries loss (the only ones the loss needs; the forward
-/// pass stops at the last of them), and those next ids' indices in
-/// `seq.ids`.
+/// What the model computes for a micro-batch: the logits at every position
+/// whose next id carries loss, all sequences' rows in order, and for each
+/// row the sequence and the index into its `ids` of the predicted id.
 pub struct LossLogits {
     /// `[k, vocab]`.
     pub logits: Tensor,
-    /// Indices into `seq.ids` of the `k` predicted ids.
-    pub targets: Vec<usize>,
+    /// `(sequence, index into its ids)` of each row.
+    pub targets: Vec<(usize, usize)>,
 }
 
-/// The logits `model` gives where `seq` carries loss; `None` when it
-/// carries none.
-pub fn loss_logits(model: &Qwen2, seq: &Sequence) -> candle_core::Result<Option<LossLogits>> {
+/// The id padded sequences are filled with. With right padding and a
+/// causal mask no real position ever attends to it, so its value never
+/// matters.
+const PAD: u32 = 0;
+
+/// The logits `model` gives where `seqs` carry loss, from one forward pass
+/// over the sequences right-padded to the longest (each cut after its last
+/// loss-carrying id); `None` when none carries loss.
+pub fn loss_logits(model: &Qwen2, seqs: &[Sequence]) -> candle_core::Result<Option<LossLogits>> {
     let device = model.device();
-    let targets: Vec<usize> = (1..seq.ids.len()).filter(|&i| seq.generated[i]).collect();
-    let Some(&last) = targets.last() else {
+    let targets: Vec<Vec<usize>> = seqs
+        .iter()
+        .map(|s| (1..s.ids.len()).filter(|&i| s.generated[i]).collect())
+        .collect();
+    // Each sequence is read up to the id before its last target.
+    let lens: Vec<usize> = targets.iter().map(|t| t.last().copied().unwrap_or(0)).collect();
+    let width = lens.iter().copied().max().unwrap_or(0);
+    if width == 0 {
         return Ok(None);
-    };
-    let input = Tensor::new(&seq.ids[..last], device)?.unsqueeze(0)?;
-    let hidden = model.hidden(&input, 0, None)?.squeeze(0)?;
-    let rows: Vec<u32> = targets.iter().map(|&i| (i - 1) as u32).collect();
-    let hidden = hidden.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+    }
+    let rows: Vec<usize> = (0..seqs.len()).filter(|&b| lens[b] > 0).collect();
+    let mut input = Vec::with_capacity(rows.len() * width);
+    let mut picked: Vec<u32> = Vec::new();
+    let mut out_targets = Vec::new();
+    for (r, &b) in rows.iter().enumerate() {
+        input.extend_from_slice(&seqs[b].ids[..lens[b]]);
+        input.extend(std::iter::repeat_n(PAD, width - lens[b]));
+        for &i in &targets[b] {
+            picked.push((r * width + i - 1) as u32);
+            out_targets.push((b, i));
+        }
+    }
+    let input = Tensor::from_vec(input, (rows.len(), width), device)?;
+    let hidden = model.hidden(&input, 0, None)?;
+    let h = hidden.dim(2)?;
+    let hidden = hidden
+        .reshape((rows.len() * width, h))?
+        .index_select(&Tensor::new(picked.as_slice(), device)?, 0)?;
     Ok(Some(LossLogits {
         logits: model.logits(&hidden)?,
-        targets,
+        targets: out_targets,
     }))
 }
 
-/// The loss of `seqs` under `model` (one forward pass per sequence), with
-/// `denominator` loss tokens in the whole batch.
+/// The loss of the micro-batch `seqs` under `model` (one padded forward
+/// pass), with `denominator` loss tokens in the whole batch.
 pub fn sequence_loss(
     model: &Qwen2,
     seqs: &[Sequence],
@@ -212,75 +245,62 @@ pub fn sequence_loss(
     denominator: f64,
 ) -> candle_core::Result<LossTerms> {
     let device: &Device = model.device();
-    let mut total: Option<Tensor> = None;
-    let (mut pg, mut kl, mut ent, mut clip, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0);
-    for s in seqs {
-        let Some(LossLogits { logits, targets }) = loss_logits(model, s)? else {
-            continue;
-        };
-        let k = targets.len();
-        let ids: Vec<u32> = targets.iter().map(|&i| s.ids[i]).collect();
-        let (logp, entropy) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, cfg.temperature)?;
-        let mask = Tensor::ones(k, DType::F32, device)?;
-        let old: Vec<f32> = targets.iter().map(|&i| s.old_logprobs[i]).collect();
-        let old = Tensor::new(old.as_slice(), device)?;
-        let reference = match &s.ref_logprobs {
-            Some(r) if cfg.kl_coef > 0.0 => {
-                let r: Vec<f32> = targets.iter().map(|&i| r[i]).collect();
-                Some(Tensor::new(r.as_slice(), device)?)
-            }
-            _ => None,
-        };
-        let adv = Tensor::full(s.advantage as f32, k, device)?;
-        let terms = token_loss(
-            &TokenInputs {
-                logp: &logp,
-                old_logp: &old,
-                ref_logp: reference.as_ref(),
-                advantage: &adv,
-                mask: &mask,
-                entropy: &entropy,
-            },
-            cfg,
-            denominator,
-        )?;
-        pg += terms.pg_loss;
-        kl += terms.kl;
-        ent += terms.entropy;
-        clip += terms.clip_frac;
-        tokens += terms.tokens;
-        total = Some(match total {
-            Some(t) => (t + terms.loss)?,
-            None => terms.loss,
+    let Some(LossLogits { logits, targets }) = loss_logits(model, seqs)? else {
+        return Ok(LossTerms {
+            loss: Tensor::zeros((), DType::F32, device)?,
+            pg_loss: 0.0,
+            kl: 0.0,
+            entropy: 0.0,
+            clip_frac: 0.0,
+            tokens: 0,
         });
-    }
-    Ok(LossTerms {
-        loss: match total {
-            Some(t) => t,
-            None => Tensor::zeros((), DType::F32, device)?,
+    };
+    let k = targets.len();
+    let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
+    let (logp, entropy) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, cfg.temperature)?;
+    let mask = Tensor::ones(k, DType::F32, device)?;
+    let old: Vec<f32> = targets.iter().map(|&(b, i)| seqs[b].old_logprobs[i]).collect();
+    let old = Tensor::new(old.as_slice(), device)?;
+    let reference = if cfg.kl_coef > 0.0 && seqs.iter().all(|s| s.ref_logprobs.is_some()) {
+        let r: Vec<f32> = targets
+            .iter()
+            .map(|&(b, i)| seqs[b].ref_logprobs.as_ref().map_or(0.0, |r| r[i]))
+            .collect();
+        Some(Tensor::new(r.as_slice(), device)?)
+    } else {
+        None
+    };
+    let adv: Vec<f32> = targets.iter().map(|&(b, _)| seqs[b].advantage as f32).collect();
+    let adv = Tensor::new(adv.as_slice(), device)?;
+    token_loss(
+        &TokenInputs {
+            logp: &logp,
+            old_logp: &old,
+            ref_logp: reference.as_ref(),
+            advantage: &adv,
+            mask: &mask,
+            entropy: &entropy,
         },
-        pg_loss: pg,
-        kl,
-        entropy: ent,
-        clip_frac: clip,
-        tokens,
-    })
+        cfg,
+        denominator,
+    )
 }
 
-/// Log-probs of `seq`'s loss-carrying ids under `model` (no gradient),
-/// aligned with `seq.ids` (0 elsewhere): the reference policy's, for the
-/// KL term.
-pub fn sequence_logprobs(model: &Qwen2, seq: &Sequence, temperature: f64) -> candle_core::Result<Vec<f32>> {
-    let mut out = vec![0.0f32; seq.ids.len()];
-    if let Some(LossLogits { logits, targets }) = loss_logits(model, seq)? {
-        let ids: Vec<u32> = targets.iter().map(|&i| seq.ids[i]).collect();
+/// Log-probs of each sequence's loss-carrying ids under `model` (no
+/// gradient), aligned with its `ids` (0 elsewhere): the reference policy's,
+/// for the KL term, and the training forward pass's view of sampled
+/// tokens. One padded forward pass for all of `seqs`.
+pub fn sequence_logprobs(model: &Qwen2, seqs: &[Sequence], temperature: f64) -> candle_core::Result<Vec<Vec<f32>>> {
+    let mut out: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0.0f32; s.ids.len()]).collect();
+    if let Some(LossLogits { logits, targets }) = loss_logits(model, seqs)? {
+        let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
         let (lp, _) = logprobs_and_entropy(
             &logits.detach(),
             &Tensor::new(ids.as_slice(), model.device())?,
             temperature,
         )?;
-        for (&i, v) in targets.iter().zip(lp.to_vec1::<f32>()?) {
-            out[i] = v;
+        for (&(b, i), v) in targets.iter().zip(lp.to_vec1::<f32>()?) {
+            out[b][i] = v;
         }
     }
     Ok(out)
@@ -293,26 +313,13 @@ pub fn sequence_logprobs(model: &Qwen2, seq: &Sequence, temperature: f64) -> can
 /// masked exactly as in GRPO. Returns the loss and its token count.
 pub fn nll_loss(model: &Qwen2, seqs: &[Sequence], denominator: f64) -> candle_core::Result<(Tensor, usize)> {
     let device = model.device();
-    let mut total: Option<Tensor> = None;
-    let mut tokens = 0;
-    for s in seqs {
-        let Some(LossLogits { logits, targets }) = loss_logits(model, s)? else {
-            continue;
-        };
-        let ids: Vec<u32> = targets.iter().map(|&i| s.ids[i]).collect();
-        let (logp, _) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, 1.0)?;
-        let nll = (logp.sum_all()?.neg()? / denominator.max(1.0))?;
-        tokens += targets.len();
-        total = Some(match total {
-            Some(t) => (t + nll)?,
-            None => nll,
-        });
-    }
-    let loss = match total {
-        Some(t) => t,
-        None => Tensor::zeros((), DType::F32, device)?,
+    let Some(LossLogits { logits, targets }) = loss_logits(model, seqs)? else {
+        return Ok((Tensor::zeros((), DType::F32, device)?, 0));
     };
-    Ok((loss, tokens))
+    let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
+    let (logp, _) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, 1.0)?;
+    let nll = (logp.sum_all()?.neg()? / denominator.max(1.0))?;
+    Ok((nll, targets.len()))
 }
 
 #[cfg(test)]
@@ -336,9 +343,9 @@ mod tests {
         close(a[1], -expect);
         close(a[2], -expect);
         close(a[3], expect);
-        // Groups of one get nothing to learn from.
-        assert_eq!(a[4], 0.0);
-        assert_eq!(a[5], 0.0);
+        // A group of one keeps its raw reward (mean 0, std 1), as verl does.
+        close(a[4], 0.3 / (1.0 + 1e-6));
+        close(a[5], 0.7 / (1.0 + 1e-6));
         // A group with equal rewards has zero advantage, not NaN.
         assert_eq!(advantages(&[0.5, 0.5], &[1, 1]), vec![0.0, 0.0]);
     }
@@ -413,6 +420,40 @@ mod tests {
         close(terms.kl, kl);
         close(terms.entropy, 2.0);
         close(terms.loss.to_scalar::<f32>().unwrap() as f64, 0.1 * kl - 0.01 * 2.0);
+    }
+
+    #[test]
+    fn the_k3_term_is_clamped_to_ten_with_no_gradient_beyond() {
+        // ref − logp = 20: exp(20) − 20 − 1 is far above 10; −20 gives 19 − … ≈ 19.
+        let logp = candle_core::Var::new(&[0.0f32, 0.0, 0.0], &Device::Cpu).unwrap();
+        let reference = t(&[20.0, -20.0, 0.5]);
+        let old = t(&[0.0, 0.0, 0.0]);
+        let (adv, mask, ent) = (t(&[0.0; 3]), t(&[1.0; 3]), t(&[0.0; 3]));
+        let cfg = GrpoConfig {
+            kl_coef: 1.0,
+            entropy_coef: 0.0,
+            ..GrpoConfig::default()
+        };
+        let terms = token_loss(
+            &TokenInputs {
+                logp: logp.as_tensor(),
+                old_logp: &old,
+                ref_logp: Some(&reference),
+                advantage: &adv,
+                mask: &mask,
+                entropy: &ent,
+            },
+            &cfg,
+            3.0,
+        )
+        .unwrap();
+        let inside = 0.5f64.exp() - 0.5 - 1.0;
+        close(terms.kl, (10.0 + 10.0 + inside) / 3.0);
+        let grads = terms.loss.backward().unwrap();
+        let g: Vec<f32> = grads.get(logp.as_tensor()).unwrap().to_vec1().unwrap();
+        // Clamped tokens pass no gradient; the third has d/dlogp = (1 − e^{0.5}) / 3.
+        assert_eq!(&g[..2], &[0.0, 0.0]);
+        close(f64::from(g[2]), (1.0 - 0.5f64.exp()) / 3.0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use fathom_replay::Gateway;
 use fathom_store::{Durability, Store};
 
 use crate::policy::Policy;
+use crate::report::{EpisodeScore, Report, shortcut_free};
 use crate::rollout::{EpisodeOutcome, EpisodeSpec, Rollout, RolloutConfig, RolloutError};
 use crate::tools::HeuristicReader;
 
@@ -247,6 +248,16 @@ pub struct EvalSummary {
     pub overall: Tally,
     /// Per data source.
     pub by_source: BTreeMap<String, Tally>,
+    /// Every episode's scores, in question then sample order.
+    pub episodes: Vec<EpisodeScore>,
+}
+
+impl EvalSummary {
+    /// Means with bootstrap intervals, over all questions and the
+    /// shortcut-free ones (see [`crate::report`]).
+    pub fn report(&self) -> Report {
+        Report::of(&self.episodes, fathom_core::derive_seed(self.run.0, "report", 0))
+    }
 }
 
 impl EvalSummary {
@@ -308,6 +319,8 @@ pub struct EvalJob<'a> {
     pub benchmark: String,
     /// Extra configuration to record.
     pub config: serde_json::Value,
+    /// Episodes per question (each with its own seed; 1 asks each once).
+    pub samples: u32,
 }
 
 /// Runs an evaluation as its own run (`RunStarted`, `QuestionSampled`,
@@ -316,13 +329,19 @@ pub async fn evaluate(env: &Env, job: EvalJob<'_>) -> Result<EvalSummary, JobErr
     let store = &env.store;
     let clock = env.clock.as_ref();
     let run = store.new_run_id()?;
+    // Every evaluation records its budgets and turn rules, so its episodes
+    // replay under them.
+    let mut config = job.config.clone();
+    if let Some(fields) = config.as_object_mut() {
+        fields.entry("rollout").or_insert_with(|| job.rollout.to_json());
+    }
     store.append(&[Event::new(
         run,
         clock.now(),
         RunStarted {
             name: job.name.clone(),
             run_kind: RunKind::Eval,
-            config_json: job.config.to_string(),
+            config_json: config.to_string(),
             seed: job.seed,
             policy: job.policy.clone(),
             model: job.model.clone(),
@@ -332,6 +351,7 @@ pub async fn evaluate(env: &Env, job: EvalJob<'_>) -> Result<EvalSummary, JobErr
     )])?;
     let picked: Vec<(&Question, u64)> = job.questions.iter().zip(0u64..).collect();
     store.append_with(&sampled_events(run, clock, 0, &picked), Durability::Relaxed)?;
+    let samples = job.samples.max(1);
     let rollout = Rollout::new(
         store.clone(),
         env.gateway.clone(),
@@ -339,26 +359,45 @@ pub async fn evaluate(env: &Env, job: EvalJob<'_>) -> Result<EvalSummary, JobErr
         run,
         job.rollout.clone(),
     );
-    let specs = job
-        .questions
-        .iter()
-        .enumerate()
-        .map(|(i, q)| q.episode(0, i as u32, 0, fathom_core::derive_seed(job.seed, "episode", i as u64)))
+    // Question i's sample j is group i, index j; its seed is the one a
+    // single-sample evaluation gave question i·samples + j.
+    let slots: Vec<(usize, u32)> = (0..job.questions.len())
+        .flat_map(|i| (0..samples).map(move |j| (i, j)))
         .collect();
-    env.observer.phase(&job.name, job.questions.len() as u64);
+    let specs = slots
+        .iter()
+        .map(|&(i, j)| {
+            let n = i as u64 * u64::from(samples) + u64::from(j);
+            job.questions[i].episode(0, i as u32, j, fathom_core::derive_seed(job.seed, "episode", n))
+        })
+        .collect();
+    env.observer.phase(&job.name, slots.len() as u64);
     let outcomes = run_episodes(&rollout, specs, &job.policies, job.concurrency, env.observer.as_ref()).await?;
     let mut summary = EvalSummary {
         run,
         overall: Tally::default(),
         by_source: BTreeMap::new(),
+        episodes: Vec::with_capacity(outcomes.len()),
     };
-    for (q, o) in job.questions.iter().zip(&outcomes) {
+    let free: Vec<bool> = job.questions.iter().map(shortcut_free).collect();
+    for (&(i, j), o) in slots.iter().zip(&outcomes) {
+        let q = &job.questions[i];
         summary.overall.add(&o.score, o.n_tool_calls);
         summary
             .by_source
             .entry(q.data_source.clone())
             .or_default()
             .add(&o.score, o.n_tool_calls);
+        summary.episodes.push(EpisodeScore {
+            question: i,
+            sample: j,
+            reward: o.score.reward,
+            f1: o.score.eval_f1(),
+            em: o.score.em,
+            well_formed: o.score.format_ok,
+            tool_calls: o.n_tool_calls,
+            shortcut_free: free[i],
+        });
     }
     let mut events = summary.results(run, clock, 0, &job.benchmark);
     events.push(Event::new(
@@ -367,7 +406,7 @@ pub async fn evaluate(env: &Env, job: EvalJob<'_>) -> Result<EvalSummary, JobErr
         RunFinished {
             status: RunStatus::Completed,
             steps_completed: 1,
-            message: format!("{} questions", job.questions.len()),
+            message: format!("{} questions, {} episodes", job.questions.len(), slots.len()),
         },
     ));
     store.append(&events)?;

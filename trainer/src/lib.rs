@@ -18,6 +18,7 @@ pub mod optim;
 pub mod policy;
 pub mod recorded;
 pub mod replay;
+pub mod report;
 pub mod rollout;
 pub mod scripted;
 pub mod sft;

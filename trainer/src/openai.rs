@@ -2,14 +2,18 @@
 //!
 //! - [`OpenAiPolicy`]: a policy backed by any `/v1/chat/completions`
 //!   endpoint (vLLM, SGLang, llama.cpp, Ollama, or `fathom serve-model`).
-//!   It sends the conversation with the tool schemas inside the system
-//!   message (see [`protocol::system_content`]) and tool responses as user
-//!   turns, records exactly the text it got back, and the log-probs when
-//!   the server returns them.
+//!   It sends the conversation with the system turn's whole text (the
+//!   paper's prompt carries the tool schemas, see
+//!   [`protocol::system_content`]) and tool responses as user turns, and
+//!   records the text it got back (behind the protocol's turn prefix when
+//!   the reply does not begin with it), and the log-probs when the server
+//!   returns them.
 //! - [`router`]: serves any [`Policy`]-like generator (fathom's candle
 //!   model) as such an endpoint, so models fathom trains plug into other
-//!   tools; it renders plain Qwen2.5 chat, which for fathom's messages is
-//!   exactly the prompt the candle policy builds itself.
+//!   tools; it renders plain Qwen2.5 chat and ends the prompt with the
+//!   turn prefix it serves with (`<think>` for models trained under
+//!   protocol version 2), which for fathom's messages is exactly the
+//!   prompt the candle policy builds itself; the reply carries the prefix.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use fathom_core::derive_seed;
 use fathom_core::event::FinishReason;
-use fathom_core::protocol::{self, Message};
+use fathom_core::protocol::{self, Message, Protocol};
 use fathom_model::generate::{Finish, Request, generate};
 use fathom_model::sample::Sampling;
 use serde::{Deserialize, Serialize};
@@ -222,8 +226,7 @@ impl OpenAiPolicy {
             .map(|m| WireMessage {
                 role: protocol::openai_role(m).into(),
                 content: match m {
-                    Message::System(text) => protocol::system_content(text),
-                    Message::User(t) | Message::Assistant(t) | Message::Tool(t) => t.clone(),
+                    Message::System(t) | Message::User(t) | Message::Assistant(t) | Message::Tool(t) => t.clone(),
                 },
             })
             .collect();
@@ -311,8 +314,19 @@ impl Policy for OpenAiPolicy {
             .map(|u| u.completion_tokens as u32)
             .or(logprobs.as_ref().map(|l| l.len() as u32))
             .unwrap_or((choice.message.content.len() / 4) as u32);
+        // A chat endpoint cannot be handed a half-written assistant turn,
+        // so the turn prefix cannot end its prompt: a reply that does not
+        // begin with the prefix (`<think>` from protocol version 2) is taken
+        // to continue it, as DeepResearcher's prompt would have made it.
+        let prefix = input.protocol.turn_prefix();
+        let content = choice.message.content;
+        let text = if content.starts_with(prefix) {
+            content
+        } else {
+            format!("{prefix}{content}")
+        };
         Ok(Generation {
-            text: choice.message.content,
+            text,
             token_ids: None,
             logprobs,
             n_tokens,
@@ -335,6 +349,9 @@ pub struct Served {
     pub name: String,
     /// Generated tokens per request when the request does not say.
     pub default_max_tokens: u32,
+    /// The turn rules the model was trained under: the prompt ends with
+    /// their turn prefix, and the reply begins with it.
+    pub protocol: Protocol,
 }
 
 struct ApiError(StatusCode, String);
@@ -362,8 +379,8 @@ async fn models(State(s): State<Arc<Served>>) -> Json<serde_json::Value> {
 }
 
 /// Renders messages as plain Qwen2.5 chat, ending with an open assistant
-/// turn.
-pub fn render_wire(messages: &[WireMessage]) -> String {
+/// turn and `prefix`.
+pub fn render_wire(messages: &[WireMessage], prefix: &str) -> String {
     let mut out = String::new();
     for m in messages {
         let role = if m.role == "tool" { "user" } else { m.role.as_str() };
@@ -374,6 +391,7 @@ pub fn render_wire(messages: &[WireMessage]) -> String {
         out.push_str("<|im_end|>\n");
     }
     out.push_str("<|im_start|>assistant\n");
+    out.push_str(prefix);
     out
 }
 
@@ -414,7 +432,8 @@ async fn chat(State(s): State<Arc<Served>>, Json(req): Json<ChatRequest>) -> Res
     let seed = req.seed.unwrap_or(0);
     let want_logprobs = req.logprobs.unwrap_or(false);
     let served = s.clone();
-    let prompt_text = render_wire(&req.messages);
+    let prefix = s.protocol.turn_prefix();
+    let prompt_text = render_wire(&req.messages, prefix);
     let result = tokio::task::spawn_blocking(move || {
         let m = served.model.loaded();
         let prompt = m.tokenizer.encode(&prompt_text)?;
@@ -464,7 +483,7 @@ async fn chat(State(s): State<Arc<Served>>, Json(req): Json<ChatRequest>) -> Res
             index: 0,
             message: WireMessage {
                 role: "assistant".into(),
-                content: out.text,
+                content: format!("{prefix}{}", out.text),
             },
             finish_reason: Some(
                 match out.finish {

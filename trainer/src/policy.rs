@@ -2,7 +2,7 @@
 //! candle and OpenAI-compatible backends come with the model issue).
 
 use fathom_core::event::FinishReason;
-use fathom_core::protocol::Message;
+use fathom_core::protocol::{Message, Protocol};
 
 /// What the policy is asked to continue.
 #[derive(Debug, Clone, Copy)]
@@ -17,14 +17,20 @@ pub struct PolicyInput<'a> {
     pub seed: u64,
     /// Budget of generated tokens for this turn.
     pub max_tokens: u32,
+    /// The turn rules: the generation prompt ends with
+    /// `protocol.turn_prefix()`, which the turn continues.
+    pub protocol: Protocol,
 }
 
 /// One generated turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
-    /// The text exactly as generated.
+    /// The whole turn as the conversation holds it: the protocol's turn
+    /// prefix (written by the environment at the end of the prompt), then
+    /// the text exactly as generated.
     pub text: String,
-    /// The sampled token ids, for policies that have a tokenizer.
+    /// The sampled token ids (those after the prefix), for policies that
+    /// have a tokenizer.
     pub token_ids: Option<Vec<u32>>,
     /// Their log-probabilities, when known.
     pub logprobs: Option<Vec<f32>>,

@@ -10,13 +10,14 @@
 use std::collections::BTreeMap;
 
 use fathom_core::event::{EndReason, TurnGenerated};
-use fathom_core::protocol::{self, Message};
+use fathom_core::protocol::{self, Protocol};
 use fathom_core::{EpisodeId, Payload, QuestionId, Record, RunId};
 use fathom_model::ChatTokenizer;
 use fathom_store::{LogRead, Store};
 
 use crate::candle_policy::continuation;
 use crate::grpo::Sequence;
+use crate::rollout::RolloutConfig;
 
 /// One assistant turn as recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,14 +194,15 @@ pub fn episode_of(
     Ok(out)
 }
 
-/// The ids of an episode's prompt: the system prompt and the question,
-/// rendered and tokenised as the candle policy does.
-pub fn prompt_ids(tokenizer: &ChatTokenizer, today: &str, question: &str) -> Result<Vec<u32>, RecordedError> {
-    let messages = [
-        Message::System(protocol::system_prompt(today)),
-        Message::User(question.to_string()),
-    ];
-    Ok(tokenizer.encode(&protocol::render_chat(&messages, true))?)
+/// The ids of an episode's prompt: the system turn and the question, and
+/// the turn prefix, rendered and tokenised as the candle policy does.
+pub fn prompt_ids(
+    tokenizer: &ChatTokenizer,
+    rollout: &RolloutConfig,
+    question: &str,
+) -> Result<Vec<u32>, RecordedError> {
+    let messages = protocol::opening(rollout.prompt, &rollout.today, question);
+    Ok(tokenizer.encode(&protocol::render_prompt(&messages, rollout.protocol))?)
 }
 
 /// How turns without sampled ids are treated.
@@ -213,13 +215,16 @@ pub enum TurnIds {
     TextAllowed,
 }
 
-/// The training sequence of `episode` with `advantage`.
+/// The training sequence of `episode` with `advantage`, recorded under
+/// `protocol` (whose turn prefix ends `prompt` and each continuation; a
+/// turn's text begins with it, its sampled ids do not).
 pub fn sequence(
     tokenizer: &ChatTokenizer,
     prompt: &[u32],
     episode: &RecordedEpisode,
     advantage: f64,
     ids: TurnIds,
+    protocol: Protocol,
 ) -> Result<Sequence, RecordedError> {
     let unusable = |message: String| RecordedError::Unusable {
         episode: episode.episode_id,
@@ -242,7 +247,9 @@ pub fn sequence(
                 )));
             }
             (None, _, TurnIds::TextAllowed) => {
-                let t = tokenizer.encode(&turn.text)?;
+                // The prefix is prompt (it ends the context already).
+                let text = turn.text.strip_prefix(protocol.turn_prefix()).unwrap_or(&turn.text);
+                let t = tokenizer.encode(text)?;
                 let n = t.len();
                 (t, vec![0.0; n])
             }
@@ -257,7 +264,7 @@ pub fn sequence(
         seq.old_logprobs.extend(lps);
         seq.ids.extend(tids);
         if let Some(text) = &turn.tool_text {
-            let cont = continuation(tokenizer, ended, text)?;
+            let cont = continuation(tokenizer, ended, text, protocol)?;
             seq.generated.extend(std::iter::repeat_n(false, cont.len()));
             seq.old_logprobs.extend(std::iter::repeat_n(0.0, cont.len()));
             seq.ids.extend(cont);

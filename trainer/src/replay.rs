@@ -34,8 +34,8 @@ use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
 use crate::recorded::{RecordedEpisode, episode_of};
 use crate::rollout::{EpisodeOutcome, Rollout, RolloutConfig};
 use crate::scripted::ScriptedPolicy;
-use crate::tools::{HeuristicReader, ToolLimits};
-use crate::train::{RunRecord, rollout_config};
+use crate::tools::HeuristicReader;
+use crate::train::RunRecord;
 
 /// The policy an episode is re-run with.
 #[derive(Debug, Clone)]
@@ -287,36 +287,6 @@ impl std::fmt::Debug for Replayer {
     }
 }
 
-/// The episode budgets an evaluation or replay run records in its
-/// configuration (`rollout`), with older logs' top-level fields understood.
-pub fn rollout_json(c: &RolloutConfig) -> serde_json::Value {
-    serde_json::json!({
-        "max_turns": c.max_turns,
-        "max_turn_tokens": c.max_turn_tokens,
-        "today": c.today,
-        "max_tool_chars": c.tools.max_response_chars,
-    })
-}
-
-fn rollout_from_json(config: &serde_json::Value) -> RolloutConfig {
-    let r = config.get("rollout").unwrap_or(config);
-    let d = RolloutConfig::default();
-    let num = |k: &str| r.get(k).and_then(serde_json::Value::as_u64);
-    RolloutConfig {
-        max_turns: num("max_turns").map_or(d.max_turns, |v| v as u32),
-        max_turn_tokens: num("max_turn_tokens").map_or(d.max_turn_tokens, |v| v as u32),
-        today: r
-            .get("today")
-            .and_then(|v| v.as_str())
-            .map_or(d.today.clone(), str::to_string),
-        tools: ToolLimits {
-            max_response_chars: num("max_tool_chars").map_or(d.tools.max_response_chars, |v| v as usize),
-            ..d.tools
-        },
-        durable_episodes: false,
-    }
-}
-
 fn sampling_from_json(config: &serde_json::Value) -> Sampling {
     Sampling {
         temperature: config.get("temperature").and_then(|v| v.as_f64()).unwrap_or(0.0),
@@ -501,7 +471,7 @@ impl Replayer {
         let (rollout, train, threads) = match started.run_kind {
             RunKind::Train | RunKind::Sft => {
                 let record = train_record(&started.config_json, run)?;
-                let rollout = rollout_config(&record.config, &record.today);
+                let rollout = record.rollout();
                 let threads = record.threads;
                 (rollout, Some((run, record)), threads)
             }
@@ -525,8 +495,8 @@ impl Replayer {
                     None => None,
                 };
                 let rollout = match (&train, config.get("rollout")) {
-                    (Some((_, record)), None) => rollout_config(&record.config, &record.today),
-                    _ => rollout_from_json(&config),
+                    (Some((_, record)), None) => record.rollout(),
+                    _ => RolloutConfig::from_json(&config),
                 };
                 (rollout, train, threads)
             }
@@ -994,7 +964,7 @@ impl Replayer {
             "top_p": sampling.top_p,
             "model_digest": digest,
             "on_miss": on_miss,
-            "rollout": rollout_json(&info.rollout),
+            "rollout": info.rollout.to_json(),
             "threads": candle_core::utils::get_num_threads(),
         });
         if let PolicyPlan::OpenAi(c) = &plan {

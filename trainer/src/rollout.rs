@@ -16,7 +16,7 @@ use fathom_core::event::{
     BehaviourTagged, EndReason, EpisodeFinished, EpisodeStarted, FinishReason, PageSegmentRead, ToolCalled, ToolResult,
     TurnGenerated,
 };
-use fathom_core::protocol::{self, Action, Message, ToolCall};
+use fathom_core::protocol::{self, Action, Message, PromptStyle, Protocol, ToolCall};
 use fathom_core::reward::{self, Score};
 use fathom_core::{Clock, EpisodeId, Event, Payload, QuestionId, RequestId, RunId};
 use fathom_replay::{Context, Gateway};
@@ -36,6 +36,10 @@ pub struct RolloutConfig {
     pub tools: ToolLimits,
     /// Today's date for the system prompt (fixed per run, so replays match).
     pub today: String,
+    /// The turn rules (recorded with the run; older logs ran under version 1).
+    pub protocol: Protocol,
+    /// The system prompt.
+    pub prompt: PromptStyle,
     /// Flush at the end of every episode. Off by default: callers flush
     /// once per training step or evaluation (`Store::flush`), and a crash
     /// loses at most the episodes of the relaxed window.
@@ -49,6 +53,53 @@ impl Default for RolloutConfig {
             max_turn_tokens: protocol::MAX_TURN_TOKENS,
             tools: ToolLimits::default(),
             today: "2026-01-01".into(),
+            protocol: Protocol::CURRENT,
+            prompt: PromptStyle::Paper,
+            durable_episodes: false,
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// The episode budgets and rules an evaluation or replay run records in
+    /// its configuration (`rollout`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "max_turns": self.max_turns,
+            "max_turn_tokens": self.max_turn_tokens,
+            "today": self.today,
+            "max_tool_chars": self.tools.max_response_chars,
+            "protocol": self.protocol,
+            "prompt": self.prompt,
+        })
+    }
+
+    /// What [`RolloutConfig::to_json`] recorded in a run's configuration
+    /// (its `rollout`, or older logs' top-level fields); what is absent
+    /// takes the value older logs used (version 1, the paper's prompt).
+    pub fn from_json(config: &serde_json::Value) -> RolloutConfig {
+        let r = config.get("rollout").unwrap_or(config);
+        let d = RolloutConfig::default();
+        let num = |k: &str| r.get(k).and_then(serde_json::Value::as_u64);
+        RolloutConfig {
+            max_turns: num("max_turns").map_or(d.max_turns, |v| v as u32),
+            max_turn_tokens: num("max_turn_tokens").map_or(d.max_turn_tokens, |v| v as u32),
+            today: r
+                .get("today")
+                .and_then(|v| v.as_str())
+                .map_or(d.today.clone(), str::to_string),
+            tools: ToolLimits {
+                max_response_chars: num("max_tool_chars").map_or(d.tools.max_response_chars, |v| v as usize),
+                ..d.tools
+            },
+            protocol: r
+                .get("protocol")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or(Protocol::UNRECORDED),
+            prompt: r
+                .get("prompt")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default(),
             durable_episodes: false,
         }
     }
@@ -219,11 +270,9 @@ impl Rollout {
         let started = self.clock.now();
         let mut timings = EpisodeTimings::default();
         let episode_id = self.new_episode_id()?;
-        let mut messages = vec![
-            Message::System(protocol::system_prompt(&self.config.today)),
-            Message::User(spec.question.clone()),
-        ];
-        let n_prompt_tokens = (protocol::render_chat(&messages, true).len() / 4) as u32;
+        let rules = self.config.protocol;
+        let mut messages = protocol::opening(self.config.prompt, &self.config.today, &spec.question);
+        let n_prompt_tokens = (protocol::render_prompt(&messages, rules).len() / 4) as u32;
         // EpisodeStarted goes first, so the log reads in order (the
         // gateway records web exchanges as they happen); the rest of the
         // episode's events are appended together at its end, in one batch.
@@ -256,6 +305,7 @@ impl Rollout {
                 turn,
                 seed: spec.seed,
                 max_tokens: self.config.max_turn_tokens,
+                protocol: rules,
             });
             let g = match generated {
                 Ok(g) => g,
@@ -285,7 +335,7 @@ impl Rollout {
                 text: g.text.clone(),
                 token_ids,
                 logprobs,
-                n_context_tokens: (protocol::render_chat(&messages, true).len() / 4) as u32,
+                n_context_tokens: (protocol::render_prompt(&messages, rules).len() / 4) as u32,
                 n_tokens: g.n_tokens,
                 latency_ns,
                 finish: if truncated { FinishReason::Length } else { g.finish },
@@ -297,7 +347,7 @@ impl Rollout {
             let next = if truncated {
                 Err(EndReason::Truncated)
             } else {
-                match protocol::parse_turn(&g.text).map(|p| p.action) {
+                match rules.parse_turn(&g.text).map(|p| p.action) {
                     Err(_) => Err(EndReason::FormatError),
                     Ok(Action::Answer(_)) => Err(EndReason::Answer),
                     Ok(Action::ToolCall(call)) => Ok(call),
@@ -378,7 +428,7 @@ impl Rollout {
         }
 
         let t_reward = self.clock.now();
-        let mut score = reward::score_turns(&model_turns, &spec.ground_truths);
+        let mut score = reward::score_episode(rules, &model_turns, &spec.ground_truths);
         if let Some(note) = error_note {
             score = Score::failure(note, None);
         }

@@ -451,8 +451,11 @@ mod tests {
                 turn: 0,
                 seed: 1,
                 max_tokens: 2000,
+                protocol: fathom_core::protocol::Protocol::V2,
             })
             .unwrap();
+        // Its turns hold under both versions' rules.
+        fathom_core::protocol::Protocol::V2.parse_turn(&g.text).unwrap();
         let turn = fathom_core::protocol::parse_turn(&g.text).unwrap();
         assert!(matches!(
             turn.action,

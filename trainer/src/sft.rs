@@ -26,9 +26,9 @@ use crate::grpo::{Sequence, nll_loss};
 use crate::harness::{Env, JobError, PolicyFactory, Question, run_episodes, sampled_events};
 use crate::optim::accumulate;
 use crate::recorded::{self, TurnIds};
-use crate::rollout::{EpisodeSpec, Rollout};
+use crate::rollout::{EpisodeSpec, Rollout, RolloutConfig};
 use crate::scripted::ScriptedPolicy;
-use crate::train::{RunRecord, adamw, checkpoints_dir, find_run, permutation, rollout_config};
+use crate::train::{RunRecord, adamw, checkpoints_dir, find_run, learning_rate, permutation};
 
 /// What a warm start did.
 #[derive(Debug, Clone)]
@@ -137,6 +137,7 @@ pub async fn warm_start(
         eval_questions: 0,
         start_digest: crate::checkpoint::weights_digest(start_model).map(|d| d.to_hex()),
         threads: Some(candle_core::utils::get_num_threads()),
+        protocol: fathom_core::protocol::Protocol::CURRENT,
     };
     store.append(&[Event::new(
         run,
@@ -152,7 +153,7 @@ pub async fn warm_start(
             attempt: 0,
         },
     )])?;
-    let result = clone_trajectories(env, config, &sft, run, start_model, train, today).await;
+    let result = clone_trajectories(env, config, &sft, run, start_model, train, &record.rollout()).await;
     let (status, message) = match &result {
         Ok(w) => (
             RunStatus::Completed,
@@ -180,7 +181,7 @@ async fn clone_trajectories(
     run: RunId,
     start_model: &Path,
     train: &[Question],
-    today: &str,
+    rollout_config: &RolloutConfig,
 ) -> Result<WarmStart, JobError> {
     let store = &env.store;
     let clock = env.clock.clone();
@@ -206,7 +207,7 @@ async fn clone_trajectories(
             env.gateway.clone(),
             env.clock.clone(),
             run,
-            rollout_config(config, today),
+            rollout_config.clone(),
         );
         env.observer.phase("scripted trajectories", specs.len() as u64);
         let outcomes = run_episodes(
@@ -245,8 +246,15 @@ async fn clone_trajectories(
     for ex in &examples {
         let e = recorded::read_episode(store, ex.episode)?
             .ok_or_else(|| JobError::Invalid(format!("episode {} is not in the log", ex.episode)))?;
-        let prompt = recorded::prompt_ids(tokenizer, today, &ex.question)?;
-        let s = recorded::sequence(tokenizer, &prompt, &e, 1.0, TurnIds::TextAllowed)?;
+        let prompt = recorded::prompt_ids(tokenizer, rollout_config, &ex.question)?;
+        let s = recorded::sequence(
+            tokenizer,
+            &prompt,
+            &e,
+            1.0,
+            TurnIds::TextAllowed,
+            rollout_config.protocol,
+        )?;
         if s.ids.len() <= max_positions {
             seqs.push(s);
         }
@@ -281,7 +289,14 @@ async fn clone_trajectories(
                 tokens += n;
                 accumulate(&mut grads, &l.backward()?, &vars)?;
             }
-            let report = optimizer.step(&grads, sft.lr, config.grpo.max_grad_norm)?;
+            let lr = learning_rate(
+                sft.lr,
+                &sft.schedule,
+                sft.warmup_steps,
+                updates + 1,
+                batches_per_epoch * u64::from(sft.epochs),
+            );
+            let report = optimizer.step(&grads, lr, config.grpo.max_grad_norm)?;
             updates += 1;
             if updates == 1 {
                 first = loss;
@@ -300,7 +315,7 @@ async fn clone_trajectories(
                         entropy: 0.0,
                         clip_frac: 0.0,
                         grad_norm: report.grad_norm,
-                        lr: sft.lr,
+                        lr,
                         tokens: tokens as u64,
                         episodes: batch.len() as u32,
                         micro_batches: micro,

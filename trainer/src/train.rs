@@ -29,6 +29,7 @@ use candle_core::backprop::GradStore;
 use fathom_core::event::{
     CheckpointSaved, EndReason, EpisodeFinished, GradientUpdate, RunFinished, RunKind, RunStarted, RunStatus,
 };
+use fathom_core::protocol::Protocol;
 use fathom_core::{CheckpointId, EpisodeId, Event, Payload, RunId, SeededRng, derive_seed};
 use fathom_model::sample::Sampling;
 use fathom_model::{LoadedModel, VarMap};
@@ -69,6 +70,17 @@ pub struct RunRecord {
     /// same count; absent in older logs).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// The turn rules the run's episodes follow (absent in older logs,
+    /// which ran under version 1).
+    #[serde(default = "fathom_core::protocol::unrecorded")]
+    pub protocol: Protocol,
+}
+
+impl RunRecord {
+    /// The episode budgets and rules of the run.
+    pub fn rollout(&self) -> RolloutConfig {
+        rollout_config(&self.config, &self.today, self.protocol)
+    }
 }
 
 /// The questions of a run.
@@ -78,6 +90,84 @@ pub struct Data {
     pub train: Vec<Question>,
     /// Held-out questions for evaluation.
     pub eval: Vec<Question>,
+}
+
+/// The benchmark name of held-out evaluations in `evals`.
+pub const HELD_OUT: &str = "held-out";
+/// The benchmark name of the extra greedy pass (`eval.greedy`).
+pub const HELD_OUT_GREEDY: &str = "held-out greedy";
+
+/// An evaluation of one set of weights.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// At `eval.temperature`, `eval.samples` episodes per question.
+    pub main: EvalSummary,
+    /// The greedy pass, when `eval.greedy` asks for one.
+    pub greedy: Option<EvalSummary>,
+}
+
+/// What [`evaluate_model`] evaluates.
+pub struct ModelEval<'a> {
+    /// The weights.
+    pub model: Arc<CandleModel>,
+    /// Their policy version.
+    pub version: u64,
+    /// How to evaluate.
+    pub section: &'a crate::config::EvalSection,
+    /// The questions.
+    pub questions: &'a [Question],
+    /// Budgets and rules.
+    pub rollout: RolloutConfig,
+    /// Seed of the episodes.
+    pub seed: u64,
+    /// Episodes at once.
+    pub concurrency: usize,
+    /// The evaluation run's name (` greedy` is appended for the greedy pass).
+    pub name: String,
+    /// The policy as recorded.
+    pub policy: String,
+    /// Configuration to record (sampling is added).
+    pub config: serde_json::Value,
+}
+
+/// Evaluates a model as `section` says: an evaluation run at its
+/// temperature with its samples per question, then (with `greedy` and a
+/// temperature above 0) a greedy evaluation run.
+pub async fn evaluate_model(env: &Env, e: &ModelEval<'_>) -> Result<Evaluation, JobError> {
+    let run = |temperature: f64, samples: u32, suffix: &'static str| {
+        let sampling = Sampling {
+            temperature,
+            top_p: 1.0,
+        };
+        let model = e.model.clone();
+        let version = e.version;
+        let policies: PolicyFactory = Arc::new(move || Box::new(CandlePolicy::new(model.clone(), sampling, version)));
+        let mut config = e.config.clone();
+        if let Some(fields) = config.as_object_mut() {
+            fields.insert("temperature".into(), temperature.into());
+            fields.insert("samples".into(), samples.into());
+        }
+        EvalJob {
+            name: format!("{}{suffix}", e.name),
+            policy: e.policy.clone(),
+            model: String::new(),
+            policies,
+            questions: e.questions,
+            rollout: e.rollout.clone(),
+            seed: e.seed,
+            concurrency: e.concurrency,
+            benchmark: if suffix.is_empty() { HELD_OUT } else { HELD_OUT_GREEDY }.into(),
+            config,
+            samples,
+        }
+    };
+    let main = evaluate(env, run(e.section.temperature, e.section.samples, "")).await?;
+    let greedy = if e.section.greedy && e.section.temperature > 0.0 {
+        Some(evaluate(env, run(0.0, 1, " greedy")).await?)
+    } else {
+        None
+    };
+    Ok(Evaluation { main, greedy })
 }
 
 /// Where one step's time went, in nanoseconds.
@@ -118,9 +208,9 @@ pub struct TrainSummary {
     /// Mean training reward per step, in step order (steps run by this process).
     pub step_rewards: Vec<(u64, f64)>,
     /// Evaluation before the first update (fresh runs only).
-    pub eval_before: Option<EvalSummary>,
+    pub eval_before: Option<Evaluation>,
     /// Evaluation after the last step.
-    pub eval_after: Option<EvalSummary>,
+    pub eval_after: Option<Evaluation>,
     /// Time per step.
     pub timings: Vec<StepTimings>,
     /// The last checkpoint.
@@ -202,17 +292,37 @@ pub fn load_weights(vars: &VarMap, path: &Path, device: &Device) -> Result<(), J
     Ok(())
 }
 
-/// Episode budgets of a configuration.
-pub fn rollout_config(c: &TrainConfig, today: &str) -> RolloutConfig {
+/// Episode budgets and rules of a configuration under `protocol`.
+pub fn rollout_config(c: &TrainConfig, today: &str, protocol: Protocol) -> RolloutConfig {
     RolloutConfig {
         max_turns: c.rollout.max_turns,
         max_turn_tokens: c.rollout.max_turn_tokens,
         today: today.to_string(),
+        protocol,
+        prompt: c.rollout.prompt,
         tools: crate::tools::ToolLimits {
             max_response_chars: c.rollout.max_tool_chars,
             ..Default::default()
         },
         ..RolloutConfig::default()
+    }
+}
+
+/// The learning rate of optimizer step `step` (from 1) of `total`: linear
+/// warm-up over `warmup` steps, then `constant`, or `cosine` decay to 10%
+/// of `lr` at the last step.
+pub fn learning_rate(lr: f64, schedule: &str, warmup: u64, step: u64, total: u64) -> f64 {
+    if warmup > 0 && step <= warmup {
+        return lr * step as f64 / warmup as f64;
+    }
+    match schedule {
+        "cosine" => {
+            let span = total.saturating_sub(warmup).max(1) as f64;
+            let progress = ((step - warmup.min(step)) as f64 / span).min(1.0);
+            let min = 0.1 * lr;
+            min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+        _ => lr,
     }
 }
 
@@ -378,6 +488,7 @@ impl Trainer {
             eval_questions: data.eval.len() as u64,
             start_digest: crate::checkpoint::weights_digest(start_model).map(|d| d.to_hex()),
             threads: Some(candle_core::utils::get_num_threads()),
+            protocol: Protocol::CURRENT,
             config,
         };
         let target = record.config.steps;
@@ -623,18 +734,7 @@ impl Trainer {
 
     fn lr(&self, step: u64) -> f64 {
         let g = &self.config().grpo;
-        if g.warmup_steps > 0 && step <= g.warmup_steps {
-            return g.lr * step as f64 / g.warmup_steps as f64;
-        }
-        match g.schedule.as_str() {
-            "cosine" => {
-                let span = self.target.saturating_sub(g.warmup_steps).max(1) as f64;
-                let progress = ((step - g.warmup_steps.min(step)) as f64 / span).min(1.0);
-                let min = 0.1 * g.lr;
-                min + 0.5 * (g.lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
-            }
-            _ => g.lr,
-        }
+        learning_rate(g.lr, &g.schedule, g.warmup_steps, step, self.target)
     }
 
     /// One optimizer step on the recorded episodes `ids` (in group order).
@@ -644,6 +744,7 @@ impl Trainer {
         let clock = self.env.clock.clone();
         let t_read = clock.now();
         let tokenizer = &self.model.loaded().tokenizer;
+        let rollout = self.rollout_config();
         let mut episodes: Vec<RecordedEpisode> = Vec::with_capacity(ids.len());
         for id in ids {
             let e = recorded::read_episode(&self.env.store, *id)?
@@ -668,20 +769,31 @@ impl Trainer {
             let prompt = match prompts.get(&question.text) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = recorded::prompt_ids(tokenizer, &self.record.today, &question.text)?;
+                    let p = recorded::prompt_ids(tokenizer, &rollout, &question.text)?;
                     prompts.insert(question.text.clone(), p.clone());
                     p
                 }
             };
-            batch.push(recorded::sequence(tokenizer, &prompt, e, *a, TurnIds::Sampled)?);
+            batch.push(recorded::sequence(
+                tokenizer,
+                &prompt,
+                e,
+                *a,
+                TurnIds::Sampled,
+                rollout.protocol,
+            )?);
         }
         timings.read_ns = clock.now().nanos_since(t_read);
         if let Some(reference) = &self.reference {
             let t = clock.now();
             let reference = &reference.model;
             let temperature = self.config().rollout.temperature;
-            for s in &mut batch {
-                s.ref_logprobs = Some(sequence_logprobs(reference, s, temperature)?);
+            let micro = self.config().grpo.micro_batch;
+            for chunk in batch.chunks_mut(micro) {
+                let lps = sequence_logprobs(reference, chunk, temperature)?;
+                for (s, lp) in chunk.iter_mut().zip(lps) {
+                    s.ref_logprobs = Some(lp);
+                }
             }
             timings.reference_ns = clock.now().nanos_since(t);
         }
@@ -737,49 +849,46 @@ impl Trainer {
     }
 
     fn rollout_config(&self) -> RolloutConfig {
-        rollout_config(self.config(), &self.record.today)
+        self.record.rollout()
     }
 
-    /// Evaluates the current weights on the held-out questions, as an
-    /// evaluation run of its own, and records the result in this run at `step`.
-    pub async fn evaluate(&self, step: u64) -> Result<EvalSummary, JobError> {
+    /// Evaluates the current weights on the held-out questions, as
+    /// evaluation runs of their own (see [`evaluate_model`]), and records the
+    /// results in this run at `step`.
+    pub async fn evaluate(&self, step: u64) -> Result<Evaluation, JobError> {
         let c = self.config();
         let limit = if c.eval.limit == 0 {
             self.data.eval.len()
         } else {
             c.eval.limit.min(self.data.eval.len())
         };
-        let questions = &self.data.eval[..limit];
-        let sampling = Sampling {
-            temperature: c.eval.temperature,
-            top_p: 1.0,
-        };
-        let model = self.model.clone();
-        let policies: PolicyFactory = Arc::new(move || Box::new(CandlePolicy::new(model.clone(), sampling, step)));
-        let summary = evaluate(
+        let evaluation = evaluate_model(
             &self.env,
-            EvalJob {
-                name: format!("{} eval at step {step}", c.name),
-                policy: format!("candle:{} step {step}", self.run),
-                model: String::new(),
-                policies,
-                questions,
+            &ModelEval {
+                model: self.model.clone(),
+                version: step,
+                section: &c.eval,
+                questions: &self.data.eval[..limit],
                 rollout: self.rollout_config(),
                 seed: derive_seed(c.seed, "eval", step),
                 concurrency: c.rollout.concurrency,
-                benchmark: "held-out".into(),
-                config: serde_json::json!({"train_run": self.run.to_string(), "step": step, "temperature": c.eval.temperature}),
+                name: format!("{} eval at step {step}", c.name),
+                policy: format!("candle:{} step {step}", self.run),
+                config: serde_json::json!({"train_run": self.run.to_string(), "step": step}),
             },
         )
         .await?;
-        self.env
-            .store
-            .append(&summary.results(self.run, self.env.clock.as_ref(), step, "held-out"))?;
-        Ok(summary)
+        let clock = self.env.clock.as_ref();
+        let mut results = evaluation.main.results(self.run, clock, step, HELD_OUT);
+        if let Some(g) = &evaluation.greedy {
+            results.extend(g.results(self.run, clock, step, HELD_OUT_GREEDY));
+        }
+        self.env.store.append(&results)?;
+        Ok(evaluation)
     }
 
     /// One training step.
-    async fn train_step(&mut self) -> Result<(f64, StepTimings, Option<EvalSummary>), JobError> {
+    async fn train_step(&mut self) -> Result<(f64, StepTimings, Option<Evaluation>), JobError> {
         let clock = self.env.clock.clone();
         let t_step = clock.now();
         let s = self.step + 1;
@@ -866,7 +975,7 @@ impl Trainer {
             let t = clock.now();
             let metric = match c.checkpoint.keep_best.as_str() {
                 "reward" => Some(reward),
-                "eval_f1" => eval.as_ref().map(|e| e.overall.mean_f1()),
+                "eval_f1" => eval.as_ref().map(|e| e.main.overall.mean_f1()),
                 _ => None,
             };
             self.save_checkpoint(metric)?;

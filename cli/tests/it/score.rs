@@ -48,6 +48,43 @@ fn scores_each_line_then_the_means() {
         table.contains("mean over 4 responses: reward 0.1667, F1 0.4167, EM 0.2500, well-formed 75.0%"),
         "{table}"
     );
+
+    // Protocol 2 (the default, DeepResearcher's rules) needs the think block
+    // its prompt opened to be closed, and keeps an en dash inside its word;
+    // protocol 1 did neither.
+    let other = dir.path().join("rules.jsonl");
+    std::fs::write(
+        &other,
+        "{\"response\": \"<answer>Ada Lind</answer>\", \"ground_truth\": \"Ada Lind\"}\n\
+         {\"response\": \"<think>t</think><answer>Ada\\u2013Lind</answer>\", \"ground_truth\": \"Ada Lind\"}\n",
+    )
+    .unwrap();
+    let rules = |version: &str| -> Vec<(bool, f64)> {
+        let out = run(
+            dir.path(),
+            &[
+                "score",
+                other.to_str().unwrap(),
+                "--format",
+                "json",
+                "--protocol",
+                version,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .take(2)
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["format_ok"].as_bool().unwrap(), v["f1"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(rules("2"), vec![(false, 0.0), (true, 0.0)]);
+    assert_eq!(rules("1"), vec![(true, 1.0), (true, 1.0)]);
+    let out = run(dir.path(), &["score", other.to_str().unwrap(), "--protocol", "7"]);
+    assert!(stderr(&out).contains("protocol version 7"), "{}", stderr(&out));
 }
 
 #[test]

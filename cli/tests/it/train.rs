@@ -299,7 +299,11 @@ pub(crate) fn small_demo(dir: &Path) -> (std::path::PathBuf, std::process::Outpu
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("max_turn_tokens = 24", "max_turn_tokens = 80")
-        .replace("steps = 5", "steps = 2");
+        .replace("steps = 5", "steps = 2")
+        .replace(
+            "every = 0\n",
+            "every = 0\ntemperature = 1.0\nsamples = 2\ngreedy = true\n",
+        );
     std::fs::write(&cfg, text).unwrap();
     let data = dir.join("data");
     let out = run(
@@ -313,6 +317,7 @@ pub(crate) fn small_demo(dir: &Path) -> (std::path::PathBuf, std::process::Outpu
             "--sandbox-entities",
             "300",
             "--timings",
+            "--json",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -325,16 +330,51 @@ fn the_demo_runs_end_to_end_and_its_suggested_queries_work() {
     // on a smaller one.
     let dir = tempfile::tempdir().unwrap();
     let (data, out) = small_demo(dir.path());
-    let text = stdout(&out);
+    // With --json the table is JSON on stdout, and the words for people
+    // (the same figures) on stderr.
+    let text = stderr(&out);
     for row in [
-        "initial model",
-        "after warm start",
-        "after 2 GRPO steps",
+        "initial model, sampled",
+        "after warm start, greedy",
+        "after 2 GRPO steps, sampled",
+        "shortcut-free questions only",
+        "shortcut-free sampled F1: warm start",
         "GRPO training reward: step 1",
         "recorded ",
         "logging share",
     ] {
         assert!(text.contains(row), "no '{row}' in:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let phases = json["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(names, ["initial", "warm_start", "grpo"]);
+    for p in phases {
+        // Two samples per question and a greedy pass (the test configuration).
+        let all = &p["sampled"]["all"];
+        assert_eq!(all["episodes"], 2 * all["questions"].as_u64().unwrap());
+        assert_eq!(p["greedy"]["all"]["episodes"], all["questions"]);
+        for metric in ["reward", "f1", "em", "well_formed", "tool_calls"] {
+            let i = &all[metric];
+            let (mean, lo, hi) = (
+                i["mean"].as_f64().unwrap(),
+                i["lo"].as_f64().unwrap(),
+                i["hi"].as_f64().unwrap(),
+            );
+            assert!(lo <= mean && mean <= hi, "{metric}: {i}");
+        }
+        assert!(p["sampled"]["shortcut_free"]["questions"].as_u64().unwrap() <= all["questions"].as_u64().unwrap());
+    }
+    assert_eq!(json["train_reward"].as_array().unwrap().len(), 2);
+    for key in [
+        "f1_warm_start",
+        "f1_grpo",
+        "f1_gain",
+        "intervals_disjoint",
+        "tool_calls_grpo",
+        "met",
+    ] {
+        assert!(json["bar"].get(key).is_some(), "bar has no {key}: {json}");
     }
     // Every query the demo suggests runs and returns rows.
     let queries: Vec<String> = text

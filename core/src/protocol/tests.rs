@@ -163,7 +163,7 @@ fn tool_responses_defuse_protocol_tags_and_chat_markers_in_web_text() {
 fn chat_rendering_follows_qwen25() {
     let chat = render_chat(
         &[
-            Message::System(system_prompt("2026-11-21")),
+            Message::System(system_text(PromptStyle::Paper, "2026-11-21")),
             Message::User("Who founded Zest Mobile?".into()),
             Message::Assistant(format!("<think>Search.</think>{SEARCH}")),
             Message::Tool(tool_response("1. Zest Mobile - founded by Ada Lind")),
@@ -222,4 +222,121 @@ fn tool_calls_render_their_arguments_as_recorded() {
             url_list: vec!["u".into()]
         }
     );
+}
+
+/// Renders a version 2 parse on one line.
+fn render_v2(text: &str) -> String {
+    match Protocol::V2.parse_turn(text) {
+        Ok(turn) => format!("think={:?} {}", turn.think.unwrap_or_default(), turn.action),
+        Err(e) => format!("MALFORMED: {e}"),
+    }
+}
+
+#[test]
+fn version_2_turn_rules_table() {
+    let call = r#"<tool_call>{"name": "web_search", "arguments": {"query": ["q"]}}</tool_call>"#;
+    let cases: Vec<(&str, String)> = vec![
+        ("search", format!("<think>plan</think>\n{call}")),
+        ("answer", "<think>found</think>\n<answer> Ada </answer>".into()),
+        ("trailing whitespace", "<think>t</think><answer>Ada</answer>\n".into()),
+        ("no </think>", "<think>plan <answer>Ada</answer>".into()),
+        ("no think at all", "<answer>Ada</answer>".into()),
+        (
+            "out of order",
+            "<think>a</think></think>x<think><answer>Ada</answer>".into(),
+        ),
+        (
+            "second think left open",
+            "<think>a</think>x<think><answer>Ada</answer>".into(),
+        ),
+        (
+            "text after the answer",
+            "<think>t</think><answer>Ada</answer> I hope this helps.".into(),
+        ),
+        (
+            "two answers",
+            "<think>t</think><answer>Ada</answer><answer>Bo</answer>".into(),
+        ),
+        ("text after the tool call", format!("<think>t</think>{call} and then")),
+        (
+            "answer wins over a tool call",
+            format!("<think>t</think>{call}<answer>Ada</answer>"),
+        ),
+        ("missing </answer>", "<think>t</think><answer>Ada".into()),
+        ("neither action", "<think>t</think> nothing".into()),
+        ("answer inside the think", "<think><answer>Ada</answer></think>".into()),
+        (
+            "empty query list is accepted",
+            r#"<think>t</think><tool_call>{"name": "web_search", "arguments": {"query": []}}</tool_call>"#.into(),
+        ),
+        (
+            "empty url list",
+            r#"<think>t</think><tool_call>{"name": "browse_webpage", "arguments": {"url_list": []}}</tool_call>"#
+                .into(),
+        ),
+        (
+            "no arguments",
+            r#"<think>t</think><tool_call>{"name": "web_search"}</tool_call>"#.into(),
+        ),
+        (
+            "a list, not an object",
+            r#"<think>t</think><tool_call>["name"]</tool_call>"#.into(),
+        ),
+        (
+            "query not a list",
+            r#"<think>t</think><tool_call>{"name": "web_search", "arguments": {"query": "q"}}</tool_call>"#.into(),
+        ),
+        (
+            "unknown tool",
+            r#"<think>t</think><tool_call>{"name": "python", "arguments": {}}</tool_call>"#.into(),
+        ),
+        (
+            "bad json",
+            "<think>t</think><tool_call>{name: web_search}</tool_call>".into(),
+        ),
+    ];
+    let rendered: String = cases
+        .iter()
+        .map(|(name, text)| format!("{name}: {}\n", render_v2(text)))
+        .collect();
+    expect_test::expect![[r#"
+        search: think="plan" web_search {"query":["q"]}
+        answer: think="found" answer: Ada
+        trailing whitespace: think="t" answer: Ada
+        no </think>: MALFORMED: the turn never closes its <think> block
+        no think at all: MALFORMED: the turn never closes its <think> block
+        out of order: MALFORMED: the turn's tags are out of order (a closing tag before its opening tag)
+        second think left open: MALFORMED: unbalanced <think> tags (2 opening, 1 closing)
+        text after the answer: MALFORMED: text after </answer>: " I hope this helps."
+        two answers: MALFORMED: text after </answer>: "<answer>Bo</answer>"
+        text after the tool call: MALFORMED: text after </tool_call>: " and then"
+        answer wins over a tool call: think="t" answer: Ada
+        missing </answer>: MALFORMED: unbalanced <answer> tags (1 opening, 0 closing)
+        neither action: MALFORMED: the turn has neither <answer> nor <tool_call>
+        answer inside the think: MALFORMED: text after </answer>: "</think>"
+        empty query list is accepted: think="t" web_search {"query":[]}
+        empty url list: MALFORMED: browse_webpage: the list is empty
+        no arguments: MALFORMED: web_search: the call has no "arguments"
+        a list, not an object: MALFORMED: tool call has no "name"
+        query not a list: MALFORMED: web_search: "query" must be a list of strings
+        unknown tool: MALFORMED: unknown tool "python" (the tools are web_search and browse_webpage)
+        bad json: MALFORMED: tool call is not valid JSON: key must be a string at line 1 column 2
+    "#]]
+    .assert_eq(&rendered);
+}
+
+#[test]
+fn version_2_prompts_end_with_the_think_prefix_and_versions_round_trip() {
+    let messages = opening(PromptStyle::Compact, "2026-01-01", "Who founded Zest?");
+    let v2 = render_prompt(&messages, Protocol::V2);
+    assert!(v2.ends_with("<|im_start|>assistant\n<think>"), "{v2}");
+    assert_eq!(render_prompt(&messages, Protocol::V1), render_chat(&messages, true));
+    assert!(v2.contains(COMPACT_PROMPT));
+    // The paper's prompt carries the tool schemas, as before.
+    let paper = render_chat(&opening(PromptStyle::Paper, "2026-01-01", "q"), true);
+    assert!(paper.contains("<tools>") && paper.contains("Today's date: 2026-01-01"));
+    assert_eq!(serde_json::to_string(&Protocol::V2).unwrap(), "2");
+    assert_eq!(serde_json::from_str::<Protocol>("1").unwrap(), Protocol::V1);
+    let err = serde_json::from_str::<Protocol>("3").unwrap_err().to_string();
+    assert!(err.contains("protocol version 3"), "{err}");
 }

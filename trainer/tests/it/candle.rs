@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use fathom_core::protocol::{Message, system_prompt};
+use fathom_core::protocol::{Message, PromptStyle, Protocol, opening};
 use fathom_model::init::{TinySpec, write_tiny};
 use fathom_model::sample::Sampling;
 use fathom_trainer::candle_policy::{CandleModel, CandlePolicy, continuation};
@@ -31,10 +31,8 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
         top_p: 1.0,
     };
     let mut policy = CandlePolicy::new(model.clone(), hot, 0);
-    let mut messages = vec![
-        Message::System(system_prompt("2026-01-01")),
-        Message::User("Who founded it?".into()),
-    ];
+    let mut messages = opening(PromptStyle::Paper, "2026-01-01", "Who founded it?");
+    let v2 = Protocol::V2;
     fn input(messages: &[Message], turn: u32) -> PolicyInput<'_> {
         PolicyInput {
             question: "Who founded it?",
@@ -42,13 +40,19 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
             turn,
             seed: 3,
             max_tokens: 12,
+            protocol: Protocol::V2,
         }
     }
     let first = policy.generate(input(&messages, 0)).unwrap();
+    // Version 2: the prompt ends with `<think>`, which the turn's text
+    // begins with and its sampled ids do not.
     let prompt = tok
-        .encode(&fathom_core::protocol::render_chat(&messages, true))
+        .encode(&fathom_core::protocol::render_prompt(&messages, v2))
         .unwrap();
+    assert_eq!(prompt.last(), tok.encode("<think>").unwrap().last());
     let ids1 = first.token_ids.clone().unwrap();
+    assert!(first.text.starts_with("<think>"), "{:?}", first.text);
+    assert_eq!(&first.text["<think>".len()..], tok.decode(&ids1).unwrap());
     assert_eq!(policy.context(), [prompt.as_slice(), ids1.as_slice()].concat());
     assert_eq!(first.logprobs.as_ref().unwrap().len(), ids1.len());
 
@@ -62,6 +66,7 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
         tok,
         ended,
         "<tool_response>The museum was founded by Ada.</tool_response>",
+        v2,
     )
     .unwrap();
     let ids2 = second.token_ids.clone().unwrap();
@@ -117,25 +122,42 @@ fn the_context_is_the_prompt_then_sampled_ids_and_tool_continuations() {
         ],
         end: None,
     };
-    let prompt_again = prompt_ids(tok, "2026-01-01", "Who founded it?").unwrap();
+    let rollout = fathom_trainer::rollout::RolloutConfig {
+        today: "2026-01-01".into(),
+        protocol: v2,
+        prompt: PromptStyle::Paper,
+        ..Default::default()
+    };
+    let prompt_again = prompt_ids(tok, &rollout, "Who founded it?").unwrap();
     assert_eq!(prompt_again, prompt);
-    let rebuilt = sequence(tok, &prompt_again, &recorded, 0.5, TurnIds::Sampled).unwrap();
+    let rebuilt = sequence(tok, &prompt_again, &recorded, 0.5, TurnIds::Sampled, v2).unwrap();
     assert_eq!(rebuilt, seq);
     // Without sampled ids a GRPO sequence is refused; behaviour cloning
     // tokenises the text instead.
     let mut text_only = recorded.clone();
     text_only.turns[0].ids = None;
     text_only.turns[0].logprobs = None;
-    let err = sequence(tok, &prompt, &text_only, 0.5, TurnIds::Sampled).unwrap_err();
+    let err = sequence(tok, &prompt, &text_only, 0.5, TurnIds::Sampled, v2).unwrap_err();
     assert!(err.to_string().contains("no sampled token ids"), "{err}");
-    let cloned = sequence(tok, &prompt, &text_only, 1.0, TurnIds::TextAllowed).unwrap();
+    let cloned = sequence(tok, &prompt, &text_only, 1.0, TurnIds::TextAllowed, v2).unwrap();
     assert!(cloned.loss_tokens() > ids2.len());
+    // A text turn's `<think>` prefix is prompt: it is not tokenised into
+    // the turn (the context already ends with it).
+    let mut scripted = text_only.clone();
+    scripted.turns.truncate(1);
+    scripted.turns[0].text = "<think>plan</think><answer>Ada</answer>".into();
+    scripted.turns[0].tool_text = None;
+    let bc = sequence(tok, &prompt, &scripted, 1.0, TurnIds::TextAllowed, v2).unwrap();
+    assert_eq!(
+        &bc.ids[prompt.len()..],
+        tok.encode("plan</think><answer>Ada</answer>").unwrap().as_slice()
+    );
 
     // A fresh policy on the same conversation starts over from the text.
     let mut other = CandlePolicy::new(model.clone(), hot, 0);
     other.generate(input(&messages, 1)).unwrap();
     let rendered = tok
-        .encode(&fathom_core::protocol::render_chat(&messages, true))
+        .encode(&fathom_core::protocol::render_prompt(&messages, v2))
         .unwrap();
     assert_eq!(&other.context()[..rendered.len()], rendered.as_slice());
 }
@@ -365,4 +387,74 @@ fn a_checkpoint_is_a_model_directory_and_restores_exactly() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("model.safetensors has digest"), "{err}");
+}
+
+/// The log-probs recorded while sampling (incremental decoding with the KV
+/// cache, one episode at a time) equal those the training forward pass
+/// computes for the same ids on the same weights (one padded forward pass
+/// over a micro-batch of episodes of different lengths), within 1e-4 in
+/// f32: so the PPO ratio starts at 1 and the first micro-batch clips
+/// nothing.
+#[test]
+fn sampled_log_probs_equal_the_training_forward_pass() {
+    use fathom_trainer::grpo::{GrpoConfig, sequence_logprobs, sequence_loss};
+
+    let (_dir, model) = tiny_model();
+    let m = model.loaded();
+    let hot = Sampling {
+        temperature: 1.0,
+        top_p: 1.0,
+    };
+    let mut seqs = Vec::new();
+    for (e, tool) in ["The capital is 7.", "The river flows through the capital 12 and on."]
+        .iter()
+        .enumerate()
+    {
+        let mut policy = CandlePolicy::new(model.clone(), hot, 0);
+        let mut messages = opening(PromptStyle::Compact, "2026-01-01", "Which capital?");
+        for turn in 0..2u32 {
+            let g = policy
+                .generate(PolicyInput {
+                    question: "Which capital?",
+                    messages: &messages,
+                    turn,
+                    seed: 11 + e as u64,
+                    max_tokens: 10 + 7 * e as u32,
+                    protocol: Protocol::V2,
+                })
+                .unwrap();
+            messages.push(Message::Assistant(g.text));
+            messages.push(Message::Tool(format!("<tool_response>{tool}</tool_response>")));
+        }
+        seqs.push(policy.sequence(if e == 0 { 1.0 } else { -1.0 }));
+    }
+    assert_ne!(seqs[0].ids.len(), seqs[1].ids.len(), "the batch needs padding");
+    let recomputed = sequence_logprobs(&m.model, &seqs, 1.0).unwrap();
+    let mut compared = 0;
+    for (s, lp) in seqs.iter().zip(&recomputed) {
+        for i in 1..s.ids.len() {
+            if s.generated[i] {
+                let d = (lp[i] - s.old_logprobs[i]).abs();
+                assert!(
+                    d <= 1e-4,
+                    "position {i}: sampled {} vs training {}",
+                    s.old_logprobs[i],
+                    lp[i]
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 20, "{compared} tokens compared");
+    let denominator = seqs.iter().map(|s| s.loss_tokens()).sum::<usize>() as f64;
+    let terms = sequence_loss(&m.model, &seqs, &GrpoConfig::default(), denominator).unwrap();
+    assert_eq!(terms.clip_frac, 0.0, "the ratio starts at 1");
+    assert_eq!(terms.tokens, compared);
+    // And the padded micro-batch gives each sequence what it gets alone.
+    for (s, lp) in seqs.iter().zip(&recomputed) {
+        let alone = sequence_logprobs(&m.model, std::slice::from_ref(s), 1.0).unwrap();
+        for (a, b) in alone[0].iter().zip(lp) {
+            assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+        }
+    }
 }

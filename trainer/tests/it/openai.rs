@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::post;
-use fathom_core::protocol::{Message, system_prompt};
+use fathom_core::protocol::{PromptStyle, Protocol, opening, system_prompt};
 use fathom_trainer::openai::{OpenAiConfig, OpenAiPolicy};
 use fathom_trainer::policy::{Policy, PolicyInput};
 
@@ -45,16 +45,14 @@ async fn endpoint(failures: u32, status: StatusCode) -> (String, Arc<AtomicU32>)
 
 fn turn(policy: OpenAiPolicy) -> Result<fathom_trainer::policy::Generation, fathom_trainer::policy::PolicyError> {
     let mut policy = policy;
-    let messages = vec![
-        Message::System(system_prompt("2026-01-01")),
-        Message::User("Who?".into()),
-    ];
+    let messages = opening(PromptStyle::Paper, "2026-01-01", "Who?");
     policy.generate(PolicyInput {
         question: "Who?",
         messages: &messages,
         turn: 0,
         seed: 1,
         max_tokens: 50,
+        protocol: Protocol::V2,
     })
 }
 
@@ -72,6 +70,7 @@ async fn server_errors_are_retried_and_the_text_and_logprobs_recorded() {
     let g = tokio::task::spawn(async move { turn(policy) }).await.unwrap().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3, "two failures, then the answer");
     let expected_system = fathom_core::protocol::system_content(&system_prompt("2026-01-01")).len();
+    // The reply began with `<think>` itself, so the turn is kept as sent.
     assert_eq!(
         g.text,
         format!("<think>{expected_system}</think><answer>ok</answer>"),

@@ -166,6 +166,14 @@ impl Policies {
             }
         }
     }
+
+    /// The kernels a model policy runs with (replay uses the same).
+    fn kernels(&self) -> Option<fathom_model::Kernels> {
+        match self {
+            Policies::Candle(model, _) => Some(model.loaded().model.kernels()),
+            _ => None,
+        }
+    }
 }
 
 pub fn run(data: &Path, args: EvalArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
@@ -254,6 +262,7 @@ async fn evaluate(
                 "sandbox_faults": args.web_args.sandbox_faults, "search": format!("{:?}", web.config.search),
                 "rollout": config.to_json(), "model_digest": model_digest,
                 "model_name": args.model_name, "threads": candle_core::utils::get_num_threads(),
+                "kernels": policies.kernels(),
             })
             .to_string(),
             seed: args.seed,

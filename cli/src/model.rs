@@ -144,6 +144,7 @@ fn init_tiny(args: InitTinyArgs) -> anyhow::Result<ExitCode> {
 /// sequences are short and its turns take few steps to write.
 pub(crate) fn tokenizer_corpus(seed: u64, entities: usize) -> Vec<String> {
     use fathom_core::protocol::{self, PromptStyle, ToolCall};
+
     let world = fathom_sandbox::world::World::generate(seed, entities);
     let pages = fathom_sandbox::pages::render(&world);
     let mut texts: Vec<String> = pages.iter().map(|p| p.text.clone()).collect();
@@ -153,45 +154,67 @@ pub(crate) fn tokenizer_corpus(seed: u64, entities: usize) -> Vec<String> {
             texts.push(protocol::render_prompt(&opening, protocol::Protocol::CURRENT));
         }
     }
-    let base = "http://127.0.0.1:893";
-    for (i, q) in fathom_sandbox::questions::generate(&world, seed, 2000, 1..=4)
+    // The scripted researcher's episodes, against tool responses made from
+    // the world's pages the way the gateway renders them.
+    let page_of = |name: &str| {
+        world
+            .by_name(name.trim())
+            .and_then(|e| pages.iter().find(|p| p.entity == Some(e.id)).map(|p| (e, p)))
+    };
+    for (i, q) in fathom_sandbox::questions::generate(&world, seed, 1500, 1..=4)
         .into_iter()
         .enumerate()
     {
-        let subject = world.get(q.chain[0]);
-        let answer = q.answers.first().cloned().unwrap_or_default();
-        let search = ToolCall::WebSearch {
-            query: vec![subject.name.clone()],
-        };
-        let browse = ToolCall::BrowseWebpage {
-            url_list: vec![format!("{base}{}/{}", 1 + i % 4, subject.slug)],
-        };
         texts.push(q.text.clone());
-        texts.push(format!(
-            "<think>First I will find the page about {}, then follow it to the answer.</think>\n{}",
-            subject.name,
-            search.to_tag()
-        ));
-        texts.push(format!(
-            "<think>The result \"{}\" should say more about {}.</think>\n{}",
-            subject.name,
-            subject.name,
-            browse.to_tag()
-        ));
-        texts.push(format!(
-            "<think>The page says the answer is {answer}.</think>\n<answer>{answer}</answer>"
-        ));
-        // A search result and a page as the policy reads them.
-        let page = pages
-            .iter()
-            .find(|p| p.entity == Some(q.chain[0]))
-            .map_or(String::new(), |p| p.text.replace('\n', " "));
-        let snippet: String = page.chars().take(180).collect();
-        texts.push(protocol::tool_response(&format!(
-            "## Results for \"{}\"\n\n[1] {}\nURL: {base}1/{}\n{snippet}",
-            subject.name, subject.name, subject.slug
-        )));
-        texts.push(protocol::tool_response(&format!("## {base}1/{}\n{page}", subject.slug)));
+        let mut policy = fathom_trainer::scripted::ScriptedPolicy::new();
+        let mut messages = protocol::opening(PromptStyle::Compact, "2026-01-01", &q.text);
+        for turn in 0..8 {
+            let Ok(g) = fathom_trainer::policy::Policy::generate(
+                &mut policy,
+                fathom_trainer::policy::PolicyInput {
+                    question: &q.text,
+                    messages: &messages,
+                    turn,
+                    seed: 0,
+                    max_tokens: 2000,
+                    protocol: protocol::Protocol::CURRENT,
+                },
+            ) else {
+                break;
+            };
+            texts.push(g.text.clone());
+            let response = match protocol::Protocol::CURRENT.parse_turn(&g.text).map(|t| t.action) {
+                Ok(protocol::Action::ToolCall(ToolCall::WebSearch { query })) => {
+                    let query = query.first().cloned().unwrap_or_default();
+                    match page_of(&query) {
+                        Some((e, p)) => {
+                            let snippet: String = p.text.replace('\n', " ").chars().take(180).collect();
+                            format!(
+                                "## Results for \"{query}\"\n\n[1] {}\nURL: http://127.0.0.1:893{}/{}\n{snippet}",
+                                e.name,
+                                1 + i % 4,
+                                e.slug
+                            )
+                        }
+                        None => format!("## Results for \"{query}\"\nNo results."),
+                    }
+                }
+                Ok(protocol::Action::ToolCall(ToolCall::BrowseWebpage { url_list })) => {
+                    let url = url_list.first().cloned().unwrap_or_default();
+                    let slug = url.rsplit('/').next().unwrap_or_default();
+                    let text = pages
+                        .iter()
+                        .find(|p| p.path == format!("/{slug}"))
+                        .map_or(String::new(), |p| p.text.clone());
+                    format!("## {url}\n{text}")
+                }
+                _ => break,
+            };
+            let wrapped = protocol::tool_response(&response);
+            texts.push(wrapped.clone());
+            messages.push(protocol::Message::Assistant(g.text));
+            messages.push(protocol::Message::Tool(wrapped));
+        }
     }
     texts
 }

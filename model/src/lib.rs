@@ -9,11 +9,15 @@
 //! `core` supplies the seeded RNG and the protocol's tags.
 //!
 //! **Architecture Invariant:** every operation between the weights and the
-//! logits has a backward pass (no forward-only fused kernels), so gradients
-//! reach every parameter; `tests/it` checks it after one backward pass.
+//! logits has a backward pass (no forward-only fused kernels: fathom's own
+//! fused kernels in `fused` carry hand-written ones), so gradients reach
+//! every parameter; `tests/it` checks it after one backward pass, and
+//! checks the fused kernels' values and gradients against the written-out
+//! reference.
 
 pub mod config;
 pub mod dir;
+pub mod fused;
 pub mod generate;
 pub mod init;
 pub mod qwen2;
@@ -26,6 +30,7 @@ use std::path::PathBuf;
 pub use candle_nn::VarMap;
 pub use config::Qwen2Config;
 pub use dir::{LoadedModel, load};
+pub use fused::Kernels;
 pub use qwen2::{KvCache, Qwen2};
 pub use tokenizer::ChatTokenizer;
 

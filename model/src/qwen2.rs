@@ -1,7 +1,9 @@
-//! The Qwen2 architecture, built only from candle operations that have a
-//! backward pass (so gradients reach every parameter): RMSNorm, rotary
-//! positions and softmax are written out here rather than taken from
-//! candle's fused, forward-only kernels.
+//! The Qwen2 architecture, built only from operations that have a backward
+//! pass (so gradients reach every parameter). Two implementations of the
+//! inner operations ([`Kernels`]): RMSNorm, rotary positions and attention
+//! written out of small candle operations (the reference, and what logs
+//! recorded before fused kernels used), or fathom's fused CPU kernels with
+//! hand-written backward passes ([`crate::fused`]).
 //!
 //! Weight names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`,
 //! …), so a model directory loads as it is.
@@ -10,6 +12,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::config::Qwen2Config;
+use crate::fused::{self, Kernels};
 
 /// candle's result type.
 pub type Result<T> = candle_core::Result<T>;
@@ -28,9 +31,12 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Differentiable: squares, a mean, a sqrt and products.
-        candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match kernels {
+            Kernels::Fused => fused::rms_norm(x, &self.weight, self.eps),
+            // Differentiable: squares, a mean, a sqrt and products.
+            Kernels::Reference => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps),
+        }
     }
 }
 
@@ -62,7 +68,7 @@ impl Rope {
 
     /// `x * cos + rotate_half(x) * sin` for `x: [b, heads, t, d]` at
     /// positions `offset..offset + t`.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+    fn apply(&self, x: &Tensor, offset: usize, kernels: Kernels) -> Result<Tensor> {
         let (_, _, t, d) = x.dims4()?;
         if offset + t > self.cos.dim(0)? {
             candle_core::bail!(
@@ -73,6 +79,9 @@ impl Rope {
         }
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
+        if kernels == Kernels::Fused {
+            return fused::rotary(x, &cos, &sin);
+        }
         let x1 = x.narrow(D::Minus1, 0, d / 2)?;
         let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
@@ -145,13 +154,14 @@ impl Attention {
         offset: usize,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        kernels: Kernels,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let shape = |y: Tensor, heads: usize| -> Result<Tensor> {
             y.reshape((b, t, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
-        let q = rope.apply(&shape(self.q.forward(x)?, self.heads)?, offset)?;
-        let mut k = rope.apply(&shape(self.k.forward(x)?, self.kv_heads)?, offset)?;
+        let q = rope.apply(&shape(self.q.forward(x)?, self.heads)?, offset, kernels)?;
+        let mut k = rope.apply(&shape(self.k.forward(x)?, self.kv_heads)?, offset, kernels)?;
         let mut v = shape(self.v.forward(x)?, self.kv_heads)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -159,6 +169,14 @@ impl Attention {
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
             *slot = Some((k.clone(), v.clone()));
+        }
+        if kernels == Kernels::Fused {
+            let out = fused::causal_attention(&q, &k, &v, offset)?.transpose(1, 2)?.reshape((
+                b,
+                t,
+                self.heads * self.head_dim,
+            ))?;
+            return self.o.forward(&out);
         }
         let rep = self.heads / self.kv_heads;
         let (k, v) = if rep > 1 {
@@ -204,6 +222,7 @@ pub struct Qwen2 {
     rope: Rope,
     device: Device,
     dtype: DType,
+    kernels: Kernels,
 }
 
 impl Qwen2 {
@@ -253,7 +272,25 @@ impl Qwen2 {
             rope: Rope::new(config, vb.dtype(), vb.device())?,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            kernels: Kernels::Reference,
         })
+    }
+
+    /// The implementation of the inner operations in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Switches the implementation of the inner operations; the fused
+    /// kernels exist for f32 on the CPU only (other models keep the
+    /// reference, which this returns).
+    pub fn set_kernels(&mut self, kernels: Kernels) -> Kernels {
+        self.kernels = if kernels == Kernels::Fused && Kernels::best_for(&self.device, self.dtype) != Kernels::Fused {
+            Kernels::Reference
+        } else {
+            kernels
+        };
+        self.kernels
     }
 
     /// The configuration.
@@ -306,18 +343,22 @@ impl Qwen2 {
         {
             candle_core::bail!("the cache holds {} tokens but the offset is {offset}", c.len());
         }
-        let mask = self.causal_mask(t, offset)?;
+        let k = self.kernels;
+        let mask = match k {
+            Kernels::Reference => self.causal_mask(t, offset)?,
+            Kernels::Fused => None,
+        };
         let mut x = self.embed.forward(ids)?;
         for (l, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let a = block
                 .attn
-                .forward(&block.ln1.forward(&x)?, &self.rope, offset, mask.as_ref(), slot)?;
+                .forward(&block.ln1.forward(&x, k)?, &self.rope, offset, mask.as_ref(), slot, k)?;
             x = (x + a)?;
-            let m = block.mlp.forward(&block.ln2.forward(&x)?)?;
+            let m = block.mlp.forward(&block.ln2.forward(&x, k)?)?;
             x = (x + m)?;
         }
-        self.norm.forward(&x)
+        self.norm.forward(&x, k)
     }
 
     /// Logits (f32) of final hidden states `[..., hidden]` (from

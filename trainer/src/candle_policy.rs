@@ -11,7 +11,7 @@ use fathom_core::protocol::{self, Message, Protocol};
 use fathom_model::generate::{Finish, Request, generate};
 use fathom_model::sample::Sampling;
 use fathom_model::tokenizer::IM_END;
-use fathom_model::{ChatTokenizer, LoadedModel, ModelError};
+use fathom_model::{ChatTokenizer, Kernels, LoadedModel, ModelError};
 
 use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
 
@@ -35,12 +35,23 @@ impl std::fmt::Debug for CandleModel {
 
 impl CandleModel {
     /// Loads a Hugging Face model directory on the CPU (or the device of
-    /// `device`: `cpu`, or `cuda:N` with the `cuda` feature), in `dtype`.
+    /// `device`: `cpu`, or `cuda:N` with the `cuda` feature), in `dtype`,
+    /// with the best kernels there are for them ([`Kernels::best_for`]).
     pub fn load(dir: &Path, device: &str, dtype: &str) -> Result<CandleModel, ModelError> {
+        let d = parse_device(device)?;
+        let t = fathom_model::dir::parse_dtype(dtype)?;
+        CandleModel::load_with(dir, device, dtype, Kernels::best_for(&d, t))
+    }
+
+    /// [`CandleModel::load`] with the given kernels (a replay uses the ones
+    /// its episode was recorded with).
+    pub fn load_with(dir: &Path, device: &str, dtype: &str, kernels: Kernels) -> Result<CandleModel, ModelError> {
         let device = parse_device(device)?;
         let dtype = fathom_model::dir::parse_dtype(dtype)?;
+        let mut loaded = fathom_model::load(dir, &device, dtype)?;
+        loaded.model.set_kernels(kernels);
         Ok(CandleModel {
-            loaded: fathom_model::load(dir, &device, dtype)?,
+            loaded,
             spec: format!("candle:{}", dir.display()),
         })
     }

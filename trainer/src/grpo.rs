@@ -5,7 +5,7 @@
 //! (rollouts, micro-batches, the optimizer, checkpoints) builds on these.
 
 use candle_core::{D, DType, Device, Tensor};
-use fathom_model::Qwen2;
+use fathom_model::{Kernels, Qwen2};
 
 /// The loss's settings (the paper's values by default).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,6 +182,23 @@ pub fn logprobs_and_entropy(
     Ok((taken, entropy))
 }
 
+/// [`logprobs_and_entropy`] with the model's kernels (fused: one pass per
+/// row, no `[n, vocab]` intermediates kept).
+fn logprobs_for(
+    model: &Qwen2,
+    logits: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    match model.kernels() {
+        Kernels::Fused => {
+            let t = if temperature > 0.0 { temperature } else { 1.0 };
+            fathom_model::fused::taken_logprob_and_entropy(logits, targets, t)
+        }
+        Kernels::Reference => logprobs_and_entropy(logits, targets, temperature),
+    }
+}
+
 /// What the model computes for a micro-batch: the logits at every position
 /// whose next id carries loss, all sequences' rows in order, and for each
 /// row the sequence and the index into its `ids` of the predicted id.
@@ -257,7 +274,7 @@ pub fn sequence_loss(
     };
     let k = targets.len();
     let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
-    let (logp, entropy) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, cfg.temperature)?;
+    let (logp, entropy) = logprobs_for(model, &logits, &Tensor::new(ids.as_slice(), device)?, cfg.temperature)?;
     let mask = Tensor::ones(k, DType::F32, device)?;
     let old: Vec<f32> = targets.iter().map(|&(b, i)| seqs[b].old_logprobs[i]).collect();
     let old = Tensor::new(old.as_slice(), device)?;
@@ -294,7 +311,8 @@ pub fn sequence_logprobs(model: &Qwen2, seqs: &[Sequence], temperature: f64) -> 
     let mut out: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0.0f32; s.ids.len()]).collect();
     if let Some(LossLogits { logits, targets }) = loss_logits(model, seqs)? {
         let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
-        let (lp, _) = logprobs_and_entropy(
+        let (lp, _) = logprobs_for(
+            model,
             &logits.detach(),
             &Tensor::new(ids.as_slice(), model.device())?,
             temperature,
@@ -317,7 +335,7 @@ pub fn nll_loss(model: &Qwen2, seqs: &[Sequence], denominator: f64) -> candle_co
         return Ok((Tensor::zeros((), DType::F32, device)?, 0));
     };
     let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
-    let (logp, _) = logprobs_and_entropy(&logits, &Tensor::new(ids.as_slice(), device)?, 1.0)?;
+    let (logp, _) = logprobs_for(model, &logits, &Tensor::new(ids.as_slice(), device)?, 1.0)?;
     let nll = (logp.sum_all()?.neg()? / denominator.max(1.0))?;
     Ok((nll, targets.len()))
 }

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use fathom_core::event::{CheckpointSaved, RunFinished, RunKind, RunStarted, RunStatus};
 use fathom_core::protocol::Message;
 use fathom_core::{Clock, Digest, EpisodeId, Event, EventKind, Payload, QuestionId, Record, RunId};
+use fathom_model::Kernels;
 use fathom_model::sample::Sampling;
 use fathom_replay::{Gateway, GatewayConfig, Miss, Recording, SearchBackend};
 use fathom_store::{LogRead, Store};
@@ -54,6 +55,8 @@ pub enum PolicyPlan {
         sampling: Sampling,
         /// `f32` or `bf16`.
         dtype: String,
+        /// The kernels it was (or is to be) run with.
+        kernels: Kernels,
         /// For people: `checkpoint of step 3 of r-2`.
         label: String,
     },
@@ -276,7 +279,7 @@ pub struct Replayer {
     device: String,
     runs: Mutex<HashMap<RunId, Arc<RunInfo>>>,
     checkpoints: Mutex<HashMap<RunId, Arc<BTreeMap<u64, CheckpointSaved>>>>,
-    models: Mutex<HashMap<PathBuf, Arc<CandleModel>>>,
+    models: Mutex<HashMap<(PathBuf, Kernels), Arc<CandleModel>>>,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -549,6 +552,7 @@ impl Replayer {
                 version,
                 sampling,
                 dtype: record.config.model.dtype.clone(),
+                kernels: record.kernels,
                 label: format!("the starting weights of {train}"),
             });
         }
@@ -560,6 +564,7 @@ impl Replayer {
                 version,
                 sampling,
                 dtype: record.config.model.dtype.clone(),
+                kernels: record.kernels,
                 label: format!("checkpoint of step {} of {train}", c.step),
             }),
             None => Err(Cause::CheckpointMissing {
@@ -610,16 +615,30 @@ impl Replayer {
                 .and_then(|c| c.get("model_digest"))
                 .and_then(|v| v.as_str())
                 .and_then(Digest::from_hex);
+            let dtype = config
+                .and_then(|c| c.get("dtype"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("f32")
+                .to_string();
+            // A recorded run names its kernels (older logs: the reference);
+            // a new re-run uses the best there is.
+            let kernels = match config {
+                Some(c) => c
+                    .get("kernels")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default(),
+                None => crate::candle_policy::parse_device(&self.device)
+                    .ok()
+                    .zip(fathom_model::dir::parse_dtype(&dtype).ok())
+                    .map_or(Kernels::Reference, |(d, t)| Kernels::best_for(&d, t)),
+            };
             return Ok(PolicyPlan::Candle {
                 dir: PathBuf::from(dir),
                 expected,
                 version: 0,
                 sampling,
-                dtype: config
-                    .and_then(|c| c.get("dtype"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("f32")
-                    .to_string(),
+                dtype,
+                kernels,
                 label: format!("the model directory {dir}"),
             });
         }
@@ -656,9 +675,16 @@ impl Replayer {
         dir.to_path_buf()
     }
 
-    fn model(&self, dir: &std::path::Path, expected: Option<Digest>, dtype: &str) -> Result<Arc<CandleModel>, Cause> {
+    fn model(
+        &self,
+        dir: &std::path::Path,
+        expected: Option<Digest>,
+        dtype: &str,
+        kernels: Kernels,
+    ) -> Result<Arc<CandleModel>, Cause> {
         let dir = &self.resolve(dir);
-        if let Some(m) = self.models.lock().unwrap_or_else(|e| e.into_inner()).get(dir) {
+        let key = (dir.clone(), kernels);
+        if let Some(m) = self.models.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(m.clone());
         }
         let weights = dir.join("model.safetensors");
@@ -682,13 +708,13 @@ impl Replayer {
                 });
             }
         }
-        let model = CandleModel::load(dir, &self.device, dtype)
+        let model = CandleModel::load_with(dir, &self.device, dtype, kernels)
             .map_err(|e| Cause::Policy(format!("loading {}: {e}", dir.display())))?;
         let model = Arc::new(model);
         self.models
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(dir.clone(), model.clone());
+            .insert(key, model.clone());
         Ok(model)
     }
 
@@ -701,9 +727,10 @@ impl Replayer {
                 version,
                 sampling,
                 dtype,
+                kernels,
                 ..
             } => {
-                let model = self.model(dir, *expected, dtype)?;
+                let model = self.model(dir, *expected, dtype, *kernels)?;
                 (
                     Box::new(CandlePolicy::new(model.clone(), *sampling, *version)),
                     Some(model),
@@ -925,13 +952,18 @@ impl Replayer {
             gateway = gateway.on_miss(live).map_err(|e| invalid(e.to_string()))?;
         }
         let gateway = Arc::new(gateway);
-        let (sampling, digest, version) = match &plan {
+        let (sampling, digest, version, kernels) = match &plan {
             PolicyPlan::Candle {
-                sampling, dir, version, ..
+                sampling,
+                dir,
+                version,
+                kernels,
+                ..
             } => (
                 *sampling,
                 crate::checkpoint::weights_digest(dir).map(|d| d.to_hex()),
                 *version,
+                *kernels,
             ),
             PolicyPlan::OpenAi(c) => (
                 Sampling {
@@ -940,6 +972,7 @@ impl Replayer {
                 },
                 None,
                 0,
+                Kernels::Reference,
             ),
             PolicyPlan::Scripted => (
                 Sampling {
@@ -948,6 +981,7 @@ impl Replayer {
                 },
                 None,
                 0,
+                Kernels::Reference,
             ),
         };
         let run = store.new_run_id()?;
@@ -966,6 +1000,7 @@ impl Replayer {
             "on_miss": on_miss,
             "rollout": info.rollout.to_json(),
             "threads": candle_core::utils::get_num_threads(),
+            "kernels": kernels,
         });
         if let PolicyPlan::OpenAi(c) = &plan {
             config["model_name"] = c.model.clone().into();

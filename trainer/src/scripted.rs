@@ -11,9 +11,10 @@
 //! prompt-engineering baseline and the teacher for warm-start data.
 
 use fathom_core::event::FinishReason;
-use fathom_core::protocol::{Message, ToolCall};
+use fathom_core::protocol::{Message, Protocol, ToolCall};
 
 use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
+use crate::tools::split_sentences;
 
 /// A relation the researcher can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,19 +138,40 @@ pub fn decompose(question: &str) -> Option<(String, Vec<Relation>)> {
     None
 }
 
-/// Search results in a tool response: (title, url) pairs in order.
-fn results_of(response: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
+/// A search result as a tool response shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hit {
+    title: String,
+    url: String,
+    snippet: String,
+}
+
+/// Search results in a tool response, in order.
+fn results_of(response: &str) -> Vec<Hit> {
+    let mut out: Vec<Hit> = Vec::new();
     let mut title: Option<String> = None;
+    let mut in_snippet = false;
     for line in response.lines() {
         if let Some(rest) = line.strip_prefix('[')
             && let Some((_, t)) = rest.split_once("] ")
         {
             title = Some(t.to_string());
+            in_snippet = false;
         } else if let Some(url) = line.strip_prefix("URL: ")
             && let Some(t) = title.take()
         {
-            out.push((t, url.trim().to_string()));
+            out.push(Hit {
+                title: t,
+                url: url.trim().to_string(),
+                snippet: String::new(),
+            });
+            in_snippet = true;
+        } else if in_snippet && let Some(hit) = out.last_mut() {
+            if line.trim().is_empty() {
+                in_snippet = false;
+            } else {
+                hit.snippet.push_str(line);
+            }
         }
     }
     out
@@ -167,22 +189,62 @@ fn unwrap_tool_response(m: &Message) -> Option<&str> {
     }
 }
 
-fn search_turn(think: &str, query: &str) -> String {
-    let call = ToolCall::WebSearch {
-        query: vec![query.to_string()],
-    };
-    format!("<think>{think}</think>\n{}", call.to_tag())
+/// How the researcher writes (fixed by the protocol version, so an
+/// episode replays with the text it was recorded with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Style {
+    /// Version 2: a value copied from text (a query, an answer) is written
+    /// with a leading space, which the parser trims. Byte-level BPE tokens
+    /// carry the space before a word, so `<answer> Ada Lind` is written
+    /// with the very tokens the page has (` Ada`, ` Lind`), where
+    /// `<answer>Ada Lind` would need other ones (`Ada`): a small model
+    /// learns to copy tokens far sooner than to translate them.
+    spaced: bool,
+    /// Version 2: answer from the search results' snippets when they
+    /// state the fact, browsing only when they do not.
+    snippets: bool,
+    /// Version 2: quote the sentence that states a value in the think.
+    quote: bool,
 }
 
-fn browse_turn(think: &str, url: &str) -> String {
-    let call = ToolCall::BrowseWebpage {
-        url_list: vec![url.to_string()],
-    };
-    format!("<think>{think}</think>\n{}", call.to_tag())
+/// Where a value was read: a result's snippet or a browsed page.
+#[derive(Debug, Clone, Copy)]
+struct Source<'a> {
+    text: &'a str,
+    page: bool,
 }
 
-fn answer_turn(think: &str, answer: &str) -> String {
-    format!("<think>{think}</think>\n<answer>{answer}</answer>")
+impl Style {
+    fn of(protocol: Protocol) -> Style {
+        let v2 = protocol != Protocol::V1;
+        Style {
+            spaced: v2,
+            snippets: v2,
+            quote: v2,
+        }
+    }
+
+    fn value(self, v: &str) -> String {
+        if self.spaced { format!(" {v}") } else { v.to_string() }
+    }
+
+    fn search(self, think: &str, query: &str) -> String {
+        let call = ToolCall::WebSearch {
+            query: vec![self.value(query)],
+        };
+        format!("<think>{think}</think>\n{}", call.to_tag())
+    }
+
+    fn browse(self, think: &str, url: &str) -> String {
+        let call = ToolCall::BrowseWebpage {
+            url_list: vec![url.to_string()],
+        };
+        format!("<think>{think}</think>\n{}", call.to_tag())
+    }
+
+    fn answer(self, think: &str, answer: &str) -> String {
+        format!("<think>{think}</think>\n<answer>{}</answer>", self.value(answer))
+    }
 }
 
 /// What the researcher is doing, kept across the turns of one episode.
@@ -197,8 +259,16 @@ enum Step {
     Browsed {
         entity: String,
         index: usize,
-        results: Vec<(String, String)>,
+        results: Vec<Hit>,
     },
+}
+
+/// Result indices, the result titled exactly like `entity` first, then
+/// the others in order.
+fn ordered(results: &[Hit], entity: &str) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..results.len()).collect();
+    order.sort_by_key(|&i| (!results[i].title.eq_ignore_ascii_case(entity), i));
+    order
 }
 
 /// The scripted researcher. One instance per episode.
@@ -207,6 +277,7 @@ pub struct ScriptedPolicy {
     plan: Option<(String, Vec<Relation>)>,
     hop: usize,
     step: Step,
+    style: Style,
 }
 
 impl Default for ScriptedPolicy {
@@ -215,6 +286,7 @@ impl Default for ScriptedPolicy {
             plan: None,
             hop: 0,
             step: Step::Start,
+            style: Style::of(Protocol::CURRENT),
         }
     }
 }
@@ -230,7 +302,9 @@ impl ScriptedPolicy {
             self.plan = decompose(input.question);
             self.hop = 0;
             self.step = Step::Start;
+            self.style = Style::of(input.protocol);
         }
+        let style = self.style;
         let last_response = input.messages.last().and_then(unwrap_tool_response).unwrap_or_default();
         // On the last allowed turn, answer with whatever is known.
         let Some((subject, relations)) = self.plan.clone() else {
@@ -242,7 +316,7 @@ impl ScriptedPolicy {
                 self.step = Step::Searched {
                     entity: subject.clone(),
                 };
-                search_turn(
+                style.search(
                     &format!(
                         "First I will find the page about {subject}, then follow {} to the answer.",
                         steps.join(", then the ")
@@ -252,48 +326,106 @@ impl ScriptedPolicy {
             }
             Step::Searched { entity } => {
                 let results = results_of(last_response);
-                self.browse_result(entity, results, 0)
+                let relation = relations[self.hop];
+                // The snippets of results about the entity, best first.
+                let stated = style
+                    .snippets
+                    .then(|| {
+                        ordered(&results, &entity)
+                            .into_iter()
+                            .find_map(|i| relation.extract(&entity, &results[i].snippet).map(|v| (v, i)))
+                    })
+                    .flatten();
+                match stated {
+                    Some((value, i)) => self.found(
+                        &relations,
+                        &entity,
+                        value,
+                        Source {
+                            text: &results[i].snippet,
+                            page: false,
+                        },
+                    ),
+                    None => self.browse_result(entity, results, 0),
+                }
             }
             Step::Browsed { entity, index, results } => {
                 let relation = relations[self.hop];
                 match relation.extract(&entity, last_response) {
-                    Some(value) if self.hop + 1 == relations.len() => answer_turn(
-                        &format!("The page says the {} of {entity} is {value}.", relation.noun()),
-                        &value,
+                    Some(value) => self.found(
+                        &relations,
+                        &entity,
+                        value,
+                        Source {
+                            text: last_response,
+                            page: true,
+                        },
                     ),
-                    Some(value) => {
-                        self.hop += 1;
-                        self.step = Step::Searched { entity: value.clone() };
-                        search_turn(
-                            &format!(
-                                "The {} of {entity} is {value}. Next I need the {} of {value}.",
-                                relation.noun(),
-                                relations[self.hop].noun()
-                            ),
-                            &value,
-                        )
-                    }
                     None => self.browse_result(entity, results, index + 1),
                 }
             }
         }
     }
 
-    fn browse_result(&mut self, entity: String, results: Vec<(String, String)>, from: usize) -> String {
-        // Prefer the page titled exactly like the entity, then the others in order.
-        let mut order: Vec<usize> = (0..results.len()).collect();
-        order.sort_by_key(|&i| (!results[i].0.eq_ignore_ascii_case(&entity), i));
+    /// The turn after reading the current hop's `value` in `source`: the
+    /// answer on the last hop, else the search for the next entity.
+    fn found(&mut self, relations: &[Relation], entity: &str, value: String, source: Source<'_>) -> String {
+        let relation = relations[self.hop];
+        let last = self.hop + 1 == relations.len();
+        // Version 2 quotes the sentence that states the value, so a small
+        // model writes the value by continuing a sentence it can see (an
+        // induction copy) rather than by looking it up.
+        let quoted = self
+            .style
+            .quote
+            .then(|| {
+                split_sentences(source.text)
+                    .into_iter()
+                    .find(|s| s.contains(value.as_str()))
+            })
+            .flatten();
+        let says = if source.page {
+            "The page says"
+        } else {
+            "The results say"
+        };
+        if last {
+            let think = match quoted {
+                Some(sentence) => format!("{says}: {sentence}"),
+                None => format!("{says} the {} of {entity} is {value}.", relation.noun()),
+            };
+            return self.style.answer(&think, &value);
+        }
+        self.hop += 1;
+        self.step = Step::Searched { entity: value.clone() };
+        let think = match quoted {
+            Some(sentence) => format!(
+                "{says}: {sentence} Next I need the {} of {value}.",
+                relations[self.hop].noun()
+            ),
+            None => format!(
+                "The {} of {entity} is {value}. Next I need the {} of {value}.",
+                relation.noun(),
+                relations[self.hop].noun()
+            ),
+        };
+        self.style.search(&think, &value)
+    }
+
+    fn browse_result(&mut self, entity: String, results: Vec<Hit>, from: usize) -> String {
+        let order = ordered(&results, &entity);
         match order.get(from) {
             Some(&i) if from < 3 => {
-                let (title, url) = results[i].clone();
+                let (title, url) = (results[i].title.clone(), results[i].url.clone());
                 self.step = Step::Browsed {
                     entity: entity.clone(),
                     index: from,
                     results,
                 };
-                browse_turn(&format!("The result \"{title}\" should say more about {entity}."), &url)
+                self.style
+                    .browse(&format!("The result \"{title}\" should say more about {entity}."), &url)
             }
-            _ => answer_turn(
+            _ => self.style.answer(
                 &format!("None of the pages I could read says this about {entity}."),
                 "I cannot find the answer in the sources",
             ),
@@ -303,11 +435,12 @@ impl ScriptedPolicy {
     /// Questions of unknown shape: search it, read the best page, answer
     /// with the first name-like phrase not in the question, or abstain.
     fn generic(&mut self, input: PolicyInput<'_>, last_response: &str) -> String {
+        let style = self.style;
         match input.turn {
-            0 => search_turn("I will search for the question directly.", input.question),
+            0 => style.search("I will search for the question directly.", input.question),
             1 => match results_of(last_response).first() {
-                Some((_, url)) => browse_turn("The top result looks relevant.", url),
-                None => answer_turn("The search found nothing.", "I cannot find the answer in the sources"),
+                Some(hit) => style.browse("The top result looks relevant.", &hit.url),
+                None => style.answer("The search found nothing.", "I cannot find the answer in the sources"),
             },
             _ => {
                 let q = fathom_core::reward::word_set(input.question);
@@ -318,8 +451,8 @@ impl ScriptedPolicy {
                     .flat_map(capitalised_runs)
                     .find(|c| fathom_core::reward::word_set(c).is_disjoint(&q));
                 match candidate {
-                    Some(c) => answer_turn("This name answers the question.", &c),
-                    None => answer_turn(
+                    Some(c) => style.answer("This name answers the question.", &c),
+                    None => style.answer(
                         "The page does not answer it.",
                         "I cannot find the answer in the sources",
                     ),

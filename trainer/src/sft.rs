@@ -138,6 +138,7 @@ pub async fn warm_start(
         start_digest: crate::checkpoint::weights_digest(start_model).map(|d| d.to_hex()),
         threads: Some(candle_core::utils::get_num_threads()),
         protocol: fathom_core::protocol::Protocol::CURRENT,
+        kernels: crate::train::kernels_for(config)?,
     };
     store.append(&[Event::new(
         run,
@@ -153,7 +154,17 @@ pub async fn warm_start(
             attempt: 0,
         },
     )])?;
-    let result = clone_trajectories(env, config, &sft, run, start_model, train, &record.rollout()).await;
+    let result = clone_trajectories(
+        env,
+        config,
+        &sft,
+        run,
+        start_model,
+        train,
+        &record.rollout(),
+        record.kernels,
+    )
+    .await;
     let (status, message) = match &result {
         Ok(w) => (
             RunStatus::Completed,
@@ -182,6 +193,7 @@ async fn clone_trajectories(
     start_model: &Path,
     train: &[Question],
     rollout_config: &RolloutConfig,
+    kernels: fathom_model::Kernels,
 ) -> Result<WarmStart, JobError> {
     let store = &env.store;
     let clock = env.clock.clone();
@@ -239,7 +251,8 @@ async fn clone_trajectories(
     // 2. Their training sequences.
     let device = parse_device(&config.model.device)?;
     let dtype = fathom_model::dir::parse_dtype(&config.model.dtype)?;
-    let loaded = fathom_model::load(start_model, &device, dtype)?;
+    let mut loaded = fathom_model::load(start_model, &device, dtype)?;
+    loaded.model.set_kernels(kernels);
     let tokenizer = &loaded.tokenizer;
     let max_positions = loaded.config.max_position_embeddings;
     let mut seqs: Vec<Sequence> = Vec::with_capacity(examples.len());

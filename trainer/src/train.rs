@@ -32,7 +32,7 @@ use fathom_core::event::{
 use fathom_core::protocol::Protocol;
 use fathom_core::{CheckpointId, EpisodeId, Event, Payload, RunId, SeededRng, derive_seed};
 use fathom_model::sample::Sampling;
-use fathom_model::{LoadedModel, VarMap};
+use fathom_model::{Kernels, LoadedModel, VarMap};
 use fathom_store::{Durability, Store};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,9 @@ pub struct RunRecord {
     /// which ran under version 1).
     #[serde(default = "fathom_core::protocol::unrecorded")]
     pub protocol: Protocol,
+    /// The model's kernels (absent in older logs, which used the reference).
+    #[serde(default)]
+    pub kernels: Kernels,
 }
 
 impl RunRecord {
@@ -146,6 +149,10 @@ pub async fn evaluate_model(env: &Env, e: &ModelEval<'_>) -> Result<Evaluation, 
         if let Some(fields) = config.as_object_mut() {
             fields.insert("temperature".into(), temperature.into());
             fields.insert("samples".into(), samples.into());
+            fields.insert(
+                "kernels".into(),
+                serde_json::to_value(e.model.loaded().model.kernels()).unwrap_or_default(),
+            );
         }
         EvalJob {
             name: format!("{}{suffix}", e.name),
@@ -290,6 +297,13 @@ pub fn load_weights(vars: &VarMap, path: &Path, device: &Device) -> Result<(), J
         var.set(&t.to_dtype(var.dtype())?)?;
     }
     Ok(())
+}
+
+/// The kernels a new run of `config` uses: fused where they exist.
+pub(crate) fn kernels_for(config: &TrainConfig) -> Result<Kernels, JobError> {
+    let device = parse_device(&config.model.device)?;
+    let dtype = fathom_model::dir::parse_dtype(&config.model.dtype)?;
+    Ok(Kernels::best_for(&device, dtype))
 }
 
 /// Episode budgets and rules of a configuration under `protocol`.
@@ -440,9 +454,12 @@ impl Trainer {
         let device = parse_device(&config.model.device)?;
         let dtype = fathom_model::dir::parse_dtype(&config.model.dtype)?;
         let start = Path::new(&record.start_model);
-        let loaded = fathom_model::load(start, &device, dtype)?;
+        let mut loaded = fathom_model::load(start, &device, dtype)?;
+        loaded.model.set_kernels(record.kernels);
         let reference = if config.grpo.kl_coef > 0.0 {
-            Some(fathom_model::load(start, &device, dtype)?)
+            let mut r = fathom_model::load(start, &device, dtype)?;
+            r.model.set_kernels(record.kernels);
+            Some(r)
         } else {
             None
         };
@@ -489,6 +506,7 @@ impl Trainer {
             start_digest: crate::checkpoint::weights_digest(start_model).map(|d| d.to_hex()),
             threads: Some(candle_core::utils::get_num_threads()),
             protocol: Protocol::CURRENT,
+            kernels: kernels_for(&config)?,
             config,
         };
         let target = record.config.steps;

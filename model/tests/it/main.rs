@@ -1,3 +1,4 @@
 //! fathom-model's integration tests.
 
+mod fused;
 mod model;

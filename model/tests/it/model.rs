@@ -12,7 +12,7 @@ fn corpus() -> Vec<String> {
     (0..200).map(|i| format!("{base} {i} {}", i * 7)).collect()
 }
 
-fn tiny(dir: &std::path::Path) {
+pub(crate) fn tiny(dir: &std::path::Path) {
     let spec = TinySpec {
         vocab: 600,
         ..TinySpec::default()

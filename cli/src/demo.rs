@@ -44,7 +44,7 @@ pub struct DemoArgs {
     pub web_args: WebArgs,
 }
 
-pub fn run(data: &Path, args: DemoArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, mut args: DemoArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     let mut config: TrainConfig = match &args.config {
         Some(path) => TrainConfig::load(path)?,
         None => {
@@ -62,6 +62,9 @@ pub fn run(data: &Path, args: DemoArgs, snapshots: crate::Snapshotting) -> anyho
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
+    if args.web_args.sandbox_entities.is_none() {
+        args.web_args.sandbox_entities = config.data.sandbox_entities;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

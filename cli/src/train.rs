@@ -121,7 +121,7 @@ fn questions(config: &TrainConfig, web: &WebArgs) -> anyhow::Result<Data> {
             let [lo, hi] = config.data.hops;
             Ok(rows_to_questions(&crate::sandbox::question_rows_seeded(
                 web.sandbox_seed,
-                web.sandbox_entities,
+                web.entities(),
                 seed,
                 count,
                 lo..=hi,
@@ -205,7 +205,7 @@ pub(crate) fn model_dir(data_dir: &Path, config: &TrainConfig, web: &WebArgs) ->
     let dir = data_dir.join("models").join(format!("{}-tiny", config.name));
     if !dir.join("config.json").exists() {
         let spec = config.model.tiny.spec(config.seed);
-        let texts = crate::model::tokenizer_corpus(web.sandbox_seed, web.sandbox_entities);
+        let texts = crate::model::tokenizer_corpus(web.sandbox_seed, web.entities());
         fathom_model::init::write_tiny(&dir, &spec, texts.iter())
             .with_context(|| format!("making the tiny model in {}", dir.display()))?;
     }
@@ -214,8 +214,11 @@ pub(crate) fn model_dir(data_dir: &Path, config: &TrainConfig, web: &WebArgs) ->
 
 pub(crate) const TODAY: &str = "2026-01-01";
 
-pub fn run(data: &Path, args: TrainArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
+pub fn run(data: &Path, mut args: TrainArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
     let mut config = TrainConfig::load(&args.config)?;
+    if args.web_args.sandbox_entities.is_none() {
+        args.web_args.sandbox_entities = config.data.sandbox_entities;
+    }
     if let Some(d) = &args.device {
         config.model.device = d.clone();
         config.validate().map_err(|e| anyhow::anyhow!("--device: {e}"))?;

@@ -36,6 +36,10 @@ pub enum WebCommand {
     },
 }
 
+/// The sandbox world's size when neither `--sandbox-entities` nor a
+/// configuration gives one.
+pub const DEFAULT_ENTITIES: usize = 2000;
+
 #[derive(Debug, clap::Args)]
 pub struct WebArgs {
     /// A Serper-compatible search endpoint (live web). Without one, the built-in sandbox is used.
@@ -54,9 +58,10 @@ pub struct WebArgs {
     /// Seed of an in-process sandbox.
     #[arg(long, default_value_t = 1)]
     pub sandbox_seed: u64,
-    /// Size of an in-process sandbox.
-    #[arg(long, default_value_t = 2000)]
-    pub sandbox_entities: usize,
+    /// Size of an in-process sandbox [default: 2000, or a training
+    /// configuration's `data.sandbox_entities`].
+    #[arg(long)]
+    pub sandbox_entities: Option<usize>,
     /// Faults an in-process sandbox injects (see `fathom sandbox serve --faults`).
     #[arg(long, default_value = "none")]
     pub sandbox_faults: String,
@@ -85,6 +90,13 @@ pub fn run(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
 pub(crate) struct Web {
     pub(crate) config: GatewayConfig,
     _sandbox: Option<Sandbox>,
+}
+
+impl WebArgs {
+    /// The size of an in-process sandbox.
+    pub fn entities(&self) -> usize {
+        self.sandbox_entities.unwrap_or(DEFAULT_ENTITIES)
+    }
 }
 
 pub(crate) async fn connect(args: &WebArgs) -> anyhow::Result<Web> {
@@ -117,8 +129,7 @@ async fn connect_web(args: &WebArgs) -> anyhow::Result<Web> {
         let config = GatewayConfig::sandbox(format!("http://{}/search", args.sandbox), addrs);
         return Ok(Web { config, _sandbox: None });
     }
-    let web =
-        Arc::new(SandboxWeb::generate(args.sandbox_seed, args.sandbox_entities).context("building the sandbox web")?);
+    let web = Arc::new(SandboxWeb::generate(args.sandbox_seed, args.entities()).context("building the sandbox web")?);
     let sandbox = Sandbox::start(
         web,
         ServeConfig {
@@ -177,7 +188,7 @@ async fn run_async(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
                 run_kind: RunKind::Manual,
                 config_json: serde_json::json!({
                     "search": format!("{:?}", web.config.search),
-                    "sandbox_seed": args.sandbox_seed, "sandbox_entities": args.sandbox_entities,
+                    "sandbox_seed": args.sandbox_seed, "sandbox_entities": args.entities(),
                     "sandbox_faults": args.sandbox_faults,
                 })
                 .to_string(),

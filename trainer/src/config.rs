@@ -125,6 +125,11 @@ pub struct DataSection {
     /// With sandbox questions: the fewest and most hops.
     #[serde(default = "default_hops")]
     pub hops: [u32; 2],
+    /// The size of the sandbox world a command starts in-process for this
+    /// run (`--sandbox-entities` wins; default 2000). Larger worlds hold
+    /// more distinct questions: 2000 entities hold 1,200 one-hop ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_entities: Option<usize>,
 }
 
 fn default_sandbox_questions() -> usize {
@@ -359,6 +364,12 @@ impl TrainConfig {
             return Err(format!(
                 "data.hops must be [low, high] with 1 <= low <= high <= 4 (the sandbox's questions have 1 to 4 hops), got {:?}",
                 self.data.hops
+            ));
+        }
+        if self.data.sandbox_entities.is_some_and(|n| !(40..=200_000).contains(&n)) {
+            return Err(format!(
+                "data.sandbox_entities must be 40 to 200000, got {:?}",
+                self.data.sandbox_entities
             ));
         }
         if self.data.sandbox_questions == 0 {

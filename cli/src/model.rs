@@ -29,6 +29,10 @@ pub enum ModelCommand {
         /// Runs of each; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// The model's kernels: `fused` (fathom's, what new runs use) or
+        /// `reference` (written out of small candle operations).
+        #[arg(long, default_value = "fused", value_parser = ["fused", "reference"])]
+        kernels: String,
     },
     /// Check a model directory against reference logits computed elsewhere (for example by the
     /// reference implementation in `scripts/hf_fixture.py`): exit 0 only if they agree.
@@ -87,7 +91,15 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             gen_tokens,
             train_tokens,
             repeats,
-        } => bench(&dir, gen_tokens, train_tokens, repeats),
+            kernels,
+        } => {
+            let kernels = if kernels == "fused" {
+                fathom_model::Kernels::Fused
+            } else {
+                fathom_model::Kernels::Reference
+            };
+            bench(&dir, gen_tokens, train_tokens, repeats, kernels)
+        }
     }
 }
 
@@ -337,13 +349,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(dir: &std::path::Path, gen_tokens: usize, train_tokens: usize, repeats: usize) -> anyhow::Result<ExitCode> {
+fn bench(
+    dir: &std::path::Path,
+    gen_tokens: usize,
+    train_tokens: usize,
+    repeats: usize,
+    kernels: fathom_model::Kernels,
+) -> anyhow::Result<ExitCode> {
     use candle_core::{Device, Tensor};
     use fathom_core::{Clock, SystemClock};
     use fathom_model::generate::{Request, generate};
     use fathom_model::sample::Sampling;
     let repeats = repeats.max(1);
-    let m = fathom_model::load(dir, &Device::Cpu, candle_core::DType::F32)?;
+    let mut m = fathom_model::load(dir, &Device::Cpu, candle_core::DType::F32)?;
+    let kernels = m.model.set_kernels(kernels);
     let clock = SystemClock;
     let vocab = m.config.vocab_size as u32;
     // Deterministic ids that are not special tokens.
@@ -389,6 +408,7 @@ fn bench(dir: &std::path::Path, gen_tokens: usize, train_tokens: usize, repeats:
         "train_tokens_per_s": median(train_rates),
         "gen_tokens": gen_tokens,
         "train_tokens": train_tokens,
+        "kernels": kernels,
     });
     println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)

@@ -59,7 +59,7 @@ fn values(t: &Tensor) -> Result<Vec<f32>> {
 /// `Σ a·b` with eight independent partial sums (which the compiler keeps
 /// in one vector register) added in a fixed order.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.len() / 8;
     for c in 0..chunks {

@@ -4,8 +4,9 @@
 use candle_core::Tensor;
 use fathom_core::SeededRng;
 
-use crate::sample::{Sampling, pick};
-use crate::{ChatTokenizer, ModelError, Qwen2};
+use crate::decode::Decoder;
+use crate::sample::{Sampling, pick, pick_unsorted};
+use crate::{ChatTokenizer, Kernels, ModelError, Qwen2};
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub fn generate(model: &Qwen2, tokenizer: &ChatTokenizer, req: &Request<'_>) -> 
             req.prompt.len()
         )));
     }
+    if model.kernels() == Kernels::Fused {
+        return generate_fused(model, tokenizer, req);
+    }
     let mut rng = SeededRng::new(req.seed);
     let mut cache = model.new_cache();
     let device = model.device();
@@ -86,6 +90,57 @@ pub fn generate(model: &Qwen2, tokenizer: &ChatTokenizer, req: &Request<'_>) -> 
         let next = Tensor::new(&[id], device)?.unsqueeze(0)?;
         let offset = cache.len();
         logits = model.forward(&next, offset, Some(&mut cache))?;
+    }
+    let text = tokenizer.decode(&ids)?;
+    Ok(Output {
+        ids,
+        logprobs,
+        text,
+        finish,
+    })
+}
+
+/// Whether the sampled `ids` end the turn: an end id, or a stop string
+/// completed by the last few tokens.
+fn stops(tokenizer: &ChatTokenizer, ids: &[u32], stop: &[String]) -> Result<bool, ModelError> {
+    let Some(last) = ids.last() else {
+        return Ok(false);
+    };
+    if tokenizer.end_ids().contains(last) {
+        return Ok(true);
+    }
+    if stop.is_empty() {
+        return Ok(false);
+    }
+    let tail = tokenizer.decode(&ids[ids.len().saturating_sub(16)..])?;
+    Ok(stop.iter().any(|s| tail.ends_with(s.as_str())))
+}
+
+/// Generation on the fused kernels: the model's weights run by
+/// [`Decoder`] (no per-operation dispatch), and sampling at top-p 1 without
+/// sorting the vocabulary ([`pick_unsorted`]).
+fn generate_fused(model: &Qwen2, tokenizer: &ChatTokenizer, req: &Request<'_>) -> Result<Output, ModelError> {
+    let limit = model.config().max_position_embeddings;
+    let decoder = Decoder::of(model)?;
+    let mut cache = decoder.new_cache();
+    let mut rng = SeededRng::new(req.seed);
+    let mut logits = decoder.forward(&mut cache, req.prompt)?;
+    let max_new = req.max_new_tokens.min(limit - req.prompt.len());
+    let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
+    let mut finish = Finish::Length;
+    for _ in 0..max_new {
+        let (id, lp) = if req.sampling.is_greedy() || req.sampling.top_p < 1.0 {
+            pick(&logits, req.sampling, &mut rng)
+        } else {
+            pick_unsorted(&logits, req.sampling.temperature, &mut rng)
+        };
+        ids.push(id);
+        logprobs.push(lp);
+        if stops(tokenizer, &ids, req.stop)? {
+            finish = Finish::Stop;
+            break;
+        }
+        logits = decoder.forward(&mut cache, &[id])?;
     }
     let text = tokenizer.decode(&ids)?;
     Ok(Output {

@@ -16,6 +16,7 @@
 //! reference.
 
 pub mod config;
+pub mod decode;
 pub mod dir;
 pub mod fused;
 pub mod generate;

@@ -210,6 +210,27 @@ impl Mlp {
     }
 }
 
+/// Borrowed weights of a model (see [`Qwen2::parts`]).
+pub(crate) struct Parts<'a> {
+    pub(crate) embed: &'a Tensor,
+    pub(crate) blocks: Vec<BlockParts<'a>>,
+    pub(crate) norm: &'a Tensor,
+    pub(crate) lm_head: Option<&'a Linear>,
+}
+
+/// One block's weights.
+pub(crate) struct BlockParts<'a> {
+    pub(crate) ln1: &'a Tensor,
+    pub(crate) q: &'a Linear,
+    pub(crate) k: &'a Linear,
+    pub(crate) v: &'a Linear,
+    pub(crate) o: &'a Linear,
+    pub(crate) ln2: &'a Tensor,
+    pub(crate) gate: &'a Linear,
+    pub(crate) up: &'a Linear,
+    pub(crate) down: &'a Linear,
+}
+
 /// A Qwen2 causal language model.
 #[derive(Debug, Clone)]
 pub struct Qwen2 {
@@ -274,6 +295,30 @@ impl Qwen2 {
             dtype: vb.dtype(),
             kernels: Kernels::Reference,
         })
+    }
+
+    /// References to the weights, for [`crate::decode::Decoder`].
+    pub(crate) fn parts(&self) -> Parts<'_> {
+        Parts {
+            embed: self.embed.embeddings(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| BlockParts {
+                    ln1: &b.ln1.weight,
+                    q: &b.attn.q,
+                    k: &b.attn.k,
+                    v: &b.attn.v,
+                    o: &b.attn.o,
+                    ln2: &b.ln2.weight,
+                    gate: &b.mlp.gate,
+                    up: &b.mlp.up,
+                    down: &b.mlp.down,
+                })
+                .collect(),
+            norm: &self.norm.weight,
+            lm_head: self.lm_head.as_ref(),
+        }
     }
 
     /// The implementation of the inner operations in use.

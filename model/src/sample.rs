@@ -73,3 +73,65 @@ pub fn pick(logits: &[f32], sampling: Sampling, rng: &mut SeededRng) -> (u32, f3
     let (i, _) = *kept.last().expect("at least one token kept");
     (i as u32, logp[i] as f32)
 }
+
+/// Samples from `softmax(logits / temperature)` over the whole vocabulary
+/// (top-p 1) without sorting it: one pass for the maximum, one for the
+/// normaliser, one to find the token (in id order) where the cumulative
+/// mass passes the uniform draw. Returns the token and its log-prob, as
+/// [`pick`] does; a different (equally valid) draw than `pick`'s for the
+/// same stream, so it is used only where recorded with the run (the fused
+/// kernels).
+pub fn pick_unsorted(logits: &[f32], temperature: f64, rng: &mut SeededRng) -> (u32, f32) {
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| ((l as f64 - max) / t).exp()).sum();
+    let lse = sum.ln();
+    let logp = |i: usize| (logits[i] as f64 - max) / t - lse;
+    let mut u = rng.next_f64() * sum;
+    for (i, &l) in logits.iter().enumerate() {
+        let w = ((l as f64 - max) / t).exp();
+        if u < w {
+            return (i as u32, logp(i) as f32);
+        }
+        u -= w;
+    }
+    // Rounding left the draw past the end: the last token with any mass.
+    let i = logits
+        .iter()
+        .rposition(|&l| ((l as f64 - max) / t).exp() > 0.0)
+        .unwrap_or(logits.len() - 1);
+    (i as u32, logp(i) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsorted_sampling_follows_the_tempered_distribution() {
+        let logits = [0.0f32, 1.0, 2.0, -30.0];
+        let mut rng = SeededRng::new(9);
+        let mut counts = [0usize; 4];
+        for _ in 0..20_000 {
+            let (i, lp) = pick_unsorted(&logits, 1.0, &mut rng);
+            let expected = log_softmax(&logits, 1.0)[i as usize] as f32;
+            assert!((lp - expected).abs() < 1e-6);
+            counts[i as usize] += 1;
+        }
+        let p = log_softmax(&logits, 1.0);
+        for i in 0..3 {
+            let share = counts[i] as f64 / 20_000.0;
+            assert!(
+                (share - p[i].exp()).abs() < 0.015,
+                "token {i}: {share} vs {}",
+                p[i].exp()
+            );
+        }
+        assert_eq!(counts[3], 0);
+        // The same stream gives the same draws.
+        let (mut a, mut b) = (SeededRng::new(4), SeededRng::new(4));
+        for _ in 0..100 {
+            assert_eq!(pick_unsorted(&logits, 0.7, &mut a), pick_unsorted(&logits, 0.7, &mut b));
+        }
+    }
+}

@@ -202,8 +202,17 @@ pub struct GrpoSection {
     pub max_grad_norm: f64,
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
-    /// Episodes per micro-batch (gradients accumulate over the step).
+    /// Episodes per micro-batch (gradients accumulate over a mini-batch).
     pub micro_batch: usize,
+    /// Optimizer steps per rollout batch: the batch is cut into this many
+    /// mini-batches of whole groups in order, each one AdamW step (1: one
+    /// step on the whole batch).
+    #[serde(default = "one_usize")]
+    pub mini_batches: usize,
+}
+
+fn one_usize() -> usize {
+    1
 }
 
 impl Default for GrpoSection {
@@ -218,6 +227,7 @@ impl Default for GrpoSection {
             max_grad_norm: 1.0,
             weight_decay: 0.01,
             micro_batch: 4,
+            mini_batches: 1,
         }
     }
 }
@@ -305,6 +315,13 @@ pub struct SftSection {
     /// After warm-up: `constant`, or `cosine` (to 10% of `lr` at the last step).
     #[serde(default = "default_schedule")]
     pub schedule: String,
+    /// Share (0 to 1) of the recorded episodes in which the scripted
+    /// researcher answers at once from the question alone instead of
+    /// researching; these are kept whatever they score, so the warm start
+    /// imitates a policy that does not always search (as a pretrained model
+    /// answers from memory) and GRPO has to learn that researching pays.
+    #[serde(default)]
+    pub guesses: f64,
 }
 
 fn default_schedule() -> String {
@@ -422,6 +439,12 @@ impl TrainConfig {
         if self.grpo.micro_batch == 0 {
             return Err("grpo.micro_batch must be at least 1".into());
         }
+        if !(1..=self.data.questions_per_step as usize).contains(&self.grpo.mini_batches) {
+            return Err(format!(
+                "grpo.mini_batches must be 1 to data.questions_per_step ({}): each mini-batch holds whole groups; got {}",
+                self.data.questions_per_step, self.grpo.mini_batches
+            ));
+        }
         if self.rollout.max_tool_chars < 200 {
             return Err(format!(
                 "rollout.max_tool_chars must be at least 200 (one search result), got {}",
@@ -460,6 +483,9 @@ impl TrainConfig {
         }
         if let Some(sft) = &self.sft {
             positive("sft.lr", sft.lr)?;
+            if !(0.0..=1.0).contains(&sft.guesses) {
+                return Err(format!("sft.guesses must be a share from 0 to 1, got {}", sft.guesses));
+            }
             if !matches!(sft.schedule.as_str(), "constant" | "cosine") {
                 return Err(format!("sft.schedule '{}' is not constant or cosine", sft.schedule));
             }

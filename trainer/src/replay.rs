@@ -41,8 +41,9 @@ use crate::train::RunRecord;
 /// The policy an episode is re-run with.
 #[derive(Debug, Clone)]
 pub enum PolicyPlan {
-    /// The heuristic researcher.
-    Scripted,
+    /// The heuristic researcher (guessing on this share of episodes, as a
+    /// warm start's may).
+    Scripted(f64),
     /// A model directory (a checkpoint, or a model given by path).
     Candle {
         /// The directory.
@@ -68,7 +69,7 @@ impl PolicyPlan {
     /// `scripted`, `candle:DIR`, `openai:URL`: what `RunStarted.policy` records.
     pub fn spec(&self) -> String {
         match self {
-            PolicyPlan::Scripted => "scripted".into(),
+            PolicyPlan::Scripted(_) => "scripted".into(),
             PolicyPlan::Candle { dir, .. } => format!("candle:{}", dir.display()),
             PolicyPlan::OpenAi(c) => format!("openai:{}", c.base_url),
         }
@@ -77,7 +78,7 @@ impl PolicyPlan {
     /// For people.
     pub fn describe(&self) -> String {
         match self {
-            PolicyPlan::Scripted => "the scripted researcher".into(),
+            PolicyPlan::Scripted(_) => "the scripted researcher".into(),
             PolicyPlan::Candle { label, sampling, .. } => {
                 format!("candle, {label}, temperature {}", sampling.temperature)
             }
@@ -582,7 +583,12 @@ impl Replayer {
         let started = &info.started;
         match started.run_kind {
             // A warm start records the scripted researcher's episodes.
-            RunKind::Sft => Ok(PolicyPlan::Scripted),
+            RunKind::Sft => Ok(PolicyPlan::Scripted(
+                info.train
+                    .as_ref()
+                    .and_then(|(_, r)| r.config.sft.as_ref())
+                    .map_or(0.0, |s| s.guesses),
+            )),
             RunKind::Train => {
                 let (train, record) = info.train.as_ref().expect("training runs carry their record");
                 let sampling = Sampling {
@@ -608,7 +614,7 @@ impl Replayer {
         sampling: Sampling,
     ) -> Result<PolicyPlan, Cause> {
         if spec == "scripted" {
-            return Ok(PolicyPlan::Scripted);
+            return Ok(PolicyPlan::Scripted(0.0));
         }
         if let Some(dir) = spec.strip_prefix("candle:") {
             let expected = config
@@ -720,7 +726,7 @@ impl Replayer {
 
     fn make_policy(&self, plan: &PolicyPlan) -> Result<Built, Cause> {
         Ok(match plan {
-            PolicyPlan::Scripted => (Box::new(ScriptedPolicy::new()), None),
+            PolicyPlan::Scripted(share) => (Box::new(ScriptedPolicy::guessing(*share)), None),
             PolicyPlan::Candle {
                 dir,
                 expected,
@@ -974,7 +980,7 @@ impl Replayer {
                 0,
                 Kernels::Reference,
             ),
-            PolicyPlan::Scripted => (
+            PolicyPlan::Scripted(_) => (
                 Sampling {
                     temperature: 0.0,
                     top_p: 1.0,

@@ -278,6 +278,8 @@ pub struct ScriptedPolicy {
     hop: usize,
     step: Step,
     style: Style,
+    /// Per mille of episodes answered at once, without research.
+    guess_permille: u64,
 }
 
 impl Default for ScriptedPolicy {
@@ -287,6 +289,7 @@ impl Default for ScriptedPolicy {
             hop: 0,
             step: Step::Start,
             style: Style::of(Protocol::CURRENT),
+            guess_permille: 0,
         }
     }
 }
@@ -297,12 +300,38 @@ impl ScriptedPolicy {
         ScriptedPolicy::default()
     }
 
+    /// A researcher that answers a share (0 to 1) of its episodes at once
+    /// from the question alone, without searching: its guess is the
+    /// question's subject. Which episodes is fixed by each episode's seed,
+    /// so a replay guesses on the same ones. A warm start on such episodes
+    /// imitates a policy that does not always research, as a pretrained
+    /// model answers from memory, and leaves GRPO the lesson that
+    /// researching pays.
+    pub fn guessing(share: f64) -> Self {
+        ScriptedPolicy {
+            guess_permille: (share.clamp(0.0, 1.0) * 1000.0).round() as u64,
+            ..ScriptedPolicy::default()
+        }
+    }
+
+    /// Whether an episode of `seed` is one this researcher guesses on.
+    pub fn guesses(&self, seed: u64) -> bool {
+        self.guess_permille > 0 && fathom_core::derive_seed(seed, "scripted-guess", 0) % 1000 < self.guess_permille
+    }
+
     fn next_text(&mut self, input: PolicyInput<'_>) -> String {
         if input.turn == 0 {
             self.plan = decompose(input.question);
             self.hop = 0;
             self.step = Step::Start;
             self.style = Style::of(input.protocol);
+            if self.guesses(input.seed) {
+                let guess = self
+                    .plan
+                    .as_ref()
+                    .map_or_else(|| input.question.to_string(), |p| p.0.clone());
+                return self.style.answer("I think I know this without searching.", &guess);
+            }
         }
         let style = self.style;
         let last_response = input.messages.last().and_then(unwrap_tool_response).unwrap_or_default();
@@ -571,6 +600,42 @@ mod tests {
             Some("Tide Records")
         );
         assert_eq!(Founder.extract("Zest", "No founder here."), None);
+    }
+
+    #[test]
+    fn a_guessing_researcher_answers_a_share_of_episodes_at_once_by_their_seed() {
+        let first = |p: &mut ScriptedPolicy, seed: u64| {
+            let msgs = vec![Message::User("In which year was Ada Lind born?".into())];
+            p.generate(PolicyInput {
+                question: "In which year was Ada Lind born?",
+                messages: &msgs,
+                turn: 0,
+                seed,
+                max_tokens: 2000,
+                protocol: Protocol::V2,
+            })
+            .unwrap()
+            .text
+        };
+        let half = ScriptedPolicy::guessing(0.5);
+        let guessed: Vec<u64> = (0..400).filter(|&s| half.guesses(s)).collect();
+        assert!((150..250).contains(&guessed.len()), "{} of 400", guessed.len());
+        let text = first(&mut ScriptedPolicy::guessing(0.5), guessed[0]);
+        assert_eq!(
+            text,
+            "<think>I think I know this without searching.</think>\n<answer> Ada Lind</answer>"
+        );
+        assert!(matches!(
+            Protocol::V2.parse_turn(&text).unwrap().action,
+            fathom_core::protocol::Action::Answer(_)
+        ));
+        // The others research, as the plain researcher does on every seed.
+        let other = (0..400).find(|s| !half.guesses(*s)).unwrap();
+        assert_eq!(
+            first(&mut ScriptedPolicy::guessing(0.5), other),
+            first(&mut ScriptedPolicy::new(), other)
+        );
+        assert!(!(0..400).any(|s| ScriptedPolicy::new().guesses(s)));
     }
 
     #[test]

@@ -213,7 +213,9 @@ async fn clone_trajectories(
             .enumerate()
             .map(|(i, (q, _))| q.episode(0, i as u32, 0, derive_seed(config.seed, "sft-episode", i as u64)))
             .collect();
-        let policies: PolicyFactory = Arc::new(|| Box::new(ScriptedPolicy::new()));
+        let share = sft.guesses;
+        let policies: PolicyFactory = Arc::new(move || Box::new(ScriptedPolicy::guessing(share)));
+        let teacher = ScriptedPolicy::guessing(share);
         let rollout = Rollout::new(
             store.clone(),
             env.gateway.clone(),
@@ -231,8 +233,14 @@ async fn clone_trajectories(
         )
         .await?;
         store.flush()?;
-        for ((q, _), o) in picked.iter().zip(&outcomes) {
-            if o.score.reward >= sft.min_reward {
+        for (((q, _), o), spec_seed) in picked
+            .iter()
+            .zip(&outcomes)
+            .zip((0..picked.len()).map(|i| derive_seed(config.seed, "sft-episode", i as u64)))
+        {
+            // Guesses are kept whatever they scored: they are what the
+            // warm start is to imitate on those episodes.
+            if o.score.reward >= sft.min_reward || (teacher.guesses(spec_seed) && o.score.format_ok) {
                 examples.push(Example {
                     episode: o.episode_id,
                     question: q.text.clone(),

@@ -821,30 +821,47 @@ impl Trainer {
             entropy_coef: self.config().grpo.entropy_coef,
             temperature: self.config().rollout.temperature,
         };
-        let denominator = batch.iter().map(Sequence::loss_tokens).sum::<usize>() as f64;
         let vars = self.model.loaded().vars.all_vars();
-        let t_fb = clock.now();
-        let mut grads = GradStore::default();
-        let (mut loss, mut pg, mut kl, mut entropy, mut clip, mut tokens, mut micro) = (0.0, 0.0, 0.0, 0.0, 0.0, 0, 0);
-        for chunk in batch.chunks(self.config().grpo.micro_batch) {
-            let terms = sequence_loss(&self.model.loaded().model, chunk, &cfg, denominator)?;
-            micro += 1;
-            if terms.tokens == 0 {
-                continue;
-            }
-            loss += f64::from(terms.loss.to_scalar::<f32>()?);
-            pg += terms.pg_loss;
-            kl += terms.kl;
-            entropy += terms.entropy;
-            clip += terms.clip_frac;
-            tokens += terms.tokens;
-            accumulate(&mut grads, &terms.loss.backward()?, &vars)?;
-        }
-        timings.forward_backward_ns = clock.now().nanos_since(t_fb);
         let lr = self.lr(step);
-        let t_opt = clock.now();
-        let report = self.optimizer.step(&grads, lr, self.config().grpo.max_grad_norm)?;
-        timings.optimizer_ns = clock.now().nanos_since(t_opt);
+        // One optimizer step per mini-batch (consecutive groups of the
+        // batch, as verl's PPO mini-batches): the first is on-policy, the
+        // later ones see ratios away from 1 and clipping bounds them. The
+        // update records means over the mini-batches.
+        let group = (self.config().data.group_size as usize).max(1);
+        let groups = batch.len().div_ceil(group).max(1);
+        let parts = self.config().grpo.mini_batches.clamp(1, groups);
+        let per_part = groups.div_ceil(parts) * group;
+        let t_update = clock.now();
+        let (mut loss, mut pg, mut kl, mut entropy, mut clip, mut tokens, mut micro) = (0.0, 0.0, 0.0, 0.0, 0.0, 0, 0);
+        let mut grad_norm = 0.0;
+        let mut steps = 0u32;
+        for part in batch.chunks(per_part) {
+            let denominator = part.iter().map(Sequence::loss_tokens).sum::<usize>() as f64;
+            let t_fb = clock.now();
+            let mut grads = GradStore::default();
+            for chunk in part.chunks(self.config().grpo.micro_batch) {
+                let terms = sequence_loss(&self.model.loaded().model, chunk, &cfg, denominator)?;
+                micro += 1;
+                if terms.tokens == 0 {
+                    continue;
+                }
+                loss += f64::from(terms.loss.to_scalar::<f32>()?);
+                pg += terms.pg_loss;
+                kl += terms.kl;
+                entropy += terms.entropy;
+                clip += terms.clip_frac;
+                tokens += terms.tokens;
+                accumulate(&mut grads, &terms.loss.backward()?, &vars)?;
+            }
+            timings.forward_backward_ns += clock.now().nanos_since(t_fb);
+            let t_opt = clock.now();
+            let report = self.optimizer.step(&grads, lr, self.config().grpo.max_grad_norm)?;
+            timings.optimizer_ns += clock.now().nanos_since(t_opt);
+            grad_norm += report.grad_norm;
+            steps += 1;
+        }
+        let n = f64::from(steps.max(1));
+        let (loss, pg, kl, entropy, clip, grad_norm) = (loss / n, pg / n, kl / n, entropy / n, clip / n, grad_norm / n);
         Ok((
             GradientUpdate {
                 step,
@@ -854,12 +871,12 @@ impl Trainer {
                 kl,
                 entropy,
                 clip_frac: clip,
-                grad_norm: report.grad_norm,
+                grad_norm,
                 lr,
                 tokens: tokens as u64,
                 episodes: ids.len() as u32,
                 micro_batches: micro,
-                duration_ns: clock.now().nanos_since(t_fb),
+                duration_ns: clock.now().nanos_since(t_update),
             },
             timings,
             rewards.iter().sum::<f64>() / rewards.len().max(1) as f64,

@@ -60,6 +60,7 @@ entropy_coef = 0.01
 max_grad_norm = 1.0
 weight_decay = 0.0
 micro_batch = 3
+mini_batches = 2
 
 [checkpoint]
 every = 2

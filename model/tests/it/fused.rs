@@ -205,3 +205,50 @@ fn a_model_on_fused_kernels_gives_the_reference_logits_and_gradients_and_the_sam
     let mut half = fathom_model::load(dir.path(), &Device::Cpu, DType::BF16).unwrap();
     assert_eq!(half.model.set_kernels(Kernels::Fused), Kernels::Reference);
 }
+
+#[test]
+fn the_decoder_gives_the_model_s_logits_and_the_same_bits_however_tokens_are_grouped() {
+    use fathom_model::decode::Decoder;
+    let dir = tempfile::tempdir().unwrap();
+    crate::model::tiny(dir.path());
+    let mut m = fathom_model::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    m.model.set_kernels(Kernels::Fused);
+    let ids: Vec<u32> = vec![5, 17, 40, 3, 99, 12, 8, 61, 7, 7, 30];
+    let full = m
+        .model
+        .forward(
+            &Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(),
+            0,
+            None,
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let decoder = Decoder::of(&m.model).unwrap();
+    // The prompt at once, then one token at a time: each step's logits are
+    // the model's at that position.
+    let mut cache = decoder.new_cache();
+    let first = decoder.forward(&mut cache, &ids[..6]).unwrap();
+    let expect = |pos: usize| flat(&full.get(pos).unwrap());
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{what}: logits differ by {worst}");
+    };
+    close(&first, &expect(5), "after the prompt");
+    let mut stepwise = Vec::new();
+    for (i, &id) in ids[6..].iter().enumerate() {
+        stepwise = decoder.forward(&mut cache, &[id]).unwrap();
+        close(&stepwise, &expect(6 + i), &format!("token {}", 6 + i));
+    }
+    assert_eq!(cache.len(), ids.len());
+    // Token by token from the start, or all at once: the same bits.
+    let mut one = decoder.new_cache();
+    let mut last = Vec::new();
+    for &id in &ids {
+        last = decoder.forward(&mut one, &[id]).unwrap();
+    }
+    let mut all = decoder.new_cache();
+    let at_once = decoder.forward(&mut all, &ids).unwrap();
+    assert_eq!(last, at_once);
+    assert_eq!(stepwise, at_once);
+}

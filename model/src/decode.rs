@@ -1,0 +1,316 @@
+//! Generation without candle's per-operation overhead: the model's weights
+//! copied into plain f32 vectors, and each new token run through the layers
+//! with the loops of [`crate::fused`] (f32 on the CPU, the fused kernels'
+//! domain). A tiny model spends most of a candle forward pass of one token
+//! in dispatching a hundred small operations; here it spends it computing.
+//!
+//! Every token's computation is the same loops whatever else is processed
+//! with it (prompt tokens together, or one at a time), so a sequence's
+//! logits never depend on how its tokens were grouped. The log-probs
+//! differ from the training forward pass (candle's matrix products sum in
+//! another order) by about 1e-6, which the trainer's check allows (1e-4).
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use crate::Qwen2;
+use crate::fused::dot;
+
+type Result<T> = candle_core::Result<T>;
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A weight matrix `[rows, cols]` (row-major, as candle's `Linear` holds
+/// it: `y = W x + b`).
+struct Matrix {
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Matrix {
+    fn of(linear: &candle_nn::Linear) -> Result<Matrix> {
+        let (rows, cols) = linear.weight().dims2()?;
+        Ok(Matrix {
+            w: flat(linear.weight())?,
+            b: linear.bias().map(flat).transpose()?,
+            rows,
+            cols,
+        })
+    }
+
+    /// `y = W x (+ b)` for each of the `n` rows of `x` (`[n, cols]`),
+    /// output rows split among threads by fixed chunks.
+    fn apply(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; n * self.rows];
+        let chunk = 64usize;
+        // Parallel over blocks of output rows; each element one dot product.
+        let blocks: Vec<(usize, Vec<f32>)> = (0..self.rows.div_ceil(chunk))
+            .into_par_iter()
+            .map(|blk| {
+                let lo = blk * chunk;
+                let hi = (lo + chunk).min(self.rows);
+                let mut out = vec![0.0f32; n * (hi - lo)];
+                for j in lo..hi {
+                    let wj = &self.w[j * self.cols..(j + 1) * self.cols];
+                    let bj = self.b.as_ref().map_or(0.0, |b| b[j]);
+                    for t in 0..n {
+                        out[t * (hi - lo) + (j - lo)] = dot(wj, &x[t * self.cols..(t + 1) * self.cols]) + bj;
+                    }
+                }
+                (lo, out)
+            })
+            .collect();
+        for (lo, out) in blocks {
+            let width = out.len() / n.max(1);
+            for t in 0..n {
+                y[t * self.rows + lo..t * self.rows + lo + width].copy_from_slice(&out[t * width..(t + 1) * width]);
+            }
+        }
+        y
+    }
+}
+
+struct Layer {
+    ln1: Vec<f32>,
+    q: Matrix,
+    k: Matrix,
+    v: Matrix,
+    o: Matrix,
+    ln2: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+/// A model's weights for generation (see the module's documentation).
+pub struct Decoder {
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    embed: Vec<f32>,
+    head: Option<Matrix>,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    eps: f32,
+    inv_freq: Vec<f32>,
+    max_positions: usize,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("layers", &self.layers.len())
+            .field("hidden", &self.hidden)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys and values of one sequence's tokens so far, per layer
+/// (`[kv_heads, positions, head_dim]`, grown as tokens come).
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    keys: Vec<Vec<Vec<f32>>>,
+    values: Vec<Vec<Vec<f32>>>,
+    len: usize,
+}
+
+impl Cache {
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for row in x.chunks_mut(n) {
+        let r = 1.0 / (dot(row, row) / n as f32 + eps).sqrt();
+        for (xi, wi) in row.iter_mut().zip(w) {
+            *xi = *xi * r * wi;
+        }
+    }
+}
+
+impl Decoder {
+    /// The weights of `model` as they are now (a copy: take a new one after
+    /// an optimizer step).
+    pub fn of(model: &Qwen2) -> Result<Decoder> {
+        let parts = model.parts();
+        let c = model.config();
+        let layers = parts
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Layer {
+                    ln1: flat(b.ln1)?,
+                    q: Matrix::of(b.q)?,
+                    k: Matrix::of(b.k)?,
+                    v: Matrix::of(b.v)?,
+                    o: Matrix::of(b.o)?,
+                    ln2: flat(b.ln2)?,
+                    gate: Matrix::of(b.gate)?,
+                    up: Matrix::of(b.up)?,
+                    down: Matrix::of(b.down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let d = c.head_dim();
+        Ok(Decoder {
+            layers,
+            norm: flat(parts.norm)?,
+            embed: flat(parts.embed)?,
+            head: parts.lm_head.map(Matrix::of).transpose()?,
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.kv_heads(),
+            head_dim: d,
+            vocab: c.vocab_size,
+            eps: c.rms_norm_eps as f32,
+            // As the model's rotary table computes them.
+            inv_freq: (0..d / 2)
+                .map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f64 / d as f64) as f32)
+                .collect(),
+            max_positions: c.max_position_embeddings.clamp(1, 32_768),
+        })
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> Cache {
+        Cache {
+            keys: vec![vec![Vec::new(); self.kv_heads]; self.layers.len()],
+            values: vec![vec![Vec::new(); self.kv_heads]; self.layers.len()],
+            len: 0,
+        }
+    }
+
+    /// Rotates `x` (`[heads, head_dim]`) for position `pos`.
+    fn rope(&self, x: &mut [f32], heads: usize, pos: usize) {
+        let (d, half) = (self.head_dim, self.head_dim / 2);
+        let mut cos = vec![0.0f32; d];
+        let mut sin = vec![0.0f32; d];
+        for (i, f) in self.inv_freq.iter().enumerate() {
+            let a = pos as f32 * f;
+            cos[i] = a.cos();
+            cos[i + half] = cos[i];
+            sin[i] = a.sin();
+            sin[i + half] = sin[i];
+        }
+        for h in 0..heads {
+            let v = &mut x[h * d..(h + 1) * d];
+            for a in 0..half {
+                let (x1, x2) = (v[a], v[a + half]);
+                v[a] = x1 * cos[a] - x2 * sin[a];
+                v[a + half] = x2 * cos[a + half] + x1 * sin[a + half];
+            }
+        }
+    }
+
+    /// Runs `tokens` after what `cache` holds; adds their keys and values
+    /// to it and returns the logits after the last token.
+    pub fn forward(&self, cache: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        if n == 0 {
+            candle_core::bail!("decode: no tokens to run");
+        }
+        if cache.len + n > self.max_positions {
+            candle_core::bail!(
+                "sequence of {} tokens is longer than the model's {} positions",
+                cache.len + n,
+                self.max_positions
+            );
+        }
+        let (h, d) = (self.hidden, self.head_dim);
+        let mut x = vec![0.0f32; n * h];
+        for (t, &id) in tokens.iter().enumerate() {
+            let id = id as usize;
+            if id >= self.vocab {
+                candle_core::bail!("decode: token id {id} is outside the vocabulary of {}", self.vocab);
+            }
+            x[t * h..(t + 1) * h].copy_from_slice(&self.embed[id * h..(id + 1) * h]);
+        }
+        let rep = self.heads / self.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut a = x.clone();
+            rms_norm(&mut a, &layer.ln1, self.eps);
+            let mut q = layer.q.apply(&a, n);
+            let mut k = layer.k.apply(&a, n);
+            let v = layer.v.apply(&a, n);
+            let (qw, kw) = (self.heads * d, self.kv_heads * d);
+            for t in 0..n {
+                let pos = cache.len + t;
+                self.rope(&mut q[t * qw..(t + 1) * qw], self.heads, pos);
+                self.rope(&mut k[t * kw..(t + 1) * kw], self.kv_heads, pos);
+                for g in 0..self.kv_heads {
+                    cache.keys[l][g].extend_from_slice(&k[t * kw + g * d..t * kw + (g + 1) * d]);
+                    cache.values[l][g].extend_from_slice(&v[t * kw + g * d..t * kw + (g + 1) * d]);
+                }
+            }
+            // Attention of each new token over the cache up to itself.
+            let mut att = vec![0.0f32; n * qw];
+            att.par_chunks_mut(qw).enumerate().for_each(|(t, out)| {
+                let pos = cache.len + t;
+                let mut p = vec![0.0f32; pos + 1];
+                for head in 0..self.heads {
+                    let g = head / rep;
+                    let (keys, values) = (&cache.keys[l][g], &cache.values[l][g]);
+                    let qi = &q[t * qw + head * d..t * qw + (head + 1) * d];
+                    let mut m = f32::NEG_INFINITY;
+                    for j in 0..=pos {
+                        let s = dot(qi, &keys[j * d..(j + 1) * d]) * scale;
+                        p[j] = s;
+                        m = m.max(s);
+                    }
+                    let mut sum = 0.0f32;
+                    for pj in p.iter_mut() {
+                        *pj = (*pj - m).exp();
+                        sum += *pj;
+                    }
+                    let inv = 1.0 / sum;
+                    let o = &mut out[head * d..(head + 1) * d];
+                    for j in 0..=pos {
+                        let w = p[j] * inv;
+                        for (oi, vi) in o.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+                            *oi += w * vi;
+                        }
+                    }
+                }
+            });
+            let o = layer.o.apply(&att, n);
+            for (xi, oi) in x.iter_mut().zip(&o) {
+                *xi += oi;
+            }
+            let mut b = x.clone();
+            rms_norm(&mut b, &layer.ln2, self.eps);
+            let gate = layer.gate.apply(&b, n);
+            let up = layer.up.apply(&b, n);
+            let mixed: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let down = layer.down.apply(&mixed, n);
+            for (xi, di) in x.iter_mut().zip(&down) {
+                *xi += di;
+            }
+        }
+        cache.len += n;
+        let mut last = x[(n - 1) * h..].to_vec();
+        rms_norm(&mut last, &self.norm, self.eps);
+        Ok(match &self.head {
+            Some(head) => head.apply(&last, 1),
+            None => self
+                .embed
+                .par_chunks(h * 256)
+                .flat_map_iter(|rows| rows.chunks(h).map(|e| dot(e, &last)).collect::<Vec<_>>())
+                .collect(),
+        })
+    }
+}

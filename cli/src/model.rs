@@ -178,7 +178,7 @@ pub(crate) fn tokenizer_corpus(seed: u64, entities: usize) -> Vec<String> {
         .enumerate()
     {
         texts.push(q.text.clone());
-        let mut policy = fathom_trainer::scripted::ScriptedPolicy::new();
+        let mut policy = fathom_trainer::scripted::ScriptedPolicy::new().reading_snippets(i % 2 == 0);
         let mut messages = protocol::opening(PromptStyle::Compact, "2026-01-01", &q.text);
         for turn in 0..8 {
             let Ok(g) = fathom_trainer::policy::Policy::generate(

@@ -322,6 +322,21 @@ pub struct SftSection {
     /// answers from memory) and GRPO has to learn that researching pays.
     #[serde(default)]
     pub guesses: f64,
+    /// Whether the scripted researcher answers from the search results'
+    /// snippets when they state the fact (browsing only when they do not):
+    /// shorter trajectories, which a tiny model learns from sooner.
+    #[serde(default)]
+    pub snippets: bool,
+}
+
+impl SftSection {
+    /// The scripted researcher this warm start records.
+    pub fn teacher(&self) -> crate::scripted::Teacher {
+        crate::scripted::Teacher {
+            snippets: self.snippets,
+            guesses: self.guesses,
+        }
+    }
 }
 
 fn default_schedule() -> String {

@@ -41,9 +41,8 @@ use crate::train::RunRecord;
 /// The policy an episode is re-run with.
 #[derive(Debug, Clone)]
 pub enum PolicyPlan {
-    /// The heuristic researcher (guessing on this share of episodes, as a
-    /// warm start's may).
-    Scripted(f64),
+    /// The heuristic researcher (as a warm start configured it, or plain).
+    Scripted(crate::scripted::Teacher),
     /// A model directory (a checkpoint, or a model given by path).
     Candle {
         /// The directory.
@@ -587,7 +586,8 @@ impl Replayer {
                 info.train
                     .as_ref()
                     .and_then(|(_, r)| r.config.sft.as_ref())
-                    .map_or(0.0, |s| s.guesses),
+                    .map(crate::config::SftSection::teacher)
+                    .unwrap_or_default(),
             )),
             RunKind::Train => {
                 let (train, record) = info.train.as_ref().expect("training runs carry their record");
@@ -614,7 +614,7 @@ impl Replayer {
         sampling: Sampling,
     ) -> Result<PolicyPlan, Cause> {
         if spec == "scripted" {
-            return Ok(PolicyPlan::Scripted(0.0));
+            return Ok(PolicyPlan::Scripted(Default::default()));
         }
         if let Some(dir) = spec.strip_prefix("candle:") {
             let expected = config
@@ -726,7 +726,7 @@ impl Replayer {
 
     fn make_policy(&self, plan: &PolicyPlan) -> Result<Built, Cause> {
         Ok(match plan {
-            PolicyPlan::Scripted(share) => (Box::new(ScriptedPolicy::guessing(*share)), None),
+            PolicyPlan::Scripted(teacher) => (Box::new(ScriptedPolicy::teacher(teacher)), None),
             PolicyPlan::Candle {
                 dir,
                 expected,

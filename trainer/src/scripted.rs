@@ -200,8 +200,9 @@ struct Style {
     /// `<answer>Ada Lind` would need other ones (`Ada`): a small model
     /// learns to copy tokens far sooner than to translate them.
     spaced: bool,
-    /// Version 2: answer from the search results' snippets when they
-    /// state the fact, browsing only when they do not.
+    /// Answer from the search results' snippets when they state the fact,
+    /// browsing only when they do not (a choice of the researcher's, not of
+    /// the protocol: see [`ScriptedPolicy::reading_snippets`]).
     snippets: bool,
     /// Version 2: quote the sentence that states a value in the think.
     quote: bool,
@@ -219,7 +220,7 @@ impl Style {
         let v2 = protocol != Protocol::V1;
         Style {
             spaced: v2,
-            snippets: v2,
+            snippets: false,
             quote: v2,
         }
     }
@@ -263,6 +264,16 @@ enum Step {
     },
 }
 
+/// How a warm start's scripted researcher behaves (recorded in the warm
+/// start's configuration, so its episodes replay).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Teacher {
+    /// Answer from snippets when they state the fact.
+    pub snippets: bool,
+    /// Share of episodes answered at once without research.
+    pub guesses: f64,
+}
+
 /// Result indices, the result titled exactly like `entity` first, then
 /// the others in order.
 fn ordered(results: &[Hit], entity: &str) -> Vec<usize> {
@@ -280,6 +291,8 @@ pub struct ScriptedPolicy {
     style: Style,
     /// Per mille of episodes answered at once, without research.
     guess_permille: u64,
+    /// Whether it answers from snippets when they state the fact.
+    snippets: bool,
 }
 
 impl Default for ScriptedPolicy {
@@ -290,6 +303,7 @@ impl Default for ScriptedPolicy {
             step: Step::Start,
             style: Style::of(Protocol::CURRENT),
             guess_permille: 0,
+            snippets: false,
         }
     }
 }
@@ -307,11 +321,24 @@ impl ScriptedPolicy {
     /// imitates a policy that does not always research, as a pretrained
     /// model answers from memory, and leaves GRPO the lesson that
     /// researching pays.
-    pub fn guessing(share: f64) -> Self {
-        ScriptedPolicy {
-            guess_permille: (share.clamp(0.0, 1.0) * 1000.0).round() as u64,
-            ..ScriptedPolicy::default()
-        }
+    pub fn guessing(mut self, share: f64) -> Self {
+        self.guess_permille = (share.clamp(0.0, 1.0) * 1000.0).round() as u64;
+        self
+    }
+
+    /// A researcher that answers from the search results' snippets when
+    /// they state the fact, and browses only when they do not: two turns for
+    /// a one-hop question instead of three, which is what a tiny model
+    /// learns from fastest. The default researcher browses every entity's
+    /// page.
+    pub fn reading_snippets(mut self, on: bool) -> Self {
+        self.snippets = on;
+        self
+    }
+
+    /// The researcher a warm start's `teacher` describes.
+    pub fn teacher(t: &Teacher) -> Self {
+        ScriptedPolicy::new().reading_snippets(t.snippets).guessing(t.guesses)
     }
 
     /// Whether an episode of `seed` is one this researcher guesses on.
@@ -324,7 +351,10 @@ impl ScriptedPolicy {
             self.plan = decompose(input.question);
             self.hop = 0;
             self.step = Step::Start;
-            self.style = Style::of(input.protocol);
+            self.style = Style {
+                snippets: self.snippets,
+                ..Style::of(input.protocol)
+            };
             if self.guesses(input.seed) {
                 let guess = self
                     .plan
@@ -617,10 +647,10 @@ mod tests {
             .unwrap()
             .text
         };
-        let half = ScriptedPolicy::guessing(0.5);
+        let half = ScriptedPolicy::new().guessing(0.5);
         let guessed: Vec<u64> = (0..400).filter(|&s| half.guesses(s)).collect();
         assert!((150..250).contains(&guessed.len()), "{} of 400", guessed.len());
-        let text = first(&mut ScriptedPolicy::guessing(0.5), guessed[0]);
+        let text = first(&mut ScriptedPolicy::new().guessing(0.5), guessed[0]);
         assert_eq!(
             text,
             "<think>I think I know this without searching.</think>\n<answer> Ada Lind</answer>"
@@ -632,10 +662,48 @@ mod tests {
         // The others research, as the plain researcher does on every seed.
         let other = (0..400).find(|s| !half.guesses(*s)).unwrap();
         assert_eq!(
-            first(&mut ScriptedPolicy::guessing(0.5), other),
+            first(&mut ScriptedPolicy::new().guessing(0.5), other),
             first(&mut ScriptedPolicy::new(), other)
         );
         assert!(!(0..400).any(|s| ScriptedPolicy::new().guesses(s)));
+    }
+
+    #[test]
+    fn a_snippet_reader_answers_from_a_snippet_that_states_the_fact_and_browses_otherwise() {
+        let q = "In which year was Ada Lind born?";
+        let second = |snippets: bool, snippet: &str| {
+            let mut p = ScriptedPolicy::new().reading_snippets(snippets);
+            let mut msgs = vec![Message::User(q.into())];
+            fn input(msgs: &[Message], turn: u32) -> PolicyInput<'_> {
+                PolicyInput {
+                    question: "In which year was Ada Lind born?",
+                    messages: msgs,
+                    turn,
+                    seed: 0,
+                    max_tokens: 2000,
+                    protocol: Protocol::V2,
+                }
+            }
+            let first = p.generate(input(&msgs, 0)).unwrap().text;
+            assert!(first.contains(r#"{"query":[" Ada Lind"]}"#), "{first}");
+            msgs.push(Message::Assistant(first));
+            msgs.push(Message::Tool(fathom_core::protocol::tool_response(&format!(
+                "## Results for \"Ada Lind\"\n\n[1] Ada Lind\nURL: http://127.0.0.1:8931/Ada_Lind\n{snippet}"
+            ))));
+            p.generate(input(&msgs, 1)).unwrap().text
+        };
+        let stated = "Ada Lind Ada Lind is an engineer. Ada Lind was born in Port Ria in 1980. More.";
+        // The sentence that states the year is quoted, and the answer is
+        // written with its leading space.
+        assert_eq!(
+            second(true, stated),
+            "<think>The results say: Ada Lind was born in Port Ria in 1980.</think>\n<answer> 1980</answer>"
+        );
+        assert!(
+            second(false, stated).contains("browse_webpage"),
+            "the default researcher browses"
+        );
+        assert!(second(true, "Ada Lind Ada Lind is an engineer.").contains("browse_webpage"));
     }
 
     #[test]

@@ -213,9 +213,9 @@ async fn clone_trajectories(
             .enumerate()
             .map(|(i, (q, _))| q.episode(0, i as u32, 0, derive_seed(config.seed, "sft-episode", i as u64)))
             .collect();
-        let share = sft.guesses;
-        let policies: PolicyFactory = Arc::new(move || Box::new(ScriptedPolicy::guessing(share)));
-        let teacher = ScriptedPolicy::guessing(share);
+        let t = sft.teacher();
+        let policies: PolicyFactory = Arc::new(move || Box::new(ScriptedPolicy::teacher(&t)));
+        let teacher = ScriptedPolicy::teacher(&t);
         let rollout = Rollout::new(
             store.clone(),
             env.gateway.clone(),

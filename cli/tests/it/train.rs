@@ -394,3 +394,134 @@ fn the_demo_runs_end_to_end_and_its_suggested_queries_work() {
         assert!(!rows.as_array().unwrap().is_empty(), "{q} returned no rows");
     }
 }
+
+/// The demo's learning bar on a configuration small enough for the suite:
+/// a tiny model warm-started on the scripted researcher, which on half of
+/// its episodes answers at once without searching, then GRPO on the same
+/// questions (a small world, so the model can learn each answer from what
+/// a search shows). Searching pays and guessing does not, so GRPO must
+/// raise both the share of episodes that search and the F1 of the training
+/// episodes. A fixed seed; the thresholds leave a margin.
+#[test]
+fn grpo_teaches_a_warm_started_tiny_model_to_search_and_its_f1_rises() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let questions = dir.path().join("questions.parquet");
+    let q = questions.to_str().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "sandbox",
+            "questions",
+            "--entities",
+            "60",
+            "--hops",
+            "1",
+            "--count",
+            "40",
+            "--out",
+            q,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = dir.path().join("learn.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"name = "learn"
+seed = 3
+steps = 20
+
+[model]
+path = "init-tiny"
+
+[model.tiny]
+layers = 2
+hidden = 128
+heads = 4
+kv_heads = 2
+intermediate = 344
+vocab = 1024
+
+[data]
+train = "{q}"
+sandbox_entities = 60
+questions_per_step = 6
+group_size = 8
+
+[rollout]
+max_turns = 3
+max_turn_tokens = 48
+temperature = 1.0
+top_p = 1.0
+concurrency = 4
+max_tool_chars = 300
+prompt = "compact"
+
+[grpo]
+lr = 5e-4
+schedule = "constant"
+warmup_steps = 0
+clip = 0.2
+kl_coef = 0.0
+entropy_coef = 0.0
+max_grad_norm = 1.0
+weight_decay = 0.0
+micro_batch = 16
+
+[checkpoint]
+every = 20
+keep_last = 1
+keep_best = ""
+
+[eval]
+questions = "{q}"
+limit = 0
+every = 0
+
+[sft]
+scripted_episodes = 1200
+min_reward = 0.5
+epochs = 2
+lr = 8e-3
+batch = 8
+warmup_steps = 5
+schedule = "cosine"
+snippets = true
+guesses = 0.5
+"#
+        ),
+    )
+    .unwrap();
+    let sandbox = format!("127.0.0.1:{}", free_ports());
+    let out = run(
+        &data,
+        &["train", "--config", cfg.to_str().unwrap(), "--sandbox", &sandbox],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = sql_json(
+        &data,
+        "SELECT step, f1, tool_calls FROM step_metrics \
+         WHERE run_id = (SELECT run_id FROM runs WHERE kind = 'train') ORDER BY step",
+    );
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 20, "{rows:?}");
+    let mean = |range: std::ops::Range<usize>, key: &str| {
+        range.clone().map(|i| rows[i][key].as_f64().unwrap()).sum::<f64>() / range.len() as f64
+    };
+    // The first three steps against the last ten (each step asks other
+    // questions, so single steps are noisy; most of the change comes in the
+    // first steps). Measured on a 2-core machine: F1 0.52 -> 0.79, tool
+    // calls 0.57 -> 0.90.
+    let (f1_first, f1_last) = (mean(0..3, "f1"), mean(10..20, "f1"));
+    let (calls_first, calls_last) = (mean(0..3, "tool_calls"), mean(10..20, "tool_calls"));
+    eprintln!("F1 {f1_first:.3} -> {f1_last:.3}; tool calls {calls_first:.3} -> {calls_last:.3}");
+    assert!(
+        calls_last >= calls_first + 0.2,
+        "GRPO should make it search: {calls_first:.3} -> {calls_last:.3}"
+    );
+    assert!(
+        f1_last >= f1_first + 0.1,
+        "F1 should rise: {f1_first:.3} -> {f1_last:.3}"
+    );
+}

@@ -316,12 +316,16 @@ async fn demo(
     ));
     text.push_str(&format!("  fathom --data {d} log tail --run {run} -n 20\n"));
     text.push_str(&format!(
-        "  fathom --data {d} eval --policy candle:{} --prompt {} --limit 20\n",
+        "  fathom --data {d} eval --policy candle:{} --prompt {} --max-turns {} --max-turn-tokens {} --max-tool-chars {} --sandbox-entities {} --limit 20\n",
         summary
             .last_checkpoint
             .as_ref()
             .map_or_else(|| "DIR".into(), |p| p.display().to_string()),
-        config.rollout.prompt.name()
+        config.rollout.prompt.name(),
+        config.rollout.max_turns,
+        config.rollout.max_turn_tokens,
+        config.rollout.max_tool_chars,
+        args.web_args.entities()
     ));
     if args.json {
         // The table as JSON on standard output; the same words for people

@@ -73,6 +73,10 @@ pub struct EvalArgs {
     /// Generated tokens per turn at most.
     #[arg(long, default_value_t = fathom_core::protocol::MAX_TURN_TOKENS)]
     pub max_turn_tokens: u32,
+    /// Characters of one tool response at most (what the policy reads after
+    /// each call; a model trained on short responses should see them too).
+    #[arg(long, default_value_t = 8000)]
+    pub max_tool_chars: usize,
     /// The system prompt: `paper` (with the tool schemas), or `compact` (the
     /// few lines tiny models are trained with, as `fathom demo` does).
     #[arg(long, default_value = "paper", value_parser = ["paper", "compact"])]
@@ -238,6 +242,10 @@ async fn evaluate(
     let config = RolloutConfig {
         max_turns: args.max_turns,
         max_turn_tokens: args.max_turn_tokens,
+        tools: fathom_trainer::tools::ToolLimits {
+            max_response_chars: args.max_tool_chars.clamp(200, 1_000_000),
+            ..Default::default()
+        },
         prompt: if args.prompt == "compact" {
             fathom_core::protocol::PromptStyle::Compact
         } else {

@@ -418,9 +418,9 @@ impl TrainConfig {
             || !(8..=4096).contains(&t.hidden)
             || t.heads == 0
             || t.kv_heads == 0
-            || t.hidden % t.heads != 0
-            || t.heads % t.kv_heads != 0
-            || (t.hidden / t.heads) % 2 != 0
+            || !t.hidden.is_multiple_of(t.heads)
+            || !t.heads.is_multiple_of(t.kv_heads)
+            || !(t.hidden / t.heads).is_multiple_of(2)
             || !(1..=65_536).contains(&t.intermediate)
             || !(512..=65_536).contains(&t.vocab)
         {
@@ -546,8 +546,29 @@ mod tests {
             assert!(e.contains(expect), "expected '{expect}' in: {e}");
         };
         check(
-            &base.replace("group_size = 4", "group_size = 1"),
+            &base.replace("group_size = 8", "group_size = 1"),
             "a group of one learns nothing",
+        );
+        check(
+            &base.replace("samples = 4", "samples = 0"),
+            "eval.samples must be 1 to 64",
+        );
+        check(
+            &base.replace("guesses = 0.3", "guesses = 1.5"),
+            "sft.guesses must be a share",
+        );
+        check(
+            &base.replace("mini_batches = 1", "mini_batches = 9"),
+            "grpo.mini_batches must be 1 to data.questions_per_step (8)",
+        );
+        check(&base.replace("heads = 4\n", "heads = 3\n"), "model.tiny");
+        check(
+            &base.replace("sandbox_entities = 6000", "sandbox_entities = 10"),
+            "data.sandbox_entities must be 40 to 200000",
+        );
+        check(
+            &base.replace("prompt = \"compact\"", "prompt = \"short\""),
+            "unknown variant `short`",
         );
         check(
             &base.replace("[grpo]", "[grpo]\nlearning_rate = 0.1"),

@@ -26,7 +26,7 @@ use crate::grpo::{Sequence, nll_loss};
 use crate::harness::{Env, JobError, PolicyFactory, Question, run_episodes, sampled_events};
 use crate::optim::accumulate;
 use crate::recorded::{self, TurnIds};
-use crate::rollout::{EpisodeSpec, Rollout, RolloutConfig};
+use crate::rollout::{EpisodeSpec, Rollout};
 use crate::scripted::ScriptedPolicy;
 use crate::train::{RunRecord, adamw, checkpoints_dir, find_run, learning_rate, permutation};
 
@@ -154,17 +154,7 @@ pub async fn warm_start(
             attempt: 0,
         },
     )])?;
-    let result = clone_trajectories(
-        env,
-        config,
-        &sft,
-        run,
-        start_model,
-        train,
-        &record.rollout(),
-        record.kernels,
-    )
-    .await;
+    let result = clone_trajectories(env, &record, &sft, run, start_model, train).await;
     let (status, message) = match &result {
         Ok(w) => (
             RunStatus::Completed,
@@ -187,14 +177,15 @@ pub async fn warm_start(
 
 async fn clone_trajectories(
     env: &Env,
-    config: &TrainConfig,
+    record: &RunRecord,
     sft: &crate::config::SftSection,
     run: RunId,
     start_model: &Path,
     train: &[Question],
-    rollout_config: &RolloutConfig,
-    kernels: fathom_model::Kernels,
 ) -> Result<WarmStart, JobError> {
+    let config = &record.config;
+    let rollout_config = &record.rollout();
+    let kernels = record.kernels;
     let store = &env.store;
     let clock = env.clock.clone();
     // 1. The scripted researcher's trajectories.

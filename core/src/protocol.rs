@@ -397,6 +397,41 @@ fn first_block<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
     Some(&text[start..end])
 }
 
+/// The list of strings at `arguments[key]` of a tool call, trimmed; an
+/// empty list is refused when `non_empty`.
+fn string_list(
+    args: Option<&serde_json::Value>,
+    tool: &'static str,
+    key: &str,
+    non_empty: bool,
+) -> Result<Vec<String>, FormatError> {
+    let items = args
+        .and_then(|a| a.get(key))
+        .and_then(|v| v.as_array())
+        .ok_or(FormatError::BadArguments {
+            tool,
+            problem: if key == "query" {
+                "\"query\" must be a list of strings"
+            } else {
+                "\"url_list\" must be a list of strings"
+            },
+        })?;
+    if non_empty && items.is_empty() {
+        return Err(FormatError::BadArguments {
+            tool,
+            problem: "the list is empty",
+        });
+    }
+    items
+        .iter()
+        .map(|i| i.as_str().map(|s| s.trim().to_string()))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(FormatError::BadArguments {
+            tool,
+            problem: "every item must be a string",
+        })
+}
+
 /// Parses one model turn (never web text).
 ///
 /// Rules: every protocol tag is balanced; a `<tool_response>` written by the
@@ -431,39 +466,12 @@ pub fn parse_turn(text: &str) -> Result<Turn, FormatError> {
         .and_then(|n| n.as_str())
         .ok_or(FormatError::MissingName)?;
     let args = value.get("arguments");
-    let list = |tool: &'static str, key: &str| -> Result<Vec<String>, FormatError> {
-        let items = args
-            .and_then(|a| a.get(key))
-            .and_then(|v| v.as_array())
-            .ok_or(FormatError::BadArguments {
-                tool,
-                problem: if key == "query" {
-                    "\"query\" must be a list of strings"
-                } else {
-                    "\"url_list\" must be a list of strings"
-                },
-            })?;
-        if items.is_empty() {
-            return Err(FormatError::BadArguments {
-                tool,
-                problem: "the list is empty",
-            });
-        }
-        items
-            .iter()
-            .map(|i| i.as_str().map(|s| s.trim().to_string()))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(FormatError::BadArguments {
-                tool,
-                problem: "every item must be a string",
-            })
-    };
     let action = match name {
         WEB_SEARCH => ToolCall::WebSearch {
-            query: list(WEB_SEARCH, "query")?,
+            query: string_list(args, WEB_SEARCH, "query", true)?,
         },
         BROWSE_WEBPAGE => ToolCall::BrowseWebpage {
-            url_list: list(BROWSE_WEBPAGE, "url_list")?,
+            url_list: string_list(args, BROWSE_WEBPAGE, "url_list", true)?,
         },
         other => return Err(FormatError::UnknownTool(other.to_string())),
     };

@@ -58,38 +58,59 @@ pub fn generate(model: &Qwen2, tokenizer: &ChatTokenizer, req: &Request<'_>) -> 
         )));
     }
     if model.kernels() == Kernels::Fused {
-        return generate_fused(model, tokenizer, req);
+        // The weights run by the plain-f32 decoder, and sampling at top-p 1
+        // without sorting the vocabulary.
+        let decoder = Decoder::of(model)?;
+        let mut cache = decoder.new_cache();
+        let first = decoder.forward(&mut cache, req.prompt)?;
+        return sample_loop(tokenizer, req, limit, first, true, |id| {
+            Ok(decoder.forward(&mut cache, &[id])?)
+        });
     }
-    let mut rng = SeededRng::new(req.seed);
     let mut cache = model.new_cache();
     let device = model.device();
-    let mut ids = Vec::new();
-    let mut logprobs = Vec::new();
+    let last_row = |logits: Tensor| -> Result<Vec<f32>, ModelError> {
+        let t = logits.dim(1)?;
+        Ok(logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1()?)
+    };
     let input = Tensor::new(req.prompt, device)?.unsqueeze(0)?;
-    let mut logits = model.forward(&input, 0, Some(&mut cache))?;
+    let first = last_row(model.forward(&input, 0, Some(&mut cache))?)?;
+    sample_loop(tokenizer, req, limit, first, false, |id| {
+        let next = Tensor::new(&[id], device)?.unsqueeze(0)?;
+        let offset = cache.len();
+        last_row(model.forward(&next, offset, Some(&mut cache))?)
+    })
+}
+
+/// Samples up to the request's budget from `logits` (those after the
+/// prompt), asking `next` for the logits after each sampled id; `unsorted`
+/// samples at top-p 1 with [`pick_unsorted`] (the fused kernels' runs),
+/// else with [`pick`].
+fn sample_loop(
+    tokenizer: &ChatTokenizer,
+    req: &Request<'_>,
+    limit: usize,
+    mut logits: Vec<f32>,
+    unsorted: bool,
+    mut next: impl FnMut(u32) -> Result<Vec<f32>, ModelError>,
+) -> Result<Output, ModelError> {
+    let mut rng = SeededRng::new(req.seed);
     let max_new = req.max_new_tokens.min(limit - req.prompt.len());
+    let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
     let mut finish = Finish::Length;
     for _ in 0..max_new {
-        let t = logits.dim(1)?;
-        let last: Vec<f32> = logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1()?;
-        let (id, lp) = pick(&last, req.sampling, &mut rng);
+        let (id, lp) = if unsorted && !req.sampling.is_greedy() && req.sampling.top_p >= 1.0 {
+            pick_unsorted(&logits, req.sampling.temperature, &mut rng)
+        } else {
+            pick(&logits, req.sampling, &mut rng)
+        };
         ids.push(id);
         logprobs.push(lp);
-        if tokenizer.end_ids().contains(&id) {
+        if stops(tokenizer, &ids, req.stop)? {
             finish = Finish::Stop;
             break;
         }
-        if !req.stop.is_empty() {
-            // Only the last few tokens can complete a stop string.
-            let tail = tokenizer.decode(&ids[ids.len().saturating_sub(16)..])?;
-            if req.stop.iter().any(|s| tail.ends_with(s.as_str())) {
-                finish = Finish::Stop;
-                break;
-            }
-        }
-        let next = Tensor::new(&[id], device)?.unsqueeze(0)?;
-        let offset = cache.len();
-        logits = model.forward(&next, offset, Some(&mut cache))?;
+        logits = next(id)?;
     }
     let text = tokenizer.decode(&ids)?;
     Ok(Output {
@@ -114,39 +135,4 @@ fn stops(tokenizer: &ChatTokenizer, ids: &[u32], stop: &[String]) -> Result<bool
     }
     let tail = tokenizer.decode(&ids[ids.len().saturating_sub(16)..])?;
     Ok(stop.iter().any(|s| tail.ends_with(s.as_str())))
-}
-
-/// Generation on the fused kernels: the model's weights run by
-/// [`Decoder`] (no per-operation dispatch), and sampling at top-p 1 without
-/// sorting the vocabulary ([`pick_unsorted`]).
-fn generate_fused(model: &Qwen2, tokenizer: &ChatTokenizer, req: &Request<'_>) -> Result<Output, ModelError> {
-    let limit = model.config().max_position_embeddings;
-    let decoder = Decoder::of(model)?;
-    let mut cache = decoder.new_cache();
-    let mut rng = SeededRng::new(req.seed);
-    let mut logits = decoder.forward(&mut cache, req.prompt)?;
-    let max_new = req.max_new_tokens.min(limit - req.prompt.len());
-    let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
-    let mut finish = Finish::Length;
-    for _ in 0..max_new {
-        let (id, lp) = if req.sampling.is_greedy() || req.sampling.top_p < 1.0 {
-            pick(&logits, req.sampling, &mut rng)
-        } else {
-            pick_unsorted(&logits, req.sampling.temperature, &mut rng)
-        };
-        ids.push(id);
-        logprobs.push(lp);
-        if stops(tokenizer, &ids, req.stop)? {
-            finish = Finish::Stop;
-            break;
-        }
-        logits = decoder.forward(&mut cache, &[id])?;
-    }
-    let text = tokenizer.decode(&ids)?;
-    Ok(Output {
-        ids,
-        logprobs,
-        text,
-        finish,
-    })
 }

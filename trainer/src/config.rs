@@ -525,6 +525,9 @@ mod tests {
         let tiny = TrainConfig::load(&example("tiny-cpu.toml")).unwrap();
         assert_eq!(tiny.model.path, "init-tiny");
         assert!(tiny.sft.is_some());
+        let learn = TrainConfig::load(&example("sandbox-learn.toml")).unwrap();
+        assert_eq!(learn.data.hops, [1, 2]);
+        assert!(learn.eval.every > 0);
         let paper = TrainConfig::load(&example("qwen2.5-7b-gpu.toml")).unwrap();
         assert_eq!((paper.data.questions_per_step, paper.data.group_size), (256, 16));
         assert_eq!(paper.grpo.lr, 1e-6);

@@ -19,7 +19,7 @@
 //!   own `compute_score` over the model's turns
 //!   ([`crate::reward::deepresearcher`]).
 
-use super::{Action, FormatError, ToolCall, Turn, first_block};
+use super::{Action, FormatError, ToolCall, Turn, first_block, string_list};
 use crate::reward::deepresearcher::tags_balanced;
 
 /// The turn rules an episode runs under.
@@ -144,41 +144,14 @@ fn parse_turn_v2(text: &str) -> Result<Turn, FormatError> {
         },
         problem: "the call has no \"arguments\"",
     })?;
-    let strings = |tool: &'static str, key: &str, non_empty: bool| -> Result<Vec<String>, FormatError> {
-        let items = args
-            .get(key)
-            .and_then(|v| v.as_array())
-            .ok_or(FormatError::BadArguments {
-                tool,
-                problem: if key == "query" {
-                    "\"query\" must be a list of strings"
-                } else {
-                    "\"url_list\" must be a list of strings"
-                },
-            })?;
-        if non_empty && items.is_empty() {
-            return Err(FormatError::BadArguments {
-                tool,
-                problem: "the list is empty",
-            });
-        }
-        items
-            .iter()
-            .map(|i| i.as_str().map(|s| s.trim().to_string()))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(FormatError::BadArguments {
-                tool,
-                problem: "every item must be a string",
-            })
-    };
     let action = match name {
         // DeepResearcher accepts an empty query list (the search then finds
         // nothing) but requires at least one URL to browse.
         super::WEB_SEARCH => ToolCall::WebSearch {
-            query: strings(super::WEB_SEARCH, "query", false)?,
+            query: string_list(Some(args), super::WEB_SEARCH, "query", false)?,
         },
         super::BROWSE_WEBPAGE => ToolCall::BrowseWebpage {
-            url_list: strings(super::BROWSE_WEBPAGE, "url_list", true)?,
+            url_list: string_list(Some(args), super::BROWSE_WEBPAGE, "url_list", true)?,
         },
         other => return Err(FormatError::UnknownTool(other.to_string())),
     };

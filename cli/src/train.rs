@@ -39,8 +39,71 @@ pub struct TrainArgs {
     /// Print where each step's time went.
     #[arg(long)]
     pub timings: bool,
+    /// Print the run's memory plan (weights, master weights, reference model, gradients, optimizer
+    /// state, activations, rollout caches) and whether it fits, then stop.
+    #[arg(long, conflicts_with_all = ["resume", "sft"])]
+    pub plan: bool,
+    /// The memory the run may use on its device (`141GB`, `80GiB`); by default the machine's memory
+    /// for `cpu` and what nvidia-smi reports for `cuda:N`. A run whose plan exceeds it is refused.
+    #[arg(long, env = "FATHOM_GPU_MEMORY", value_parser = fathom_trainer::plan::parse_size)]
+    pub gpu_memory: Option<u64>,
     #[command(flatten)]
     pub web_args: WebArgs,
+}
+
+/// The memory `device` offers: `--gpu-memory`, else the machine's for
+/// `cpu`, else what nvidia-smi reports for `cuda:N`.
+fn memory_budget(device: &str, given: Option<u64>) -> Option<u64> {
+    if given.is_some() {
+        return given;
+    }
+    if device == "cpu" {
+        return fathom_trainer::plan::host_memory();
+    }
+    let index = device.strip_prefix("cuda:").unwrap_or("0");
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", index])
+        .output()
+        .ok()?;
+    let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some(mib * 1024 * 1024)
+}
+
+/// `--plan`, and the check every run passes before it loads a weight.
+fn plan(config: &TrainConfig, args: &TrainArgs) -> anyhow::Result<Option<ExitCode>> {
+    use fathom_trainer::plan::{MemoryPlan, human, kernels_of, shape_of};
+    let shape = match shape_of(config) {
+        Ok(s) => s,
+        // Without a shape the run fails on its model directory, with its
+        // own message.
+        Err(_) if !args.plan => return Ok(None),
+        Err(e) => anyhow::bail!("--plan: {e}"),
+    };
+    let memory = MemoryPlan::new(config, &shape, kernels_of(config));
+    let device = &config.model.device;
+    let budget = memory_budget(device, args.gpu_memory);
+    let verdict = budget.map(|b| memory.check(b, device));
+    if !args.plan {
+        return match verdict {
+            Some(Err(e)) => anyhow::bail!("{e}"),
+            _ => Ok(None),
+        };
+    }
+    println!("{}: {memory}", config.name);
+    match (budget, verdict) {
+        (Some(b), Some(Ok(()))) => {
+            println!("fits {device} ({}): {} to spare", human(b), human(b - memory.peak()));
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        (_, Some(Err(e))) => {
+            println!("does not fit: {e}");
+            Ok(Some(ExitCode::FAILURE))
+        }
+        _ => {
+            println!("{device}'s memory is unknown: give --gpu-memory (say 141GB) to check the plan against it");
+            Ok(Some(ExitCode::SUCCESS))
+        }
+    }
 }
 
 /// A progress bar per phase, on stderr.
@@ -225,6 +288,9 @@ pub fn run(data: &Path, mut args: TrainArgs, snapshots: crate::Snapshotting) -> 
     }
     if args.steps == Some(0) {
         anyhow::bail!("--steps must be at least 1");
+    }
+    if let Some(code) = plan(&config, &args)? {
+        return Ok(code);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -15,6 +15,7 @@ pub mod grpo;
 pub mod harness;
 pub mod openai;
 pub mod optim;
+pub mod plan;
 pub mod policy;
 pub mod recorded;
 pub mod replay;

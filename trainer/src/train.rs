@@ -190,7 +190,8 @@ pub struct StepTimings {
     pub episodes: EpisodeTimings,
     /// Reading the batch back from the log.
     pub read_ns: u64,
-    /// Reference-policy log-probs.
+    /// Reference-policy log-probs and, for models below f32, the old
+    /// log-probs recomputed by the training forward pass.
     pub reference_ns: u64,
     /// Forward and backward passes.
     pub forward_backward_ns: u64,
@@ -802,6 +803,23 @@ impl Trainer {
             )?);
         }
         timings.read_ns = clock.now().nanos_since(t_read);
+        // In bf16 the sampler's log-probs (its own forward pass, rounded
+        // differently) do not equal the training pass's, so the PPO ratio
+        // would not start at 1: as verl does, the old log-probs are those of
+        // the training forward pass on the weights that sampled. The log
+        // keeps the sampler's, which the replay check compares.
+        let model = &self.model.loaded().model;
+        if model.dtype() != candle_core::DType::F32 {
+            let t = clock.now();
+            let temperature = self.config().rollout.temperature;
+            for chunk in batch.chunks_mut(self.config().grpo.micro_batch) {
+                let lps = sequence_logprobs(model, chunk, temperature)?;
+                for (s, lp) in chunk.iter_mut().zip(lps) {
+                    s.old_logprobs = lp;
+                }
+            }
+            timings.reference_ns += clock.now().nanos_since(t);
+        }
         if let Some(reference) = &self.reference {
             let t = clock.now();
             let reference = &reference.model;
@@ -813,7 +831,7 @@ impl Trainer {
                     s.ref_logprobs = Some(lp);
                 }
             }
-            timings.reference_ns = clock.now().nanos_since(t);
+            timings.reference_ns += clock.now().nanos_since(t);
         }
         let cfg = GrpoConfig {
             clip: self.config().grpo.clip,

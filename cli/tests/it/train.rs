@@ -285,6 +285,51 @@ fn bad_training_requests_say_what_to_do() {
     let out = run(dir.path(), &["train", "--config", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing field"), "{}", stderr(&out));
+
+    // A run that cannot fit its device is refused before it loads a
+    // weight, naming the largest item and the setting that shrinks it.
+    let out = run(
+        &dir.path().join("data"),
+        &[
+            train_args(cfg.to_str().unwrap(), "127.0.0.1:0"),
+            vec!["--gpu-memory", "1MiB"],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cpu has 1.0 MiB") && err.contains("the largest item is"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data").join("checkpoints").exists(),
+        "nothing was trained"
+    );
+    // --plan prints every item; the paper's 7B run does not fit one GPU.
+    let paper = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/qwen2.5-7b-gpu.toml");
+    let out = run(
+        dir.path(),
+        &["train", "--config", paper, "--plan", "--gpu-memory", "141GB"],
+    );
+    assert!(!out.status.success());
+    let text = stdout(&out);
+    for item in [
+        "master weights (f32)",
+        "reference model",
+        "optimizer moments",
+        "activations",
+        "does not fit",
+    ] {
+        assert!(text.contains(item), "{item} missing from {text}");
+    }
+    let small = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/qwen2.5-0.5b-gpu.toml");
+    let out = run(
+        dir.path(),
+        &["train", "--config", small, "--plan", "--gpu-memory", "141GB"],
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("fits cuda:0"), "{}", stdout(&out));
 }
 
 /// Runs `fathom demo` on a small configuration (a few scripted

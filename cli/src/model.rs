@@ -33,6 +33,10 @@ pub enum ModelCommand {
         /// `reference` (written out of small candle operations).
         #[arg(long, default_value = "fused", value_parser = ["fused", "reference"])]
         kernels: String,
+        /// Also decode this many sequences together (the rollouts' batch decoder, fused kernels
+        /// only) and one at a time, and report both rates; 0 skips it.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=1024))]
+        batch: u16,
     },
     /// Check a model directory against reference logits computed elsewhere (for example by the
     /// reference implementation in `scripts/hf_fixture.py`): exit 0 only if they agree.
@@ -92,13 +96,14 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             train_tokens,
             repeats,
             kernels,
+            batch,
         } => {
             let kernels = if kernels == "fused" {
                 fathom_model::Kernels::Fused
             } else {
                 fathom_model::Kernels::Reference
             };
-            bench(&dir, gen_tokens, train_tokens, repeats, kernels)
+            bench(&dir, gen_tokens, train_tokens, repeats, kernels, usize::from(batch))
         }
     }
 }
@@ -355,6 +360,7 @@ fn bench(
     train_tokens: usize,
     repeats: usize,
     kernels: fathom_model::Kernels,
+    batch: usize,
 ) -> anyhow::Result<ExitCode> {
     use candle_core::{Device, Tensor};
     use fathom_core::{Clock, SystemClock};
@@ -400,7 +406,12 @@ fn bench(
         std::hint::black_box(&grads);
         train_rates.push(train_tokens as f64 / (clock.now().nanos_since(t0) as f64 / 1e9));
     }
-    let v = serde_json::json!({
+    let batched = if batch > 0 && kernels == fathom_model::Kernels::Fused {
+        Some(batch_rates(&m, &ids(16 + batch), batch, gen_tokens, repeats)?)
+    } else {
+        None
+    };
+    let mut v = serde_json::json!({
         "model": dir.display().to_string(),
         "parameters": m.config.parameter_count(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -410,6 +421,83 @@ fn bench(
         "train_tokens": train_tokens,
         "kernels": kernels,
     });
+    if let (Some((alone, together)), Some(fields)) = (batched, v.as_object_mut()) {
+        fields.insert("batch".into(), batch.into());
+        fields.insert("alone_tokens_per_s".into(), alone.into());
+        fields.insert("batched_tokens_per_s".into(), together.into());
+    }
     println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Median tokens/s of `n` sequences (each a 16-id prompt cut from `ids`,
+/// `tokens` sampled at temperature 1) decoded one at a time, and together
+/// by the batch decoder.
+fn batch_rates(
+    m: &fathom_model::LoadedModel,
+    ids: &[u32],
+    n: usize,
+    tokens: usize,
+    repeats: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use fathom_core::{Clock, SystemClock};
+    use fathom_model::batch::{Batcher, Job};
+    use fathom_model::decode::Decoder;
+    use fathom_model::generate::{Request, generate};
+    use fathom_model::sample::Sampling;
+    let clock = SystemClock;
+    let hot = Sampling {
+        temperature: 1.0,
+        top_p: 1.0,
+    };
+    let (mut alone, mut together) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        let t0 = clock.now();
+        let mut made = 0;
+        for s in 0..n {
+            let out = generate(
+                &m.model,
+                &m.tokenizer,
+                &Request {
+                    prompt: &ids[s..s + 16],
+                    max_new_tokens: tokens,
+                    sampling: hot,
+                    seed: s as u64,
+                    stop: &[],
+                },
+            )?;
+            made += out.ids.len();
+        }
+        alone.push(made as f64 / (clock.now().nanos_since(t0) as f64 / 1e9));
+
+        let t0 = clock.now();
+        let batcher = Batcher::start(
+            Decoder::of(&m.model)?,
+            m.tokenizer.clone(),
+            m.config.max_position_embeddings,
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        for s in 0..n {
+            let tx = tx.clone();
+            batcher.submit(Job {
+                cache: batcher.new_cache(),
+                feed: ids[s..s + 16].to_vec(),
+                max_new_tokens: tokens,
+                sampling: hot,
+                seed: s as u64,
+                stop: Vec::new(),
+                reply: Box::new(move |r| {
+                    let _ = tx.send(r.map(|t| t.output.ids.len()));
+                }),
+            });
+        }
+        drop(tx);
+        let mut made = 0;
+        for r in rx {
+            made += r?;
+        }
+        batcher.finish();
+        together.push(made as f64 / (clock.now().nanos_since(t0) as f64 / 1e9));
+    }
+    Ok((median(alone), median(together)))
 }

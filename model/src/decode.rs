@@ -22,6 +22,9 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Tokens per tile of [`Matrix::apply`].
+const TOKEN_TILE: usize = 32;
+
 /// A weight matrix `[rows, cols]` (row-major, as candle's `Linear` holds
 /// it: `y = W x + b`).
 struct Matrix {
@@ -54,11 +57,16 @@ impl Matrix {
                 let lo = blk * chunk;
                 let hi = (lo + chunk).min(self.rows);
                 let mut out = vec![0.0f32; n * (hi - lo)];
-                for j in lo..hi {
-                    let wj = &self.w[j * self.cols..(j + 1) * self.cols];
-                    let bj = self.b.as_ref().map_or(0.0, |b| b[j]);
-                    for t in 0..n {
-                        out[t * (hi - lo) + (j - lo)] = dot(wj, &x[t * self.cols..(t + 1) * self.cols]) + bj;
+                // Tiles of tokens, so that a long prompt's rows stay in
+                // cache while the block's weight rows pass over them.
+                for t0 in (0..n).step_by(TOKEN_TILE) {
+                    let t1 = (t0 + TOKEN_TILE).min(n);
+                    for j in lo..hi {
+                        let wj = &self.w[j * self.cols..(j + 1) * self.cols];
+                        let bj = self.b.as_ref().map_or(0.0, |b| b[j]);
+                        for t in t0..t1 {
+                            out[t * (hi - lo) + (j - lo)] = dot(wj, &x[t * self.cols..(t + 1) * self.cols]) + bj;
+                        }
                     }
                 }
                 (lo, out)
@@ -219,58 +227,78 @@ impl Decoder {
     /// Runs `tokens` after what `cache` holds; adds their keys and values
     /// to it and returns the logits after the last token.
     pub fn forward(&self, cache: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>> {
-        let n = tokens.len();
-        if n == 0 {
-            candle_core::bail!("decode: no tokens to run");
-        }
-        if cache.len + n > self.max_positions {
-            candle_core::bail!(
-                "sequence of {} tokens is longer than the model's {} positions",
-                cache.len + n,
-                self.max_positions
-            );
-        }
+        let mut out = self.forward_batch(&mut [(cache, tokens)])?;
+        Ok(out.pop().expect("one sequence in, one row of logits out"))
+    }
+
+    /// Runs several sequences' new tokens in one pass (each after what its
+    /// cache holds): the weight matrices are applied to all their tokens
+    /// at once, attention stays within each sequence. Returns the logits
+    /// after each sequence's last token. Every token's computation is the
+    /// same whatever else is in the batch, so a sequence's logits, and so
+    /// its sampled ids, never depend on which other sequences shared it.
+    pub fn forward_batch(&self, seqs: &mut [(&mut Cache, &[u32])]) -> Result<Vec<Vec<f32>>> {
         let (h, d) = (self.hidden, self.head_dim);
+        // Each row: (sequence, position).
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        let mut last_rows: Vec<usize> = Vec::with_capacity(seqs.len());
+        for (s, (cache, tokens)) in seqs.iter().enumerate() {
+            if tokens.is_empty() {
+                candle_core::bail!("decode: no tokens to run");
+            }
+            if cache.len + tokens.len() > self.max_positions {
+                candle_core::bail!(
+                    "sequence of {} tokens is longer than the model's {} positions",
+                    cache.len + tokens.len(),
+                    self.max_positions
+                );
+            }
+            rows.extend((0..tokens.len()).map(|t| (s, cache.len + t)));
+            last_rows.push(rows.len() - 1);
+        }
+        let n = rows.len();
         let mut x = vec![0.0f32; n * h];
-        for (t, &id) in tokens.iter().enumerate() {
+        for (r, &id) in seqs.iter().flat_map(|(_, tokens)| tokens.iter()).enumerate() {
             let id = id as usize;
             if id >= self.vocab {
                 candle_core::bail!("decode: token id {id} is outside the vocabulary of {}", self.vocab);
             }
-            x[t * h..(t + 1) * h].copy_from_slice(&self.embed[id * h..(id + 1) * h]);
+            x[r * h..(r + 1) * h].copy_from_slice(&self.embed[id * h..(id + 1) * h]);
         }
         let rep = self.heads / self.kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
+        let (qw, kw) = (self.heads * d, self.kv_heads * d);
         for (l, layer) in self.layers.iter().enumerate() {
             let mut a = x.clone();
             rms_norm(&mut a, &layer.ln1, self.eps);
             let mut q = layer.q.apply(&a, n);
             let mut k = layer.k.apply(&a, n);
             let v = layer.v.apply(&a, n);
-            let (qw, kw) = (self.heads * d, self.kv_heads * d);
-            for t in 0..n {
-                let pos = cache.len + t;
-                self.rope(&mut q[t * qw..(t + 1) * qw], self.heads, pos);
-                self.rope(&mut k[t * kw..(t + 1) * kw], self.kv_heads, pos);
+            for (r, &(s, pos)) in rows.iter().enumerate() {
+                self.rope(&mut q[r * qw..(r + 1) * qw], self.heads, pos);
+                self.rope(&mut k[r * kw..(r + 1) * kw], self.kv_heads, pos);
+                let cache = &mut *seqs[s].0;
                 for g in 0..self.kv_heads {
-                    cache.keys[l][g].extend_from_slice(&k[t * kw + g * d..t * kw + (g + 1) * d]);
-                    cache.values[l][g].extend_from_slice(&v[t * kw + g * d..t * kw + (g + 1) * d]);
+                    cache.keys[l][g].extend_from_slice(&k[r * kw + g * d..r * kw + (g + 1) * d]);
+                    cache.values[l][g].extend_from_slice(&v[r * kw + g * d..r * kw + (g + 1) * d]);
                 }
             }
-            // Attention of each new token over the cache up to itself.
+            // Attention of each new token over its own sequence's cache up
+            // to itself.
+            let caches: Vec<&Cache> = seqs.iter().map(|(c, _)| &**c).collect();
             let mut att = vec![0.0f32; n * qw];
-            att.par_chunks_mut(qw).enumerate().for_each(|(t, out)| {
-                let pos = cache.len + t;
+            att.par_chunks_mut(qw).enumerate().for_each(|(r, out)| {
+                let (s, pos) = rows[r];
                 let mut p = vec![0.0f32; pos + 1];
                 for head in 0..self.heads {
                     let g = head / rep;
-                    let (keys, values) = (&cache.keys[l][g], &cache.values[l][g]);
-                    let qi = &q[t * qw + head * d..t * qw + (head + 1) * d];
+                    let (keys, values) = (&caches[s].keys[l][g], &caches[s].values[l][g]);
+                    let qi = &q[r * qw + head * d..r * qw + (head + 1) * d];
                     let mut m = f32::NEG_INFINITY;
                     for j in 0..=pos {
-                        let s = dot(qi, &keys[j * d..(j + 1) * d]) * scale;
-                        p[j] = s;
-                        m = m.max(s);
+                        let sc = dot(qi, &keys[j * d..(j + 1) * d]) * scale;
+                        p[j] = sc;
+                        m = m.max(sc);
                     }
                     let mut sum = 0.0f32;
                     for pj in p.iter_mut() {
@@ -301,16 +329,44 @@ impl Decoder {
                 *xi += di;
             }
         }
-        cache.len += n;
-        let mut last = x[(n - 1) * h..].to_vec();
+        for (cache, tokens) in seqs.iter_mut() {
+            cache.len += tokens.len();
+        }
+        let m = last_rows.len();
+        let mut last = Vec::with_capacity(m * h);
+        for &r in &last_rows {
+            last.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
         rms_norm(&mut last, &self.norm, self.eps);
-        Ok(match &self.head {
-            Some(head) => head.apply(&last, 1),
-            None => self
-                .embed
-                .par_chunks(h * 256)
-                .flat_map_iter(|rows| rows.chunks(h).map(|e| dot(e, &last)).collect::<Vec<_>>())
-                .collect(),
-        })
+        let logits = match &self.head {
+            Some(head) => head.apply(&last, m),
+            None => {
+                // Tied: the embedding rows are the output rows.
+                let by_row: Vec<Vec<f32>> = self
+                    .embed
+                    .par_chunks(h * 256)
+                    .map(|rows| {
+                        let mut out = Vec::with_capacity(rows.len() / h * m);
+                        for e in rows.chunks(h) {
+                            for s in 0..m {
+                                out.push(dot(e, &last[s * h..(s + 1) * h]));
+                            }
+                        }
+                        out
+                    })
+                    .collect();
+                let mut out = vec![0.0f32; m * self.vocab];
+                let mut v0 = 0;
+                for block in by_row {
+                    let count = block.len() / m;
+                    for (i, val) in block.into_iter().enumerate() {
+                        out[(i % m) * self.vocab + v0 + i / m] = val;
+                    }
+                    v0 += count;
+                }
+                out
+            }
+        };
+        Ok(logits.chunks(self.vocab).map(<[f32]>::to_vec).collect())
     }
 }

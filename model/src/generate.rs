@@ -123,7 +123,7 @@ fn sample_loop(
 
 /// Whether the sampled `ids` end the turn: an end id, or a stop string
 /// completed by the last few tokens.
-fn stops(tokenizer: &ChatTokenizer, ids: &[u32], stop: &[String]) -> Result<bool, ModelError> {
+pub(crate) fn stops(tokenizer: &ChatTokenizer, ids: &[u32], stop: &[String]) -> Result<bool, ModelError> {
     let Some(last) = ids.last() else {
         return Ok(false);
     };

@@ -15,6 +15,7 @@
 //! checks the fused kernels' values and gradients against the written-out
 //! reference.
 
+pub mod batch;
 pub mod config;
 pub mod decode;
 pub mod dir;

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use fathom_core::derive_seed;
 use fathom_core::event::FinishReason;
 use fathom_core::protocol::{self, Message, Protocol};
-use fathom_model::generate::{Finish, Request, generate};
+use fathom_model::batch::{Batcher, Job};
+use fathom_model::decode::{Cache, Decoder};
+use fathom_model::generate::{Finish, Output, Request, generate};
 use fathom_model::sample::Sampling;
 use fathom_model::tokenizer::IM_END;
 use fathom_model::{ChatTokenizer, Kernels, LoadedModel, ModelError};
 
-use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
+use crate::policy::{GenerateFuture, Generation, Policy, PolicyError, PolicyInput};
 
 /// Generation stops once a turn closes its tool call or its answer: the
 /// protocol acts on the first of either, so nothing after it matters.
@@ -70,6 +72,22 @@ impl CandleModel {
     /// `candle:DIR`.
     pub fn spec(&self) -> &str {
         &self.spec
+    }
+
+    /// A batch decoder over the weights as they are now, for policies that
+    /// decode together ([`CandlePolicy::batched`]); `None` where the model
+    /// does not run on the fused kernels (the decoder's domain: f32 on the
+    /// CPU). Take a new one after the weights change.
+    pub fn batcher(&self) -> Result<Option<Arc<Batcher>>, ModelError> {
+        let m = &self.loaded.model;
+        if m.kernels() != Kernels::Fused {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Batcher::start(
+            Decoder::of(m)?,
+            self.loaded.tokenizer.clone(),
+            m.config().max_position_embeddings,
+        ))))
     }
 }
 
@@ -131,6 +149,21 @@ pub struct CandlePolicy {
     seen: usize,
     /// Whether the last turn's ids end with an end-of-turn token.
     ended: bool,
+    /// The batch decoder this policy's turns join, if any.
+    batcher: Option<Arc<Batcher>>,
+    /// With a batcher: the episode's cache (every context id before
+    /// `pending`), kept from one turn to the next.
+    cache: Option<Cache>,
+    /// Context ids the cache does not hold yet.
+    pending: Vec<u32>,
+}
+
+/// What [`CandlePolicy::prepare`] added to the context.
+enum Added {
+    /// A new conversation: the whole context is new.
+    All,
+    /// The conversation went on: these ids were appended.
+    Tail(Vec<u32>),
 }
 
 impl CandlePolicy {
@@ -145,6 +178,25 @@ impl CandlePolicy {
             logprobs: Vec::new(),
             seen: 0,
             ended: false,
+            batcher: None,
+            cache: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// A policy whose turns are decoded in `batcher`'s batches, each
+    /// episode keeping its key/value cache across turns (only the tool
+    /// response and the last sampled id run again). Its ids and log-probs
+    /// are exactly those of [`CandlePolicy::new`] on the same weights.
+    pub fn batched(
+        model: Arc<CandleModel>,
+        batcher: Option<Arc<Batcher>>,
+        sampling: Sampling,
+        version: u64,
+    ) -> CandlePolicy {
+        CandlePolicy {
+            batcher,
+            ..CandlePolicy::new(model, sampling, version)
         }
     }
 }
@@ -169,6 +221,81 @@ impl CandlePolicy {
     }
 }
 
+impl CandlePolicy {
+    fn error(&self, e: ModelError) -> PolicyError {
+        PolicyError {
+            policy: self.model.spec.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Brings the context up to `input`'s conversation: the tool responses
+    /// since this policy's last turn as [`continuation`]s, or, for a new
+    /// conversation, the rendered prompt.
+    fn prepare(&mut self, input: &PolicyInput<'_>) -> Result<Added, PolicyError> {
+        let model = self.model.clone();
+        let m = &model.loaded;
+        let n = input.messages.len();
+        let continues = !self.context.is_empty()
+            && n > self.seen
+            && matches!(input.messages.get(self.seen - 1), Some(Message::Assistant(_)));
+        if !continues {
+            self.context = m
+                .tokenizer
+                .encode(&protocol::render_prompt(input.messages, input.protocol))
+                .map_err(|e| self.error(e))?;
+            self.generated = vec![false; self.context.len()];
+            self.logprobs = vec![0.0; self.context.len()];
+            return Ok(Added::All);
+        }
+        let mut tail = Vec::new();
+        for msg in &input.messages[self.seen..] {
+            match msg {
+                Message::Tool(text) | Message::User(text) => {
+                    let ids =
+                        continuation(&m.tokenizer, self.ended, text, input.protocol).map_err(|e| self.error(e))?;
+                    tail.extend_from_slice(&ids);
+                    self.ended = true;
+                }
+                Message::Assistant(_) | Message::System(_) => {
+                    return Err(self.error(ModelError::Invalid(
+                        "the conversation changed under the policy (an assistant or system turn it did not generate)"
+                            .into(),
+                    )));
+                }
+            }
+        }
+        self.generated.extend(std::iter::repeat_n(false, tail.len()));
+        self.logprobs.extend(std::iter::repeat_n(0.0, tail.len()));
+        self.context.extend_from_slice(&tail);
+        Ok(Added::Tail(tail))
+    }
+
+    /// Records the sampled turn in the context and returns it.
+    fn finish(&mut self, input: &PolicyInput<'_>, out: Output) -> Generation {
+        let tokenizer = &self.model.loaded.tokenizer;
+        self.context.extend(&out.ids);
+        self.generated.extend(std::iter::repeat_n(true, out.ids.len()));
+        self.logprobs.extend(&out.logprobs);
+        self.ended = out.ids.last().is_some_and(|id| tokenizer.end_ids().contains(id));
+        self.seen = input.messages.len() + 1;
+        Generation {
+            text: format!("{}{}", input.protocol.turn_prefix(), out.text),
+            n_tokens: out.ids.len() as u32,
+            token_ids: Some(out.ids),
+            logprobs: Some(out.logprobs),
+            finish: match out.finish {
+                Finish::Stop => FinishReason::Stop,
+                Finish::Length => FinishReason::Length,
+            },
+        }
+    }
+
+    fn stop() -> Vec<String> {
+        STOP.iter().map(|s| s.to_string()).collect()
+    }
+}
+
 impl Policy for CandlePolicy {
     fn name(&self) -> &str {
         "candle"
@@ -179,69 +306,62 @@ impl Policy for CandlePolicy {
     }
 
     fn generate(&mut self, input: PolicyInput<'_>) -> Result<Generation, PolicyError> {
-        let err = |e: ModelError| PolicyError {
-            policy: self.model.spec.clone(),
-            message: e.to_string(),
-        };
-        let m = &self.model.loaded;
-        let n = input.messages.len();
-        let continues = !self.context.is_empty()
-            && n > self.seen
-            && matches!(input.messages.get(self.seen - 1), Some(Message::Assistant(_)));
-        if continues {
-            for msg in &input.messages[self.seen..] {
-                match msg {
-                    Message::Tool(text) | Message::User(text) => {
-                        let ids = continuation(&m.tokenizer, self.ended, text, input.protocol).map_err(err)?;
-                        self.generated.extend(std::iter::repeat_n(false, ids.len()));
-                        self.logprobs.extend(std::iter::repeat_n(0.0, ids.len()));
-                        self.context.extend(ids);
-                        self.ended = true;
-                    }
-                    Message::Assistant(_) | Message::System(_) => {
-                        return Err(err(ModelError::Invalid(
-                            "the conversation changed under the policy (an assistant or system turn it did not generate)".into(),
-                        )));
-                    }
-                }
-            }
-        } else {
-            self.context = m
-                .tokenizer
-                .encode(&protocol::render_prompt(input.messages, input.protocol))
-                .map_err(err)?;
-            self.generated = vec![false; self.context.len()];
-            self.logprobs = vec![0.0; self.context.len()];
-        }
-        let prompt = self.context.clone();
-        let stop: Vec<String> = STOP.iter().map(|s| s.to_string()).collect();
+        self.prepare(&input)?;
+        // A turn decoded alone re-reads the whole context; the batched
+        // path's cache must then start again.
+        self.cache = None;
+        let model = self.model.clone();
+        let m = &model.loaded;
         let out = generate(
             &m.model,
             &m.tokenizer,
             &Request {
-                prompt: &prompt,
+                prompt: &self.context,
                 max_new_tokens: input.max_tokens as usize,
                 sampling: self.sampling,
                 // One stream per turn, fixed by the episode's seed.
                 seed: derive_seed(input.seed, "turn", u64::from(input.turn)),
-                stop: &stop,
+                stop: &Self::stop(),
             },
         )
-        .map_err(err)?;
-        self.context.extend(&out.ids);
-        self.generated.extend(std::iter::repeat_n(true, out.ids.len()));
-        self.logprobs.extend(&out.logprobs);
-        self.ended = out.ids.last().is_some_and(|id| m.tokenizer.end_ids().contains(id));
-        self.seen = n + 1;
-        Ok(Generation {
-            text: format!("{}{}", input.protocol.turn_prefix(), out.text),
-            n_tokens: out.ids.len() as u32,
-            token_ids: Some(out.ids),
-            logprobs: Some(out.logprobs),
-            finish: match out.finish {
-                Finish::Stop => FinishReason::Stop,
-                Finish::Length => FinishReason::Length,
-            },
+        .map_err(|e| self.error(e))?;
+        Ok(self.finish(&input, out))
+    }
+
+    fn generate_async<'a>(&'a mut self, input: PolicyInput<'a>) -> GenerateFuture<'a> {
+        let Some(batcher) = self.batcher.clone() else {
+            return Box::pin(std::future::ready(self.generate(input)));
+        };
+        Box::pin(async move {
+            let added = self.prepare(&input)?;
+            let (cache, feed) = match (added, self.cache.take()) {
+                (Added::Tail(tail), Some(cache)) => {
+                    let mut feed = std::mem::take(&mut self.pending);
+                    feed.extend(tail);
+                    (cache, feed)
+                }
+                _ => (batcher.new_cache(), self.context.clone()),
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            batcher.submit(Job {
+                cache,
+                feed,
+                max_new_tokens: input.max_tokens as usize,
+                sampling: self.sampling,
+                seed: derive_seed(input.seed, "turn", u64::from(input.turn)),
+                stop: Self::stop(),
+                reply: Box::new(move |r| {
+                    // The episode may have been dropped; nothing waits then.
+                    let _ = tx.send(r);
+                }),
+            });
+            let turn = rx
+                .await
+                .map_err(|_| self.error(ModelError::Invalid("the batch decoder dropped a turn".into())))?
+                .map_err(|e| self.error(e))?;
+            self.cache = Some(turn.cache);
+            self.pending = turn.pending;
+            Ok(self.finish(&input, turn.output))
         })
     }
 }

@@ -214,7 +214,7 @@ impl MemoryPlan {
         let tool = turns.saturating_sub(1) * r.max_tool_chars.div_ceil(CHARS_PER_TOKEN);
         let sequence = prompt_chars.div_ceil(CHARS_PER_TOKEN) + QUESTION_TOKENS + generated + tool;
         let micro_batch = config.grpo.micro_batch.max(1);
-        let concurrency = (r.concurrency as usize).max(1);
+        let concurrency = r.concurrency.max(1);
 
         let mut resident = vec![(Item::Weights, p * b)];
         if dtype != DType::F32 {
@@ -263,7 +263,7 @@ impl MemoryPlan {
             &self.rollout
         };
         let mut items: Vec<(Item, u64)> = self.resident.iter().chain(phase).copied().collect();
-        items.sort_by(|a, b| b.1.cmp(&a.1));
+        items.sort_by_key(|b| std::cmp::Reverse(b.1));
         items
     }
 
@@ -393,7 +393,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         }
     };
     let bytes = value * scale;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > 1e15 {
+    if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
         return Err(format!("memory size '{text}' is out of range"));
     }
     Ok(bytes as u64)

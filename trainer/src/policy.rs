@@ -62,4 +62,16 @@ pub trait Policy: Send {
 
     /// Generates the next assistant turn.
     fn generate(&mut self, input: PolicyInput<'_>) -> Result<Generation, PolicyError>;
+
+    /// [`Policy::generate`] for the rollout engine, which awaits it: a
+    /// policy that waits for others (a batched model waits for its batch's
+    /// token steps) does so without holding a thread. By default it is
+    /// `generate`.
+    fn generate_async<'a>(&'a mut self, input: PolicyInput<'a>) -> GenerateFuture<'a> {
+        Box::pin(std::future::ready(self.generate(input)))
+    }
 }
+
+/// What [`Policy::generate_async`] returns.
+pub type GenerateFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Generation, PolicyError>> + Send + 'a>>;

@@ -299,14 +299,16 @@ impl Rollout {
         let mut error_note: Option<String> = None;
         for turn in 0..self.config.max_turns {
             let t0 = self.clock.now();
-            let generated = policy.generate(PolicyInput {
-                question: &spec.question,
-                messages: &messages,
-                turn,
-                seed: spec.seed,
-                max_tokens: self.config.max_turn_tokens,
-                protocol: rules,
-            });
+            let generated = policy
+                .generate_async(PolicyInput {
+                    question: &spec.question,
+                    messages: &messages,
+                    turn,
+                    seed: spec.seed,
+                    max_tokens: self.config.max_turn_tokens,
+                    protocol: rules,
+                })
+                .await;
             let g = match generated {
                 Ok(g) => g,
                 Err(e) => {

@@ -137,14 +137,16 @@ pub struct ModelEval<'a> {
 /// temperature with its samples per question, then (with `greedy` and a
 /// temperature above 0) a greedy evaluation run.
 pub async fn evaluate_model(env: &Env, e: &ModelEval<'_>) -> Result<Evaluation, JobError> {
-    let run = |temperature: f64, samples: u32, suffix: &'static str| {
+    let run = |temperature: f64, samples: u32, suffix: &'static str| -> Result<EvalJob<'_>, JobError> {
         let sampling = Sampling {
             temperature,
             top_p: 1.0,
         };
         let model = e.model.clone();
         let version = e.version;
-        let policies: PolicyFactory = Arc::new(move || Box::new(CandlePolicy::new(model.clone(), sampling, version)));
+        let batcher = e.model.batcher()?;
+        let policies: PolicyFactory =
+            Arc::new(move || Box::new(CandlePolicy::batched(model.clone(), batcher.clone(), sampling, version)));
         let mut config = e.config.clone();
         if let Some(fields) = config.as_object_mut() {
             fields.insert("temperature".into(), temperature.into());
@@ -154,7 +156,7 @@ pub async fn evaluate_model(env: &Env, e: &ModelEval<'_>) -> Result<Evaluation, 
                 serde_json::to_value(e.model.loaded().model.kernels()).unwrap_or_default(),
             );
         }
-        EvalJob {
+        Ok(EvalJob {
             name: format!("{}{suffix}", e.name),
             policy: e.policy.clone(),
             model: String::new(),
@@ -166,11 +168,11 @@ pub async fn evaluate_model(env: &Env, e: &ModelEval<'_>) -> Result<Evaluation, 
             benchmark: if suffix.is_empty() { HELD_OUT } else { HELD_OUT_GREEDY }.into(),
             config,
             samples,
-        }
+        })
     };
-    let main = evaluate(env, run(e.section.temperature, e.section.samples, "")).await?;
+    let main = evaluate(env, run(e.section.temperature, e.section.samples, "")?).await?;
     let greedy = if e.section.greedy && e.section.temperature > 0.0 {
-        Some(evaluate(env, run(0.0, 1, " greedy")).await?)
+        Some(evaluate(env, run(0.0, 1, " greedy")?).await?)
     } else {
         None
     };
@@ -973,7 +975,11 @@ impl Trainer {
         };
         let model = self.model.clone();
         let version = s - 1;
-        let policies: PolicyFactory = Arc::new(move || Box::new(CandlePolicy::new(model.clone(), sampling, version)));
+        // The step's episodes decode together, on the weights as they are
+        // now (a new batcher each step).
+        let batcher = self.model.batcher()?;
+        let policies: PolicyFactory =
+            Arc::new(move || Box::new(CandlePolicy::batched(model.clone(), batcher.clone(), sampling, version)));
         self.env
             .observer
             .phase(&format!("step {s}/{}", self.target), specs.len() as u64);

@@ -1,4 +1,5 @@
 //! fathom-model's integration tests.
 
+mod batch;
 mod fused;
 mod model;

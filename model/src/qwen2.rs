@@ -8,7 +8,8 @@
 //! Weight names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`,
 //! …), so a model directory loads as it is.
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{D, DType, Device, Module, Tensor, Var};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::config::Qwen2Config;
@@ -396,14 +397,118 @@ impl Qwen2 {
         let mut x = self.embed.forward(ids)?;
         for (l, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let a = block
-                .attn
-                .forward(&block.ln1.forward(&x, k)?, &self.rope, offset, mask.as_ref(), slot, k)?;
-            x = (x + a)?;
-            let m = block.mlp.forward(&block.ln2.forward(&x, k)?)?;
-            x = (x + m)?;
+            x = self.block(block, &x, offset, mask.as_ref(), slot)?;
         }
         self.norm.forward(&x, k)
+    }
+
+    /// One transformer block: `x + attn(ln1 x)`, then `+ mlp(ln2 ·)`.
+    fn block(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        offset: usize,
+        mask: Option<&Tensor>,
+        slot: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let k = self.kernels;
+        let a = block
+            .attn
+            .forward(&block.ln1.forward(x, k)?, &self.rope, offset, mask, slot, k)?;
+        let x = (x + a)?;
+        let m = block.mlp.forward(&block.ln2.forward(&x, k)?)?;
+        x + m
+    }
+
+    /// Every weight tensor of the model.
+    fn weights(&self) -> Vec<&Tensor> {
+        let p = self.parts();
+        let mut out = vec![p.embed, p.norm];
+        for b in &p.blocks {
+            out.extend([b.ln1, b.ln2]);
+            for linear in [b.q, b.k, b.v, b.o, b.gate, b.up, b.down] {
+                out.push(linear.weight());
+                out.extend(linear.bias());
+            }
+        }
+        if let Some(head) = p.lm_head {
+            out.push(head.weight());
+        }
+        out
+    }
+
+    /// A training pass with activation checkpointing: the loss `head`
+    /// computes from the final hidden states of `ids` (`[b, t]`, as
+    /// [`Qwen2::hidden`] gives them), and the gradients of that loss with
+    /// respect to every weight, while keeping only each block's input for
+    /// the backward pass instead of every intermediate of every block.
+    ///
+    /// The forward pass runs block by block without keeping its graph.
+    /// The backward pass goes from the top: the head's loss is
+    /// differentiated with respect to the last block's output; then each
+    /// block is run again from its kept input and `sum(output · g)`, with
+    /// `g` the gradient arriving at its output, is differentiated, giving
+    /// the block's weight gradients and the gradient at its input; the
+    /// embedding last. The mathematics is the full backward pass's; only
+    /// the order of a few sums differs (the tied embedding's two
+    /// contributions), so gradients agree to rounding. Returns the loss
+    /// (detached), what `head` returned beside it, and the weights'
+    /// gradients.
+    pub fn checkpointed_backward<T>(
+        &self,
+        ids: &Tensor,
+        head: impl FnOnce(&Tensor) -> Result<(Tensor, T)>,
+    ) -> Result<(Tensor, T, GradStore)> {
+        let (_, t) = ids.dims2()?;
+        let mask = match self.kernels {
+            Kernels::Reference => self.causal_mask(t, 0)?,
+            Kernels::Fused => None,
+        };
+        let weights = self.weights();
+        let mut grads = GradStore::default();
+        let mut keep = |store: GradStore| -> Result<()> {
+            let mut kept = GradStore::default();
+            for w in &weights {
+                if let Some(g) = store.get(w) {
+                    kept.insert(w, g.clone());
+                }
+            }
+            grads.extend(kept)
+        };
+        // Forward, keeping each block's input only.
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        let mut x = self.embed.forward(ids)?.detach();
+        for block in &self.blocks {
+            let next = self.block(block, &x, 0, mask.as_ref(), None)?.detach();
+            inputs.push(x);
+            x = next;
+        }
+        // The head, from the last block's output.
+        let top = Var::from_tensor(&x)?;
+        drop(x);
+        let (loss, extra) = head(&self.norm.forward(top.as_tensor(), self.kernels)?)?;
+        let store = loss.backward()?;
+        let Some(mut g) = store.get(top.as_tensor()).cloned() else {
+            // The loss does not depend on the hidden states (nothing
+            // carries loss): no gradient reaches the blocks.
+            keep(store)?;
+            return Ok((loss.detach(), extra, grads));
+        };
+        keep(store)?;
+        // Each block again, from the top.
+        for (block, input) in self.blocks.iter().zip(inputs).rev() {
+            let input = Var::from_tensor(&input)?;
+            let out = self.block(block, input.as_tensor(), 0, mask.as_ref(), None)?;
+            let store = (out * &g)?.sum_all()?.backward()?;
+            g = store
+                .get(input.as_tensor())
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("no gradient reached a block's input".into()))?;
+            keep(store)?;
+        }
+        let embedded = self.embed.forward(ids)?;
+        keep((embedded * &g)?.sum_all()?.backward()?)?;
+        Ok((loss.detach(), extra, grads))
     }
 
     /// Logits (f32) of final hidden states `[..., hidden]` (from

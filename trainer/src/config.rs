@@ -58,6 +58,11 @@ pub struct ModelSection {
     /// With `path = "init-tiny"`: the tiny model's shape.
     #[serde(default)]
     pub tiny: TinyShape,
+    /// Activation checkpointing: training passes keep only each block's
+    /// input and run the block again during the backward pass (about a
+    /// third more compute for activations a fraction of the size).
+    #[serde(default)]
+    pub checkpointing: bool,
 }
 
 /// `[model.tiny]`: the shape of an `init-tiny` model (its weights are

@@ -4,6 +4,7 @@
 //! as differentiable candle expressions. The training loop that feeds them
 //! (rollouts, micro-batches, the optimizer, checkpoints) builds on these.
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor};
 use fathom_model::{Kernels, Qwen2};
 
@@ -214,11 +215,19 @@ pub struct LossLogits {
 /// matters.
 const PAD: u32 = 0;
 
-/// The logits `model` gives where `seqs` carry loss, from one forward pass
-/// over the sequences right-padded to the longest (each cut after its last
-/// loss-carrying id); `None` when none carries loss.
-pub fn loss_logits(model: &Qwen2, seqs: &[Sequence]) -> candle_core::Result<Option<LossLogits>> {
-    let device = model.device();
+/// A micro-batch laid out for one forward pass: the sequences right-padded
+/// to the longest (each cut after its last loss-carrying id), and which
+/// rows of the flattened output carry loss.
+struct Padded {
+    /// `[rows, width]` ids.
+    input: Tensor,
+    /// Flattened row index of each loss-carrying position.
+    picked: Tensor,
+    /// `(sequence, index into its ids)` of each picked row.
+    targets: Vec<(usize, usize)>,
+}
+
+fn padded(device: &Device, seqs: &[Sequence]) -> candle_core::Result<Option<Padded>> {
     let targets: Vec<Vec<usize>> = seqs
         .iter()
         .map(|s| (1..s.ids.len()).filter(|&i| s.generated[i]).collect())
@@ -241,16 +250,62 @@ pub fn loss_logits(model: &Qwen2, seqs: &[Sequence]) -> candle_core::Result<Opti
             out_targets.push((b, i));
         }
     }
-    let input = Tensor::from_vec(input, (rows.len(), width), device)?;
-    let hidden = model.hidden(&input, 0, None)?;
-    let h = hidden.dim(2)?;
-    let hidden = hidden
-        .reshape((rows.len() * width, h))?
-        .index_select(&Tensor::new(picked.as_slice(), device)?, 0)?;
-    Ok(Some(LossLogits {
-        logits: model.logits(&hidden)?,
+    Ok(Some(Padded {
+        input: Tensor::from_vec(input, (rows.len(), width), device)?,
+        picked: Tensor::new(picked.as_slice(), device)?,
         targets: out_targets,
     }))
+}
+
+/// The logits at the picked rows of `hidden` (`[rows, width, h]`).
+fn picked_logits(model: &Qwen2, hidden: &Tensor, p: &Padded) -> candle_core::Result<Tensor> {
+    let (rows, width, h) = hidden.dims3()?;
+    model.logits(&hidden.reshape((rows * width, h))?.index_select(&p.picked, 0)?)
+}
+
+/// The logits `model` gives where `seqs` carry loss, from one forward pass
+/// over the sequences right-padded to the longest (each cut after its last
+/// loss-carrying id); `None` when none carries loss.
+pub fn loss_logits(model: &Qwen2, seqs: &[Sequence]) -> candle_core::Result<Option<LossLogits>> {
+    let Some(p) = padded(model.device(), seqs)? else {
+        return Ok(None);
+    };
+    let hidden = model.hidden(&p.input, 0, None)?;
+    Ok(Some(LossLogits {
+        logits: picked_logits(model, &hidden, &p)?,
+        targets: p.targets,
+    }))
+}
+
+/// Runs `loss` on the logits of `seqs`' loss-carrying positions and
+/// differentiates it: in one graph, or with `checkpointing` block by block
+/// ([`Qwen2::checkpointed_backward`], which keeps only each block's input).
+/// `loss` returns the scalar to differentiate and what goes with it; `None`
+/// when nothing carries loss.
+pub fn differentiate<T>(
+    model: &Qwen2,
+    seqs: &[Sequence],
+    checkpointing: bool,
+    loss: impl FnOnce(LossLogits) -> candle_core::Result<(Tensor, T)>,
+) -> candle_core::Result<Option<(T, GradStore)>> {
+    let Some(p) = padded(model.device(), seqs)? else {
+        return Ok(None);
+    };
+    if checkpointing {
+        let (_, extra, grads) = model.checkpointed_backward(&p.input, |hidden| {
+            loss(LossLogits {
+                logits: picked_logits(model, hidden, &p)?,
+                targets: p.targets.clone(),
+            })
+        })?;
+        return Ok(Some((extra, grads)));
+    }
+    let hidden = model.hidden(&p.input, 0, None)?;
+    let (scalar, extra) = loss(LossLogits {
+        logits: picked_logits(model, &hidden, &p)?,
+        targets: p.targets,
+    })?;
+    Ok(Some((extra, scalar.backward()?)))
 }
 
 /// The loss of the micro-batch `seqs` under `model` (one padded forward
@@ -262,16 +317,48 @@ pub fn sequence_loss(
     denominator: f64,
 ) -> candle_core::Result<LossTerms> {
     let device: &Device = model.device();
-    let Some(LossLogits { logits, targets }) = loss_logits(model, seqs)? else {
-        return Ok(LossTerms {
+    match loss_logits(model, seqs)? {
+        Some(l) => loss_terms(model, seqs, l, cfg, denominator),
+        None => Ok(LossTerms {
             loss: Tensor::zeros((), DType::F32, device)?,
             pg_loss: 0.0,
             kl: 0.0,
             entropy: 0.0,
             clip_frac: 0.0,
             tokens: 0,
-        });
-    };
+        }),
+    }
+}
+
+/// [`sequence_loss`] and its gradients, with or without activation
+/// checkpointing (see [`differentiate`]); `None` when nothing in `seqs`
+/// carries loss. The returned terms' `loss` is detached.
+pub fn sequence_loss_grads(
+    model: &Qwen2,
+    seqs: &[Sequence],
+    cfg: &GrpoConfig,
+    denominator: f64,
+    checkpointing: bool,
+) -> candle_core::Result<Option<(LossTerms, GradStore)>> {
+    let out = differentiate(model, seqs, checkpointing, |l| {
+        let terms = loss_terms(model, seqs, l, cfg, denominator)?;
+        Ok((terms.loss.clone(), terms))
+    })?;
+    Ok(out.map(|(mut terms, grads)| {
+        terms.loss = terms.loss.detach();
+        (terms, grads)
+    }))
+}
+
+/// The loss terms of `seqs` from their loss-carrying logits.
+fn loss_terms(
+    model: &Qwen2,
+    seqs: &[Sequence],
+    LossLogits { logits, targets }: LossLogits,
+    cfg: &GrpoConfig,
+    denominator: f64,
+) -> candle_core::Result<LossTerms> {
+    let device: &Device = model.device();
     let k = targets.len();
     let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
     let (logp, entropy) = logprobs_for(model, &logits, &Tensor::new(ids.as_slice(), device)?, cfg.temperature)?;
@@ -331,13 +418,38 @@ pub fn sequence_logprobs(model: &Qwen2, seqs: &[Sequence], temperature: f64) -> 
 /// masked exactly as in GRPO. Returns the loss and its token count.
 pub fn nll_loss(model: &Qwen2, seqs: &[Sequence], denominator: f64) -> candle_core::Result<(Tensor, usize)> {
     let device = model.device();
-    let Some(LossLogits { logits, targets }) = loss_logits(model, seqs)? else {
+    let Some(l) = loss_logits(model, seqs)? else {
         return Ok((Tensor::zeros((), DType::F32, device)?, 0));
     };
+    nll_of(model, seqs, l, denominator)
+}
+
+fn nll_of(
+    model: &Qwen2,
+    seqs: &[Sequence],
+    LossLogits { logits, targets }: LossLogits,
+    denominator: f64,
+) -> candle_core::Result<(Tensor, usize)> {
     let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
-    let (logp, _) = logprobs_for(model, &logits, &Tensor::new(ids.as_slice(), device)?, 1.0)?;
+    let (logp, _) = logprobs_for(model, &logits, &Tensor::new(ids.as_slice(), model.device())?, 1.0)?;
     let nll = (logp.sum_all()?.neg()? / denominator.max(1.0))?;
     Ok((nll, targets.len()))
+}
+
+/// [`nll_loss`] (its value, detached, and token count) and its gradients,
+/// with or without activation checkpointing; `None` when nothing carries
+/// loss.
+pub fn nll_loss_grads(
+    model: &Qwen2,
+    seqs: &[Sequence],
+    denominator: f64,
+    checkpointing: bool,
+) -> candle_core::Result<Option<((Tensor, usize), GradStore)>> {
+    let out = differentiate(model, seqs, checkpointing, |l| {
+        let (nll, n) = nll_of(model, seqs, l, denominator)?;
+        Ok((nll.clone(), (nll.detach(), n)))
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]

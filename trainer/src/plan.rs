@@ -165,7 +165,7 @@ impl Item {
             }
             Item::Reference => "grpo.kl_coef = 0 (no reference model)",
             Item::Activations => {
-                "a smaller grpo.micro_batch, or shorter episodes (rollout.max_turns, rollout.max_turn_tokens, rollout.max_tool_chars)"
+                "model.checkpointing = true, a smaller grpo.micro_batch, or shorter episodes (rollout.max_turns, rollout.max_turn_tokens, rollout.max_tool_chars)"
             }
             Item::RolloutCache => "a smaller rollout.concurrency, or shorter episodes (rollout.max_turn_tokens)",
         }
@@ -231,7 +231,14 @@ impl MemoryPlan {
         }
         update.push((
             Item::Activations,
-            activations(shape, kernels, b, sequence as u64, generated as u64) * micro_batch as u64,
+            activations(
+                shape,
+                kernels,
+                b,
+                sequence as u64,
+                generated as u64,
+                config.model.checkpointing,
+            ) * micro_batch as u64,
         ));
 
         let kv = (shape.num_hidden_layers * 2 * kv_width(shape)) as u64 * b;
@@ -337,8 +344,10 @@ fn kv_width(shape: &Qwen2Config) -> usize {
 /// and product; the reference kernels also keep K/V repeated to every head
 /// and the f32 scores, masked scores and probabilities (`[heads, t, t]`),
 /// which the fused kernels never hold. Logits are kept in f32 with their
-/// log-softmax and the entropy's probabilities.
-fn activations(shape: &Qwen2Config, kernels: Kernels, b: u64, t: u64, generated: u64) -> u64 {
+/// log-softmax and the entropy's probabilities. With `checkpointing` only
+/// each block's input is kept, plus one block's intermediates while it is
+/// run again.
+fn activations(shape: &Qwen2Config, kernels: Kernels, b: u64, t: u64, generated: u64, checkpointing: bool) -> u64 {
     let h = shape.hidden_size as u64;
     let kv = kv_width(shape) as u64;
     let i = shape.intermediate_size as u64;
@@ -352,7 +361,12 @@ fn activations(shape: &Qwen2Config, kernels: Kernels, b: u64, t: u64, generated:
         Kernels::Fused => 0,
     };
     let layers = shape.num_hidden_layers as u64;
-    layers * (per_token * t + scores) + 4 * generated * shape.vocab_size as u64 * 4
+    let logits = 4 * generated * shape.vocab_size as u64 * 4;
+    if checkpointing {
+        layers * h * t * b + per_token * t + scores + logits
+    } else {
+        layers * (per_token * t + scores) + logits
+    }
 }
 
 /// `bytes` as a human reads them (GiB, MiB, KiB).
@@ -518,6 +532,25 @@ mod tests {
         let bigger = MemoryPlan::new(&config, &shape, kernels_of(&config));
         let act = |p: &MemoryPlan| p.update.iter().find(|(i, _)| *i == Item::Activations).unwrap().1;
         assert_eq!(act(&bigger), 4 * act(&bf16));
+        config.model.checkpointing = true;
+        let checkpointed = MemoryPlan::new(&config, &shape, kernels_of(&config));
+        // Two blocks: one block's intermediates instead of both, plus the
+        // blocks' inputs.
+        assert!(
+            act(&checkpointed) < act(&bigger) * 3 / 5,
+            "checkpointing keeps about half with two blocks: {} vs {}",
+            act(&checkpointed),
+            act(&bigger)
+        );
+        // Twenty-four blocks: about a twentieth.
+        let mut half_b = example("qwen2.5-0.5b-gpu.toml");
+        let shape_05 = shape_of(&half_b).unwrap();
+        assert!(half_b.model.checkpointing, "the GPU examples checkpoint");
+        let with = MemoryPlan::new(&half_b, &shape_05, kernels_of(&half_b));
+        half_b.model.checkpointing = false;
+        let without = MemoryPlan::new(&half_b, &shape_05, kernels_of(&half_b));
+        assert!(act(&with) * 15 < act(&without), "{} vs {}", act(&with), act(&without));
+        config.model.checkpointing = false;
         let err = bigger.check(64 << 20, "cpu").unwrap_err();
         assert!(err.contains("activations") && err.contains("cpu has 64.0 MiB"), "{err}");
     }

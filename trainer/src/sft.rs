@@ -22,7 +22,7 @@ use fathom_store::{Durability, Store};
 use crate::candle_policy::parse_device;
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
-use crate::grpo::{Sequence, nll_loss};
+use crate::grpo::{Sequence, nll_loss_grads};
 use crate::harness::{Env, JobError, PolicyFactory, Question, run_episodes, sampled_events};
 use crate::optim::accumulate;
 use crate::recorded::{self, TurnIds};
@@ -292,14 +292,14 @@ async fn clone_trajectories(
             let mut grads = GradStore::default();
             let (mut loss, mut tokens, mut micro) = (0.0, 0, 0);
             for part in batch.chunks(config.grpo.micro_batch) {
-                let (l, n) = nll_loss(&loaded.model, part, denominator)?;
+                let computed = nll_loss_grads(&loaded.model, part, denominator, config.model.checkpointing)?;
                 micro += 1;
-                if n == 0 {
+                let Some(((l, n), part_grads)) = computed else {
                     continue;
-                }
+                };
                 loss += f64::from(l.to_scalar::<f32>()?);
                 tokens += n;
-                accumulate(&mut grads, &l.backward()?, &vars)?;
+                accumulate(&mut grads, &part_grads, &vars)?;
             }
             let lr = learning_rate(
                 sft.lr,

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::candle_policy::{CandleModel, CandlePolicy, parse_device};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::TrainConfig;
-use crate::grpo::{GrpoConfig, Sequence, advantages, sequence_logprobs, sequence_loss};
+use crate::grpo::{GrpoConfig, Sequence, advantages, sequence_logprobs, sequence_loss_grads};
 use crate::harness::{
     Env, EvalJob, EvalSummary, JobError, PolicyFactory, Question, evaluate, run_episodes, sampled_events,
 };
@@ -859,19 +859,21 @@ impl Trainer {
             let denominator = part.iter().map(Sequence::loss_tokens).sum::<usize>() as f64;
             let t_fb = clock.now();
             let mut grads = GradStore::default();
+            let checkpointing = self.config().model.checkpointing;
             for chunk in part.chunks(self.config().grpo.micro_batch) {
-                let terms = sequence_loss(&self.model.loaded().model, chunk, &cfg, denominator)?;
+                let computed =
+                    sequence_loss_grads(&self.model.loaded().model, chunk, &cfg, denominator, checkpointing)?;
                 micro += 1;
-                if terms.tokens == 0 {
+                let Some((terms, chunk_grads)) = computed else {
                     continue;
-                }
+                };
                 loss += f64::from(terms.loss.to_scalar::<f32>()?);
                 pg += terms.pg_loss;
                 kl += terms.kl;
                 entropy += terms.entropy;
                 clip += terms.clip_frac;
                 tokens += terms.tokens;
-                accumulate(&mut grads, &terms.loss.backward()?, &vars)?;
+                accumulate(&mut grads, &chunk_grads, &vars)?;
             }
             timings.forward_backward_ns += clock.now().nanos_since(t_fb);
             let t_opt = clock.now();

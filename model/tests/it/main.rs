@@ -1,5 +1,6 @@
 //! fathom-model's integration tests.
 
 mod batch;
+mod checkpoint;
 mod fused;
 mod model;

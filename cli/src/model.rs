@@ -33,6 +33,12 @@ pub enum ModelCommand {
         /// `reference` (written out of small candle operations).
         #[arg(long, default_value = "fused", value_parser = ["fused", "reference"])]
         kernels: String,
+        /// Where the model runs: `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// The weights' dtype: `f32` or `bf16`.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        dtype: String,
         /// Also decode this many sequences together (the rollouts' batch decoder, fused kernels
         /// only) and one at a time, and report both rates; 0 skips it.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=1024))]
@@ -47,6 +53,24 @@ pub enum ModelCommand {
         /// `"text"` with its `"text_ids"` to check the tokenizer too.
         #[arg(long)]
         reference: PathBuf,
+        /// Where the model runs (in f32): `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Print the model's f32 logits for some ids as JSON in the form `check` reads, to compare
+    /// devices (`scripts/gpu-check` checks CUDA against the CPU with it).
+    Logits {
+        /// The model directory.
+        dir: PathBuf,
+        /// Comma-separated token ids (at most 4,096).
+        #[arg(long, value_delimiter = ',', required = true, num_args = 1..=4096)]
+        ids: Vec<u32>,
+        /// Where the model runs: `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// The tolerance to write for `check`.
+        #[arg(long, default_value_t = 1e-4)]
+        atol: f64,
     },
 }
 
@@ -89,7 +113,8 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::InitTiny(args) => init_tiny(args),
         ModelCommand::Info { dir } => info(&dir),
-        ModelCommand::Check { dir, reference } => check(&dir, &reference),
+        ModelCommand::Check { dir, reference, device } => check(&dir, &reference, &device),
+        ModelCommand::Logits { dir, ids, device, atol } => logits(&dir, &ids, &device, atol),
         ModelCommand::Bench {
             dir,
             gen_tokens,
@@ -97,13 +122,23 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             repeats,
             kernels,
             batch,
+            device,
+            dtype,
         } => {
             let kernels = if kernels == "fused" {
                 fathom_model::Kernels::Fused
             } else {
                 fathom_model::Kernels::Reference
             };
-            bench(&dir, gen_tokens, train_tokens, repeats, kernels, usize::from(batch))
+            let device = fathom_trainer::candle_policy::parse_device(&device)?;
+            let dtype = fathom_model::dir::parse_dtype(&dtype)?;
+            let sizes = BenchSizes {
+                gen_tokens,
+                train_tokens,
+                repeats,
+                batch: usize::from(batch),
+            };
+            bench(&dir, &sizes, kernels, &device, dtype)
         }
     }
 }
@@ -290,7 +325,21 @@ fn info(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(dir: &std::path::Path, reference: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn logits(dir: &std::path::Path, ids: &[u32], device: &str, atol: f64) -> anyhow::Result<ExitCode> {
+    let device = fathom_trainer::candle_policy::parse_device(device)?;
+    let m = fathom_model::load(dir, &device, candle_core::DType::F32)?;
+    let vocab = m.config.vocab_size;
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        anyhow::bail!("--ids: {bad} is outside the model's vocabulary of {vocab}");
+    }
+    let x = candle_core::Tensor::new(ids, &device)?.unsqueeze(0)?;
+    let rows: Vec<Vec<f32>> = m.model.forward(&x, 0, None)?.squeeze(0)?.to_vec2()?;
+    let v = serde_json::json!({"input_ids": ids, "logits": rows, "atol": atol});
+    println!("{}", serde_json::to_string(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(dir: &std::path::Path, reference: &std::path::Path, device: &str) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     let text = std::fs::read_to_string(reference).with_context(|| format!("reading {}", reference.display()))?;
     let r: serde_json::Value =
@@ -300,7 +349,8 @@ fn check(dir: &std::path::Path, reference: &std::path::Path) -> anyhow::Result<E
     let want: Vec<Vec<f64>> = serde_json::from_value(r["logits"].clone())
         .with_context(|| format!("{}: logits must be a list of rows", reference.display()))?;
     let atol = r["atol"].as_f64().unwrap_or(1e-4);
-    let m = fathom_model::load(dir, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+    let device = fathom_trainer::candle_policy::parse_device(device)?;
+    let m = fathom_model::load(dir, &device, candle_core::DType::F32)?;
     let mut ok = true;
     if let (Some(t), Some(expected)) = (r["text"].as_str(), r["text_ids"].as_array()) {
         let got = m.tokenizer.encode(t)?;
@@ -312,7 +362,7 @@ fn check(dir: &std::path::Path, reference: &std::path::Path) -> anyhow::Result<E
             ok = false;
         }
     }
-    let x = candle_core::Tensor::new(&ids[..], &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let x = candle_core::Tensor::new(&ids[..], &device)?.unsqueeze(0)?;
     let got: Vec<Vec<f32>> = m.model.forward(&x, 0, None)?.squeeze(0)?.to_vec2()?;
     if got.len() != want.len() || got.iter().zip(&want).any(|(a, b)| a.len() != b.len()) {
         anyhow::bail!(
@@ -354,20 +404,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(
-    dir: &std::path::Path,
+/// How much `fathom model bench` runs.
+struct BenchSizes {
     gen_tokens: usize,
     train_tokens: usize,
     repeats: usize,
-    kernels: fathom_model::Kernels,
     batch: usize,
+}
+
+fn bench(
+    dir: &std::path::Path,
+    sizes: &BenchSizes,
+    kernels: fathom_model::Kernels,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
 ) -> anyhow::Result<ExitCode> {
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
     use fathom_core::{Clock, SystemClock};
     use fathom_model::generate::{Request, generate};
     use fathom_model::sample::Sampling;
+    let &BenchSizes {
+        gen_tokens,
+        train_tokens,
+        repeats,
+        batch,
+    } = sizes;
     let repeats = repeats.max(1);
-    let mut m = fathom_model::load(dir, &Device::Cpu, candle_core::DType::F32)?;
+    let mut m = fathom_model::load(dir, device, dtype)?;
     let kernels = m.model.set_kernels(kernels);
     let clock = SystemClock;
     let vocab = m.config.vocab_size as u32;
@@ -392,8 +455,8 @@ fn bench(
         gen_rates.push(out.ids.len() as f64 / (clock.now().nanos_since(t0) as f64 / 1e9));
     }
     let seq = ids(train_tokens + 1);
-    let x = Tensor::new(&seq[..train_tokens], &Device::Cpu)?.unsqueeze(0)?;
-    let y = Tensor::new(&seq[1..], &Device::Cpu)?;
+    let x = Tensor::new(&seq[..train_tokens], device)?.unsqueeze(0)?;
+    let y = Tensor::new(&seq[1..], device)?;
     let mut train_rates = Vec::new();
     for _ in 0..repeats {
         let t0 = clock.now();
@@ -404,6 +467,7 @@ fn bench(
         let loss = (lse - taken)?.mean_all()?;
         let grads = loss.backward()?;
         std::hint::black_box(&grads);
+        device.synchronize()?;
         train_rates.push(train_tokens as f64 / (clock.now().nanos_since(t0) as f64 / 1e9));
     }
     let batched = if batch > 0 && kernels == fathom_model::Kernels::Fused {
@@ -420,6 +484,8 @@ fn bench(
         "gen_tokens": gen_tokens,
         "train_tokens": train_tokens,
         "kernels": kernels,
+        "device": format!("{device:?}"),
+        "dtype": format!("{dtype:?}"),
     });
     if let (Some((alone, together)), Some(fields)) = (batched, v.as_object_mut()) {
         fields.insert("batch".into(), batch.into());

@@ -406,8 +406,18 @@ pub(crate) async fn starting_weights(
     Ok(w.dir)
 }
 
+/// This process's peak resident memory (`VmHWM`, Linux), when readable.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
 fn print_summary(s: &TrainSummary) {
     println!("run {}: {} steps", s.run, s.steps);
+    if let Some(bytes) = peak_rss() {
+        eprintln!("peak resident memory: {}", fathom_trainer::plan::human(bytes));
+    }
     if let (Some(first), Some(last)) = (s.step_rewards.first(), s.step_rewards.last()) {
         println!(
             "training reward: step {} {:.3} -> step {} {:.3}",

@@ -220,6 +220,20 @@ fn questions(config: &TrainConfig, web: &WebArgs) -> anyhow::Result<Data> {
         config.eval.limit
     })
     .collect();
+    if config.eval.questions == "sandbox" {
+        // A world holds few questions of some hop counts (6,000 entities:
+        // 2,100 two-hop ones); a training set that takes them all leaves
+        // none to hold out, and the evaluation would silently skip them.
+        let [lo, hi] = config.data.hops;
+        for h in lo.max(1)..=hi.min(4) {
+            if !eval.iter().any(|q| q.hops == Some(h)) {
+                eprintln!(
+                    "note: the held-out questions include no {h}-hop question: the training set holds every {h}-hop question of the {}-entity world; lower data.sandbox_questions or raise data.sandbox_entities to hold some out",
+                    web.entities()
+                );
+            }
+        }
+    }
     Ok(Data { train, eval })
 }
 

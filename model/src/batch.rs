@@ -110,10 +110,11 @@ struct Active {
 
 impl Batcher {
     /// Starts the thread with `decoder`'s weights; `limit` is the model's
-    /// positions (a sequence may not reach it).
+    /// positions (a sequence may not reach it, nor the decoder's own).
     pub fn start(decoder: Decoder, tokenizer: ChatTokenizer, limit: usize) -> Batcher {
         let (tx, rx) = channel();
         let new_cache = decoder.new_cache();
+        let limit = limit.min(decoder.max_positions());
         let thread = std::thread::Builder::new()
             .name("fathom-batcher".into())
             .spawn(move || run(&decoder, &tokenizer, limit, &rx))
@@ -166,10 +167,17 @@ impl Drop for Batcher {
     }
 }
 
-fn admit(job: Job, limit: usize, active: &mut Vec<Active>) {
+/// Takes `job` into the batch, or replies at once when it cannot run (so
+/// that one bad job never fails the others' pass).
+fn admit(job: Job, limit: usize, vocab: usize, active: &mut Vec<Active>) {
     let length = job.cache.len() + job.feed.len();
     if job.feed.is_empty() {
         return (job.reply)(Err(ModelError::Invalid("cannot generate from an empty prompt".into())));
+    }
+    if let Some(id) = job.feed.iter().find(|&&id| id as usize >= vocab) {
+        return (job.reply)(Err(ModelError::Invalid(format!(
+            "token id {id} is outside the model's vocabulary of {vocab}"
+        ))));
     }
     if length >= limit {
         return (job.reply)(Err(ModelError::Invalid(format!(
@@ -210,13 +218,13 @@ fn run(decoder: &Decoder, tokenizer: &ChatTokenizer, limit: usize, rx: &Receiver
                 return stats;
             }
             match rx.recv() {
-                Ok(job) => admit(job, limit, &mut active),
+                Ok(job) => admit(job, limit, decoder.vocab(), &mut active),
                 Err(_) => return stats,
             }
         }
         while open {
             match rx.try_recv() {
-                Ok(job) => admit(job, limit, &mut active),
+                Ok(job) => admit(job, limit, decoder.vocab(), &mut active),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }

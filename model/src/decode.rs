@@ -193,6 +193,16 @@ impl Decoder {
         })
     }
 
+    /// The longest sequence it runs.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Ids it knows (`0..vocab`).
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
     /// An empty cache for this model.
     pub fn new_cache(&self) -> Cache {
         Cache {

@@ -8,6 +8,9 @@ use crate::decode::Decoder;
 use crate::sample::{Sampling, pick, pick_unsorted};
 use crate::{ChatTokenizer, Kernels, ModelError, Qwen2};
 
+/// Prompt tokens run at once on a GPU (see [`generate`]).
+pub const PREFILL_CHUNK: usize = 1024;
+
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -73,8 +76,21 @@ pub fn generate(model: &Qwen2, tokenizer: &ChatTokenizer, req: &Request<'_>) -> 
         let t = logits.dim(1)?;
         Ok(logits.narrow(1, t - 1, 1)?.flatten_all()?.to_vec1()?)
     };
-    let input = Tensor::new(req.prompt, device)?.unsqueeze(0)?;
-    let first = last_row(model.forward(&input, 0, Some(&mut cache))?)?;
+    // On a GPU the prompt runs in chunks, so that a long context's
+    // attention scores are [heads, chunk, t], not [heads, t, t]. The CPU
+    // runs it whole, as logs recorded on the reference kernels were
+    // sampled (a different grouping could round differently).
+    let chunk = if device.is_cpu() {
+        req.prompt.len()
+    } else {
+        PREFILL_CHUNK
+    };
+    let mut first = Vec::new();
+    for piece in req.prompt.chunks(chunk.max(1)) {
+        let input = Tensor::new(piece, device)?.unsqueeze(0)?;
+        let offset = cache.len();
+        first = last_row(model.forward(&input, offset, Some(&mut cache))?)?;
+    }
     sample_loop(tokenizer, req, limit, first, false, |id| {
         let next = Tensor::new(&[id], device)?.unsqueeze(0)?;
         let offset = cache.len();

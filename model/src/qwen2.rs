@@ -169,7 +169,9 @@ impl Attention {
                 k = Tensor::cat(&[pk, &k], 2)?;
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
-            *slot = Some((k.clone(), v.clone()));
+            // Generation never differentiates: the cache keeps values, not
+            // the graph that made them.
+            *slot = Some((k.detach(), v.detach()));
         }
         if kernels == Kernels::Fused {
             let out = fused::causal_attention(&q, &k, &v, offset)?.transpose(1, 2)?.reshape((
@@ -376,13 +378,33 @@ impl Qwen2 {
     /// `offset..offset + t`. With a cache, the keys and values of these
     /// tokens are added to it (and `offset` must equal its length).
     pub fn forward(&self, ids: &Tensor, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.logits(&self.hidden(ids, offset, cache)?)
+        // With a cache this is generation: nothing is differentiated, so
+        // no block keeps the graph of the one before.
+        let keep_graph = cache.is_none();
+        self.logits(&self.hidden_impl(ids, offset, cache, keep_graph)?)
+    }
+
+    /// [`Qwen2::hidden`] for passes that are never differentiated (old and
+    /// reference log-probs): each block's output is detached, so only one
+    /// block's intermediates are alive at a time. The values are the same.
+    pub fn hidden_detached(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.hidden_impl(ids, 0, None, false)?.detach())
     }
 
     /// The final (normed) hidden states `[b, t, hidden]`, before the
     /// output projection: training computes logits only where tokens carry
     /// loss.
-    pub fn hidden(&self, ids: &Tensor, offset: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.hidden_impl(ids, offset, cache, true)
+    }
+
+    fn hidden_impl(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+        keep_graph: bool,
+    ) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if let Some(c) = cache.as_deref()
             && c.len() != offset
@@ -398,6 +420,9 @@ impl Qwen2 {
         for (l, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             x = self.block(block, &x, offset, mask.as_ref(), slot)?;
+            if !keep_graph {
+                x = x.detach();
+            }
         }
         self.norm.forward(&x, k)
     }
@@ -488,11 +513,13 @@ impl Qwen2 {
         drop(x);
         let (loss, extra) = head(&self.norm.forward(top.as_tensor(), self.kernels)?)?;
         let store = loss.backward()?;
+        // The head's graph (logits, log-softmax) is not needed again.
+        let loss = loss.detach();
         let Some(mut g) = store.get(top.as_tensor()).cloned() else {
             // The loss does not depend on the hidden states (nothing
             // carries loss): no gradient reaches the blocks.
             keep(store)?;
-            return Ok((loss.detach(), extra, grads));
+            return Ok((loss, extra, grads));
         };
         keep(store)?;
         // Each block again, from the top.
@@ -508,7 +535,7 @@ impl Qwen2 {
         }
         let embedded = self.embed.forward(ids)?;
         keep((embedded * &g)?.sum_all()?.backward()?)?;
-        Ok((loss.detach(), extra, grads))
+        Ok((loss, extra, grads))
     }
 
     /// Logits (f32) of final hidden states `[..., hidden]` (from

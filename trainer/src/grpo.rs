@@ -340,14 +340,13 @@ pub fn sequence_loss_grads(
     denominator: f64,
     checkpointing: bool,
 ) -> candle_core::Result<Option<(LossTerms, GradStore)>> {
-    let out = differentiate(model, seqs, checkpointing, |l| {
-        let terms = loss_terms(model, seqs, l, cfg, denominator)?;
-        Ok((terms.loss.clone(), terms))
-    })?;
-    Ok(out.map(|(mut terms, grads)| {
+    differentiate(model, seqs, checkpointing, |l| {
+        let mut terms = loss_terms(model, seqs, l, cfg, denominator)?;
+        let scalar = terms.loss.clone();
+        // What is returned beside the scalar keeps no graph alive.
         terms.loss = terms.loss.detach();
-        (terms, grads)
-    }))
+        Ok((scalar, terms))
+    })
 }
 
 /// The loss terms of `seqs` from their loss-carrying logits.
@@ -396,15 +395,18 @@ fn loss_terms(
 /// tokens. One padded forward pass for all of `seqs`.
 pub fn sequence_logprobs(model: &Qwen2, seqs: &[Sequence], temperature: f64) -> candle_core::Result<Vec<Vec<f32>>> {
     let mut out: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0.0f32; s.ids.len()]).collect();
-    if let Some(LossLogits { logits, targets }) = loss_logits(model, seqs)? {
-        let ids: Vec<u32> = targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
+    if let Some(p) = padded(model.device(), seqs)? {
+        // Never differentiated: one block's intermediates alive at a time.
+        let hidden = model.hidden_detached(&p.input)?;
+        let logits = picked_logits(model, &hidden, &p)?.detach();
+        let ids: Vec<u32> = p.targets.iter().map(|&(b, i)| seqs[b].ids[i]).collect();
         let (lp, _) = logprobs_for(
             model,
-            &logits.detach(),
+            &logits,
             &Tensor::new(ids.as_slice(), model.device())?,
             temperature,
         )?;
-        for (&(b, i), v) in targets.iter().zip(lp.to_vec1::<f32>()?) {
+        for (&(b, i), v) in p.targets.iter().zip(lp.to_vec1::<f32>()?) {
             out[b][i] = v;
         }
     }

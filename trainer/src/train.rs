@@ -810,14 +810,26 @@ impl Trainer {
         // would not start at 1: as verl does, the old log-probs are those of
         // the training forward pass on the weights that sampled. The log
         // keeps the sampler's, which the replay check compares.
+        // One optimizer step per mini-batch (consecutive groups of the
+        // batch, as verl's PPO mini-batches): the first is on-policy, the
+        // later ones see ratios away from 1 and clipping bounds them.
+        let group = (self.config().data.group_size as usize).max(1);
+        let groups = batch.len().div_ceil(group).max(1);
+        let parts = self.config().grpo.mini_batches.clamp(1, groups);
+        let per_part = groups.div_ceil(parts) * group;
+        let micro_batch = self.config().grpo.micro_batch;
         let model = &self.model.loaded().model;
         if model.dtype() != candle_core::DType::F32 {
+            // Split exactly as the update splits (the padded width of a
+            // micro-batch can change how its products round).
             let t = clock.now();
             let temperature = self.config().rollout.temperature;
-            for chunk in batch.chunks_mut(self.config().grpo.micro_batch) {
-                let lps = sequence_logprobs(model, chunk, temperature)?;
-                for (s, lp) in chunk.iter_mut().zip(lps) {
-                    s.old_logprobs = lp;
+            for part in batch.chunks_mut(per_part) {
+                for chunk in part.chunks_mut(micro_batch) {
+                    let lps = sequence_logprobs(model, chunk, temperature)?;
+                    for (s, lp) in chunk.iter_mut().zip(lps) {
+                        s.old_logprobs = lp;
+                    }
                 }
             }
             timings.reference_ns += clock.now().nanos_since(t);
@@ -843,14 +855,7 @@ impl Trainer {
         };
         let vars = self.model.loaded().vars.all_vars();
         let lr = self.lr(step);
-        // One optimizer step per mini-batch (consecutive groups of the
-        // batch, as verl's PPO mini-batches): the first is on-policy, the
-        // later ones see ratios away from 1 and clipping bounds them. The
-        // update records means over the mini-batches.
-        let group = (self.config().data.group_size as usize).max(1);
-        let groups = batch.len().div_ceil(group).max(1);
-        let parts = self.config().grpo.mini_batches.clamp(1, groups);
-        let per_part = groups.div_ceil(parts) * group;
+        // The update records means over the mini-batches.
         let t_update = clock.now();
         let (mut loss, mut pg, mut kl, mut entropy, mut clip, mut tokens, mut micro) = (0.0, 0.0, 0.0, 0.0, 0.0, 0, 0);
         let mut grad_norm = 0.0;
@@ -860,7 +865,7 @@ impl Trainer {
             let t_fb = clock.now();
             let mut grads = GradStore::default();
             let checkpointing = self.config().model.checkpointing;
-            for chunk in part.chunks(self.config().grpo.micro_batch) {
+            for chunk in part.chunks(micro_batch) {
                 let computed =
                     sequence_loss_grads(&self.model.loaded().model, chunk, &cfg, denominator, checkpointing)?;
                 micro += 1;

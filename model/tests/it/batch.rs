@@ -139,7 +139,7 @@ fn bad_jobs_get_errors_and_the_batcher_goes_on() {
     m.model.set_kernels(Kernels::Fused);
     let batcher = Batcher::start(Decoder::of(&m.model).unwrap(), m.tokenizer.clone(), 64);
     let (tx, rx) = channel();
-    for feed in [vec![], vec![5u32; 64], vec![5u32, 6, 7]] {
+    for feed in [vec![], vec![5u32; 64], vec![5u32, 6, 7], vec![5u32, 1_000_000]] {
         let tx = tx.clone();
         batcher.submit(Job {
             cache: batcher.new_cache(),
@@ -157,7 +157,7 @@ fn bad_jobs_get_errors_and_the_batcher_goes_on() {
             }),
         });
     }
-    let results: Vec<Result<usize, String>> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    let results: Vec<Result<usize, String>> = (0..4).map(|_| rx.recv().unwrap()).collect();
     assert!(
         results
             .iter()
@@ -168,6 +168,12 @@ fn bad_jobs_get_errors_and_the_batcher_goes_on() {
         results
             .iter()
             .any(|r| r.as_ref().is_err_and(|e| e.contains("64 positions"))),
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|e| e.contains("vocabulary"))),
         "{results:?}"
     );
     assert!(results.contains(&Ok(3)), "{results:?}");

@@ -108,7 +108,9 @@ impl Tally {
 #[derive(Clone)]
 enum Policies {
     Scripted,
-    Candle(Arc<CandleModel>, Sampling),
+    /// The model, its sampling, and the batch decoder its episodes share
+    /// (fused kernels only).
+    Candle(Arc<CandleModel>, Sampling, Option<Arc<fathom_model::batch::Batcher>>),
     OpenAi(OpenAiPolicy),
 }
 
@@ -127,7 +129,8 @@ impl Policies {
                 temperature: args.temperature,
                 top_p: args.top_p,
             };
-            return Ok(Policies::Candle(Arc::new(model), sampling));
+            let batcher = model.batcher()?;
+            return Ok(Policies::Candle(Arc::new(model), sampling, batcher));
         }
         if let Some(url) = args.policy.strip_prefix("openai:") {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -150,7 +153,9 @@ impl Policies {
     fn make(&self) -> Box<dyn Policy> {
         match self {
             Policies::Scripted => Box::new(ScriptedPolicy::new()),
-            Policies::Candle(model, sampling) => Box::new(CandlePolicy::new(model.clone(), *sampling, 0)),
+            Policies::Candle(model, sampling, batcher) => {
+                Box::new(CandlePolicy::batched(model.clone(), batcher.clone(), *sampling, 0))
+            }
             Policies::OpenAi(policy) => Box::new(policy.clone()),
         }
     }
@@ -159,7 +164,7 @@ impl Policies {
         match self {
             Policies::Scripted => String::new(),
             Policies::OpenAi(p) => p.config().model.clone(),
-            Policies::Candle(model, _) => {
+            Policies::Candle(model, ..) => {
                 let c = &model.loaded().config;
                 format!(
                     "qwen2 {} layers, hidden {}, {} parameters",
@@ -174,7 +179,7 @@ impl Policies {
     /// The kernels a model policy runs with (replay uses the same).
     fn kernels(&self) -> Option<fathom_model::Kernels> {
         match self {
-            Policies::Candle(model, _) => Some(model.loaded().model.kernels()),
+            Policies::Candle(model, ..) => Some(model.loaded().model.kernels()),
             _ => None,
         }
     }

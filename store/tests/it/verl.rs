@@ -5,17 +5,15 @@ use std::path::PathBuf;
 
 use fathom_store::verl::{self, Message, VerlRow};
 
-/// The paper's question sets, kept beside the repository.
-fn shared(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/deepresearcher")
-        .join(name)
+/// The paper's dev question set (verl layout), vendored as published.
+fn papers_dev_set() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepresearcher-dev.parquet")
 }
 
 #[test]
 fn the_papers_dev_set_reads_as_published() {
-    let path = shared("dev.parquet");
-    let rows = verl::read(&path).unwrap_or_else(|e| panic!("{e} (the shared data sits beside the repository)"));
+    let path = papers_dev_set();
+    let rows = verl::read(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows.len(), 875);
     let mut per_source: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &rows {

@@ -1,19 +1,12 @@
 //! Activation checkpointing gives the full backward pass's loss and
 //! gradients.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, Device, Tensor};
 use fathom_model::Kernels;
 
 #[test]
 fn checkpointed_gradients_equal_the_full_backward_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    crate::model::tiny(dir.path());
-    let mut m = fathom_model::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
-    let ids = Tensor::new(
-        &[[5u32, 17, 40, 3, 99, 12, 8, 61], [7, 7, 7, 30, 2, 91, 14, 5]],
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (_dir, mut m, ids) = crate::model::tiny_f32_with_two_rows();
     // A loss on some positions' log-probs of the next id.
     let head = |model: &fathom_model::Qwen2, hidden: &Tensor| -> candle_core::Result<Tensor> {
         let rows = hidden.reshape((16, hidden.dim(2)?))?;

@@ -160,14 +160,7 @@ fn fused_rms_norm_rotary_and_log_probs_equal_the_written_out_ones() {
 
 #[test]
 fn a_model_on_fused_kernels_gives_the_reference_logits_and_gradients_and_the_same_bits_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    crate::model::tiny(dir.path());
-    let mut m = fathom_model::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
-    let ids = Tensor::new(
-        &[[5u32, 17, 40, 3, 99, 12, 8, 61], [7, 7, 7, 30, 2, 91, 14, 5]],
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (dir, mut m, ids) = crate::model::tiny_f32_with_two_rows();
     let run = |m: &fathom_model::LoadedModel| {
         let logits = m.model.forward(&ids, 0, None).unwrap();
         let loss = candle_nn::ops::log_softmax(&logits, D::Minus1)

@@ -12,6 +12,20 @@ fn corpus() -> Vec<String> {
     (0..200).map(|i| format!("{base} {i} {}", i * 7)).collect()
 }
 
+/// A tiny model loaded in f32 on the CPU (its directory kept alive) and
+/// two rows of eight ids.
+pub(crate) fn tiny_f32_with_two_rows() -> (tempfile::TempDir, fathom_model::LoadedModel, candle_core::Tensor) {
+    let dir = tempfile::tempdir().unwrap();
+    tiny(dir.path());
+    let m = fathom_model::load(dir.path(), &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let ids = candle_core::Tensor::new(
+        &[[5u32, 17, 40, 3, 99, 12, 8, 61], [7, 7, 7, 30, 2, 91, 14, 5]],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    (dir, m, ids)
+}
+
 pub(crate) fn tiny(dir: &std::path::Path) {
     let spec = TinySpec {
         vocab: 600,

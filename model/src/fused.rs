@@ -34,7 +34,13 @@ pub enum Kernels {
 impl Kernels {
     /// What new runs use on `device` with `dtype`: fused where they exist.
     pub fn best_for(device: &Device, dtype: DType) -> Kernels {
-        if device.is_cpu() && dtype == DType::F32 {
+        Kernels::best_on(device.is_cpu(), dtype)
+    }
+
+    /// [`Kernels::best_for`] from whether the device is the CPU, without
+    /// opening it (the memory planner decides before any device exists).
+    pub fn best_on(cpu: bool, dtype: DType) -> Kernels {
+        if cpu && dtype == DType::F32 {
             Kernels::Fused
         } else {
             Kernels::Reference

@@ -363,6 +363,14 @@ impl Qwen2 {
         }
     }
 
+    /// The causal mask the kernels need (the fused attention masks itself).
+    fn mask(&self, t: usize, offset: usize) -> Result<Option<Tensor>> {
+        match self.kernels {
+            Kernels::Reference => self.causal_mask(t, offset),
+            Kernels::Fused => Ok(None),
+        }
+    }
+
     fn causal_mask(&self, t: usize, offset: usize) -> Result<Option<Tensor>> {
         if t == 1 {
             return Ok(None);
@@ -412,10 +420,7 @@ impl Qwen2 {
             candle_core::bail!("the cache holds {} tokens but the offset is {offset}", c.len());
         }
         let k = self.kernels;
-        let mask = match k {
-            Kernels::Reference => self.causal_mask(t, offset)?,
-            Kernels::Fused => None,
-        };
+        let mask = self.mask(t, offset)?;
         let mut x = self.embed.forward(ids)?;
         for (l, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
@@ -485,10 +490,7 @@ impl Qwen2 {
         head: impl FnOnce(&Tensor) -> Result<(Tensor, T)>,
     ) -> Result<(Tensor, T, GradStore)> {
         let (_, t) = ids.dims2()?;
-        let mask = match self.kernels {
-            Kernels::Reference => self.causal_mask(t, 0)?,
-            Kernels::Fused => None,
-        };
+        let mask = self.mask(t, 0)?;
         let weights = self.weights();
         let mut grads = GradStore::default();
         let mut keep = |store: GradStore| -> Result<()> {

@@ -117,11 +117,8 @@ pub fn shape_of(config: &TrainConfig) -> Result<Qwen2Config, String> {
 /// The kernels a new run of `config` would use (as
 /// [`Kernels::best_for`], without opening the device).
 pub fn kernels_of(config: &TrainConfig) -> Kernels {
-    if config.model.device == "cpu" && config.model.dtype == "f32" {
-        Kernels::Fused
-    } else {
-        Kernels::Reference
-    }
+    let dtype = fathom_model::dir::parse_dtype(&config.model.dtype).unwrap_or(DType::F32);
+    Kernels::best_on(config.model.device == "cpu", dtype)
 }
 
 /// What one item of the plan is.

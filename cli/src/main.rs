@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod checkpoint;
 mod cluster;
 mod demo;
 mod eval;
@@ -100,6 +101,10 @@ enum Command {
     /// Make and inspect model directories (Hugging Face layout).
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// A training run's weights after any step: `materialize` writes them as a
+    /// model directory, rebuilt from the log where no checkpoint was kept.
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointCommand),
     /// The dashboard: runs, curves, episodes, behaviours and SQL in the browser (127.0.0.1:8080).
     Serve(serve::ServeArgs),
     /// Serve a model as an OpenAI-compatible endpoint (/v1/chat/completions, /v1/models).
@@ -184,6 +189,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => snapshot::run(&cli.data, args, ship),
         Command::Sql(args) => sql::run(&cli.data, args, ship),
         Command::Model(cmd) => model::run(cmd),
+        Command::Checkpoint(cmd) => checkpoint::run(&cli.data, cmd),
         Command::ServeModel(args) => serve_model::run(args),
     };
     match result {

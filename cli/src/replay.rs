@@ -104,25 +104,51 @@ pub fn run(data: &Path, args: ReplayArgs) -> anyhow::Result<ExitCode> {
 /// that process's read endpoint, so checks run during a training run.
 pub(crate) fn replayer_for(data: &Path, device: &str, writes: bool) -> anyhow::Result<Replayer> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Ok(match open_log(data, writes, "a re-run writes a new run into the log")? {
+        Log::Held(store) => Replayer::new(store, clock, device),
+        Log::Endpoint(endpoint) => Replayer::read_only(endpoint, clock, device),
+    })
+}
+
+/// The log of a data directory, for reading.
+pub(crate) enum Log {
+    /// This process holds it.
+    Held(Arc<fathom_store::Store>),
+    /// Another process holds it; read through its endpoint.
+    Endpoint(Arc<dyn fathom_store::LogRead>),
+}
+
+impl Log {
+    /// Read access, either way.
+    pub(crate) fn read(&self) -> Arc<dyn fathom_store::LogRead> {
+        match self {
+            Log::Held(store) => store.clone(),
+            Log::Endpoint(endpoint) => endpoint.clone(),
+        }
+    }
+}
+
+/// Opens the log of `data`, or, while another fathom process holds it and
+/// nothing is to be written (`writes` false), that process's read
+/// endpoint; `why` says what would write when `writes` is true.
+pub(crate) fn open_log(data: &Path, writes: bool, why: &str) -> anyhow::Result<Log> {
     let e = match crate::open_store(data, Options::default()) {
-        Ok(store) => return Ok(Replayer::new(Arc::new(store), clock, device)),
+        Ok(store) => return Ok(Log::Held(Arc::new(store))),
         Err(e) => e,
     };
     let Some(fathom_store::Error::InUse { holder, .. }) = e.downcast_ref::<fathom_store::Error>() else {
         return Err(e);
     };
     if writes {
-        anyhow::bail!(
-            "a re-run writes a new run into the log, which another fathom process holds ({holder}); run it once that process has finished"
-        );
+        anyhow::bail!("{why}, which another fathom process holds ({holder}); run it once that process has finished");
     }
     let endpoint = fathom_store::tail::Endpoint::connect(data).ok_or_else(|| {
         anyhow::anyhow!(
-            "the log is held by another fathom process ({holder}) that serves no read endpoint; run the check once it has finished"
+            "the log is held by another fathom process ({holder}) that serves no read endpoint; run this once it has finished"
         )
     })?;
     eprintln!("note: the log is held by {holder}; reading it through that process's read endpoint");
-    Ok(Replayer::read_only(Arc::new(endpoint), clock, device))
+    Ok(Log::Endpoint(Arc::new(endpoint)))
 }
 
 fn exit(ok: bool) -> ExitCode {

@@ -64,6 +64,12 @@ impl CandleModel {
         CandleModel { loaded, spec }
     }
 
+    /// Wraps a model already loaded under another description than its
+    /// directory (weights rebuilt from the log: `rebuilt:r-3/step-000010`).
+    pub fn named(loaded: LoadedModel, spec: String) -> CandleModel {
+        CandleModel { loaded, spec }
+    }
+
     /// The loaded model.
     pub fn loaded(&self) -> &LoadedModel {
         &self.loaded

@@ -104,6 +104,43 @@ pub fn save(
     optimizer: &AdamW,
     state: &TrainerState,
 ) -> Result<Saved, CheckpointError> {
+    let bytes = write_atomically(dir, model_dir, vars, |tmp| {
+        candle_core::safetensors::save(&optimizer.state()?, tmp.join("optimizer.safetensors"))?;
+        let state_path = tmp.join("trainer_state.json");
+        let mut f = File::create(&state_path).map_err(io("create", &state_path))?;
+        f.write_all(
+            serde_json::to_string_pretty(state)
+                .expect("state serialises")
+                .as_bytes(),
+        )
+        .map_err(io("write", &state_path))?;
+        Ok(())
+    })?;
+    Ok(Saved {
+        dir: dir.to_path_buf(),
+        weights_digest: digest_of(&dir.join("model.safetensors"))?.0,
+        optimizer_digest: digest_of(&dir.join("optimizer.safetensors"))?.0,
+        bytes,
+    })
+}
+
+/// Writes `vars` as a Hugging Face model directory `dir` (the files a
+/// checkpoint holds, without the optimizer's and trainer's state), with
+/// `config.json` and the tokenizer's files copied from `model_dir`,
+/// atomically. Returns the weights' digest and the bytes written.
+pub fn save_model(dir: &Path, model_dir: &Path, vars: &VarMap) -> Result<(Digest, u64), CheckpointError> {
+    let bytes = write_atomically(dir, model_dir, vars, |_| Ok(()))?;
+    Ok((digest_of(&dir.join("model.safetensors"))?.0, bytes))
+}
+
+/// The model files into `<dir>.tmp`, then `more` there, each file fsynced,
+/// one rename onto `dir` and an fsync of its parent; the bytes written.
+fn write_atomically(
+    dir: &Path,
+    model_dir: &Path,
+    vars: &VarMap,
+    more: impl FnOnce(&Path) -> Result<(), CheckpointError>,
+) -> Result<u64, CheckpointError> {
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(io("clear", &tmp))?;
@@ -121,16 +158,7 @@ pub fn save(
         }
     }
     vars.save(tmp.join("model.safetensors"))?;
-    candle_core::safetensors::save(&optimizer.state()?, tmp.join("optimizer.safetensors"))?;
-    let state_path = tmp.join("trainer_state.json");
-    let mut f = File::create(&state_path).map_err(io("create", &state_path))?;
-    f.write_all(
-        serde_json::to_string_pretty(state)
-            .expect("state serialises")
-            .as_bytes(),
-    )
-    .map_err(io("write", &state_path))?;
-    drop(f);
+    more(&tmp)?;
     let mut bytes = 0;
     for entry in fs::read_dir(&tmp).map_err(io("list", &tmp))?.flatten() {
         fsync(&entry.path())?;
@@ -141,15 +169,11 @@ pub fn save(
         fs::remove_dir_all(dir).map_err(io("replace", dir))?;
     }
     fs::rename(&tmp, dir).map_err(io("rename into place", dir))?;
-    if let Some(parent) = dir.parent() {
-        fsync(parent)?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fsync(parent)?,
+        _ => fsync(Path::new("."))?,
     }
-    Ok(Saved {
-        dir: dir.to_path_buf(),
-        weights_digest: digest_of(&dir.join("model.safetensors"))?.0,
-        optimizer_digest: digest_of(&dir.join("optimizer.safetensors"))?.0,
-        bytes,
-    })
+    Ok(bytes)
 }
 
 /// Checks a checkpoint's files against the digests the log recorded, and

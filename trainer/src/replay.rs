@@ -36,7 +36,7 @@ use crate::recorded::{RecordedEpisode, episode_of};
 use crate::rollout::{EpisodeOutcome, Rollout, RolloutConfig};
 use crate::scripted::ScriptedPolicy;
 use crate::tools::HeuristicReader;
-use crate::train::RunRecord;
+use crate::train::{Origin, Rebuilder, RunRecord, resolve};
 
 /// The policy an episode is re-run with.
 #[derive(Debug, Clone)]
@@ -60,6 +60,18 @@ pub enum PolicyPlan {
         /// For people: `checkpoint of step 3 of r-2`.
         label: String,
     },
+    /// A training run's weights after a step it kept no checkpoint of,
+    /// rebuilt from the log ([`Rebuilder`]).
+    Rebuilt {
+        /// The training run.
+        train: RunId,
+        /// Steps behind the weights (their policy version).
+        step: u64,
+        /// Temperature and top-p.
+        sampling: Sampling,
+        /// Where the weights will come from.
+        origin: Origin,
+    },
     /// An OpenAI-compatible endpoint.
     OpenAi(OpenAiConfig),
 }
@@ -70,6 +82,7 @@ impl PolicyPlan {
         match self {
             PolicyPlan::Scripted(_) => "scripted".into(),
             PolicyPlan::Candle { dir, .. } => format!("candle:{}", dir.display()),
+            PolicyPlan::Rebuilt { train, step, .. } => format!("rebuilt:{train}/step-{step:06}"),
             PolicyPlan::OpenAi(c) => format!("openai:{}", c.base_url),
         }
     }
@@ -81,6 +94,15 @@ impl PolicyPlan {
             PolicyPlan::Candle { label, sampling, .. } => {
                 format!("candle, {label}, temperature {}", sampling.temperature)
             }
+            PolicyPlan::Rebuilt {
+                train,
+                step,
+                sampling,
+                origin,
+            } => format!(
+                "candle, the weights of {train} after step {step} rebuilt: {origin}, temperature {}",
+                sampling.temperature
+            ),
             PolicyPlan::OpenAi(c) => format!("the endpoint {} (model '{}')", c.base_url, c.model),
         }
     }
@@ -134,6 +156,9 @@ pub enum Cause {
         /// The file's digest now.
         found: Digest,
     },
+    /// The weights could not be rebuilt from the log (a recomputed update
+    /// differs from the logged one, or what it reads is missing).
+    Rebuild(String),
     /// The policy could not be rebuilt or run.
     Policy(String),
 }
@@ -163,6 +188,7 @@ impl std::fmt::Display for Cause {
                 found.short(),
                 expected.short()
             ),
+            Cause::Rebuild(m) => write!(f, "the weights could not be rebuilt from the log: {m}"),
             Cause::Policy(m) => write!(f, "the policy could not be run: {m}"),
         }
     }
@@ -280,6 +306,8 @@ pub struct Replayer {
     runs: Mutex<HashMap<RunId, Arc<RunInfo>>>,
     checkpoints: Mutex<HashMap<RunId, Arc<BTreeMap<u64, CheckpointSaved>>>>,
     models: Mutex<HashMap<(PathBuf, Kernels), Arc<CandleModel>>>,
+    /// Training runs' weights after steps without a kept checkpoint.
+    rebuilder: Rebuilder,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -343,6 +371,7 @@ impl Replayer {
     pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>, device: &str) -> Replayer {
         Replayer {
             log: store.clone(),
+            rebuilder: Rebuilder::new(store.clone(), device),
             store: Some(store),
             clock,
             device: device.to_string(),
@@ -357,6 +386,7 @@ impl Replayer {
     /// counterfactual re-runs are refused.
     pub fn read_only(log: Arc<dyn LogRead>, clock: Arc<dyn Clock>, device: &str) -> Replayer {
         Replayer {
+            rebuilder: Rebuilder::new(log.clone(), device),
             log,
             store: None,
             clock,
@@ -543,7 +573,8 @@ impl Replayer {
     }
 
     /// The weights of `version` of training run `train`: its starting
-    /// model for 0, else the checkpoint of that step.
+    /// model for 0, the checkpoint of that step where the run kept one,
+    /// else those weights rebuilt from the log.
     fn weights(&self, train: RunId, record: &RunRecord, version: u64, sampling: Sampling) -> Result<PolicyPlan, Cause> {
         if version == 0 {
             return Ok(PolicyPlan::Candle {
@@ -557,8 +588,10 @@ impl Replayer {
             });
         }
         let checkpoints = self.checkpoints(train).map_err(|e| Cause::Policy(e.to_string()))?;
-        match checkpoints.get(&version) {
-            Some(c) => Ok(PolicyPlan::Candle {
+        if let Some(c) = checkpoints.get(&version)
+            && self.resolve(std::path::Path::new(&c.path)).join("model.safetensors").exists()
+        {
+            return Ok(PolicyPlan::Candle {
                 dir: PathBuf::from(&c.path),
                 expected: Some(c.weights_digest),
                 version,
@@ -566,15 +599,19 @@ impl Replayer {
                 dtype: record.config.model.dtype.clone(),
                 kernels: record.kernels,
                 label: format!("checkpoint of step {} of {train}", c.step),
-            }),
-            None => Err(Cause::CheckpointMissing {
-                what: format!(
-                    "run {train} recorded no checkpoint after step {version} (checkpoint.every = {}; the kept ones: {}); re-run it with --checkpoint STEP to use another",
-                    record.config.checkpoint.every,
-                    checkpoints.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
-                ),
-            }),
+            });
         }
+        // Not kept, or deleted by retention: rebuilt from the log.
+        let origin = self
+            .rebuilder
+            .origin(train, version)
+            .map_err(|e| Cause::Rebuild(e.to_string()))?;
+        Ok(PolicyPlan::Rebuilt {
+            train,
+            step: version,
+            sampling,
+            origin,
+        })
     }
 
     /// The policy `episode` was recorded with.
@@ -662,23 +699,9 @@ impl Replayer {
         )))
     }
 
-    /// A recorded model path: as written, or (when the data directory was
-    /// given another way, or moved) its `checkpoints/…` or `models/…` part
-    /// inside this data directory.
+    /// A recorded model path, found inside this data directory when it moved.
     fn resolve(&self, dir: &std::path::Path) -> PathBuf {
-        if dir.exists() {
-            return dir.to_path_buf();
-        }
-        let text = dir.to_string_lossy();
-        for part in ["checkpoints/", "models/"] {
-            if let Some(i) = text.rfind(part) {
-                let inside = self.log.data_dir().join(&text[i..]);
-                if inside.exists() {
-                    return inside;
-                }
-            }
-        }
-        dir.to_path_buf()
+        resolve(self.log.data_dir(), dir)
     }
 
     fn model(
@@ -742,6 +765,18 @@ impl Replayer {
                     Some(model),
                 )
             }
+            PolicyPlan::Rebuilt {
+                train, step, sampling, ..
+            } => {
+                let rebuilt = self
+                    .rebuilder
+                    .weights(*train, *step)
+                    .map_err(|e| Cause::Rebuild(e.to_string()))?;
+                (
+                    Box::new(CandlePolicy::new(rebuilt.model.clone(), *sampling, *step)),
+                    Some(rebuilt.model.clone()),
+                )
+            }
             PolicyPlan::OpenAi(c) => (
                 Box::new(OpenAiPolicy::new(c.clone()).map_err(|e| Cause::Policy(e.to_string()))?),
                 None,
@@ -762,7 +797,7 @@ impl Replayer {
                     )));
                 };
                 let sampling = match self.recorded_plan(&info, episode) {
-                    Ok(PolicyPlan::Candle { sampling, .. }) => sampling,
+                    Ok(PolicyPlan::Candle { sampling, .. } | PolicyPlan::Rebuilt { sampling, .. }) => sampling,
                     _ => Sampling {
                         temperature: record.config.rollout.temperature,
                         top_p: record.config.rollout.top_p,
@@ -772,7 +807,7 @@ impl Replayer {
             }
             PolicyChoice::Spec(spec) => {
                 let sampling = match self.recorded_plan(&info, episode) {
-                    Ok(PolicyPlan::Candle { sampling, .. }) => sampling,
+                    Ok(PolicyPlan::Candle { sampling, .. } | PolicyPlan::Rebuilt { sampling, .. }) => sampling,
                     _ => Sampling {
                         temperature: 0.0,
                         top_p: 1.0,
@@ -842,7 +877,7 @@ impl Replayer {
                 crate::CODE_VERSION
             ));
         }
-        if matches!(plan, PolicyPlan::Candle { .. }) {
+        if matches!(plan, PolicyPlan::Candle { .. } | PolicyPlan::Rebuilt { .. }) {
             let now = candle_core::utils::get_num_threads();
             if let Some(t) = info.threads
                 && t != now
@@ -971,6 +1006,14 @@ impl Replayer {
                 *version,
                 *kernels,
             ),
+            PolicyPlan::Rebuilt {
+                sampling, step, train, ..
+            } => (
+                *sampling,
+                None,
+                *step,
+                self.run_info(*train)?.train.as_ref().map_or(Kernels::Reference, |(_, r)| r.kernels),
+            ),
             PolicyPlan::OpenAi(c) => (
                 Sampling {
                     temperature: c.temperature,
@@ -1010,6 +1053,12 @@ impl Replayer {
         });
         if let PolicyPlan::OpenAi(c) = &plan {
             config["model_name"] = c.model.clone().into();
+        }
+        // Rebuilt weights have no directory: a check of this re-run
+        // rebuilds them again from the training run.
+        if let PolicyPlan::Rebuilt { train, step, .. } = &plan {
+            config["train_run"] = train.to_string().into();
+            config["step"] = (*step).into();
         }
         let clock = self.clock.as_ref();
         store.append(&[Event::new(

@@ -48,10 +48,12 @@ use crate::recorded::{self, RecordedEpisode, TurnIds};
 use crate::rollout::{EpisodeTimings, Rollout, RolloutConfig};
 
 mod evaluation;
+mod rebuild;
 mod resume;
 mod update;
 
 pub use evaluation::{Evaluation, HELD_OUT, HELD_OUT_GREEDY, ModelEval, evaluate_model};
+pub use rebuild::{Origin, Rebuilder, Rebuilt, resolve};
 pub use resume::find_run;
 
 /// What a training run records in `RunStarted.config_json`: the whole

@@ -1,52 +1,9 @@
 //! `--resume`: what the log holds about a run, and continuing it where it
 //! stopped (see the parent module's documentation).
 
+use super::rebuild::History;
+use super::update::Learner;
 use super::*;
-
-/// Everything the log holds about one training run.
-#[derive(Default)]
-struct RunScan {
-    started: Option<RunStarted>,
-    attempts: u32,
-    updates: BTreeMap<u64, GradientUpdate>,
-    checkpoints: Vec<CheckpointSaved>,
-    /// Episode → (step, group, index, how it ended).
-    episodes: BTreeMap<EpisodeId, (u64, u32, u32, Option<EndReason>)>,
-    sampled_steps: std::collections::HashSet<u64>,
-}
-
-fn scan(store: &Store, run: RunId) -> Result<RunScan, JobError> {
-    let mut s = RunScan::default();
-    for record in store.run_events(run) {
-        let record = record?;
-        match record.event.payload {
-            Payload::RunStarted(p) => {
-                s.attempts += 1;
-                if s.started.is_none() {
-                    s.started = Some(p);
-                }
-            }
-            Payload::GradientUpdate(p) => {
-                s.updates.insert(p.step, p);
-            }
-            Payload::CheckpointSaved(p) => s.checkpoints.push(p),
-            Payload::EpisodeStarted(p) => {
-                s.episodes
-                    .insert(p.episode_id, (p.step, p.group_id, p.group_index, None));
-            }
-            Payload::EpisodeFinished(p) => {
-                if let Some(e) = s.episodes.get_mut(&p.episode_id) {
-                    e.3 = Some(p.ended_by);
-                }
-            }
-            Payload::QuestionSampled(p) => {
-                s.sampled_steps.insert(p.step);
-            }
-            _ => {}
-        }
-    }
-    Ok(s)
-}
 
 /// The newest training run named `name` in the log.
 pub fn find_run(store: &Store, name: &str, kind: RunKind) -> Result<Option<(RunId, RunStarted)>, JobError> {
@@ -122,8 +79,8 @@ impl Trainer {
                 data.train.len()
             )));
         }
-        let s = scan(&store, run)?;
-        let completed = s.updates.keys().next_back().copied().unwrap_or(0);
+        let s = History::read(store.as_ref(), run)?;
+        let completed = s.completed();
         let target = steps.unwrap_or(record.config.steps);
         if target < completed {
             return Err(JobError::Invalid(format!(
@@ -220,32 +177,26 @@ impl Trainer {
                 });
             }
         }
-        // Steps after the checkpoint are recomputed from their recorded episodes.
-        for step in restored + 1..=completed {
-            let plan = trainer.plan();
-            let mut by_slot: HashMap<(u32, u32), EpisodeId> = HashMap::new();
-            for (&id, &(st, g, i, end)) in &s.episodes {
-                if st == step && !matches!(end, None | Some(EndReason::Aborted)) {
-                    by_slot.insert((g, i), id);
-                }
-            }
-            let ids = trainer.slots(&plan, &by_slot).map_err(|missing| {
-                JobError::Invalid(format!(
-                    "step {step} is recorded as completed but its episode {missing:?} (group, index) is not in the log; the log was altered"
-                ))
-            })?;
-            let recorded = &s.updates[&step];
-            let (update, _, _) = trainer.update(step, &ids)?;
-            if update.loss.to_bits() != recorded.loss.to_bits()
-                || update.grad_norm.to_bits() != recorded.grad_norm.to_bits()
-            {
-                return Err(JobError::Invalid(format!(
-                    "recomputing step {step}'s update from the log gives loss {} and gradient norm {}, but the log recorded {} and {}: the model, the code or the thread count changed since the run was recorded",
-                    update.loss, update.grad_norm, recorded.loss, recorded.grad_norm
-                )));
-            }
-            trainer.step = step;
+        // Steps after the checkpoint are recomputed from their recorded
+        // episodes (as a rebuild of the run's weights does); the data order
+        // and the RNG advance as the steps did.
+        for _ in restored + 1..=completed {
+            trainer.plan();
         }
+        let device = trainer.record.config.model.device.clone();
+        let train = &trainer.data.train;
+        let questions = |id: &fathom_core::QuestionId| train.iter().find(|q| &q.id == id);
+        Learner {
+            log: store.as_ref(),
+            record: &trainer.record,
+            model: &trainer.model,
+            reference: trainer.reference.as_ref(),
+            optimizer: &mut trainer.optimizer,
+            questions: &questions,
+            clock: trainer.env.clock.as_ref(),
+        }
+        .reapply(&s, restored + 1..=completed, &device)?;
+        trainer.step = completed;
         trainer.env.observer.note(&format!(
             "resuming run {run} after step {completed} (checkpoint of step {restored}, {} step(s) recomputed from the log, {} finished episode(s) of step {} reused)",
             completed - restored,

@@ -1,6 +1,30 @@
-//! One GRPO update from the recorded episodes of a step.
+//! One GRPO update from the recorded episodes of a step, shared by the
+//! training loop, `--resume` and the rebuild of a run's weights after any
+//! step ([`super::rebuild`]): all three read the batch from the log.
+
+use fathom_core::{Clock, QuestionId};
+use fathom_store::LogRead;
 
 use super::*;
+
+/// What one update reads and changes, borrowed from a [`Trainer`] or from
+/// a rebuild's working state.
+pub(crate) struct Learner<'a> {
+    /// The log the episodes are read from.
+    pub log: &'a dyn LogRead,
+    /// The run's configuration and what it resolved to.
+    pub record: &'a RunRecord,
+    /// The weights being trained (changed in place).
+    pub model: &'a CandleModel,
+    /// The frozen reference policy of the KL term, when `kl_coef > 0`.
+    pub reference: Option<&'a LoadedModel>,
+    /// The optimizer and its moments.
+    pub optimizer: &'a mut AdamW,
+    /// A question's text and answers, by id.
+    pub questions: &'a dyn Fn(&QuestionId) -> Option<&'a Question>,
+    /// Timestamps for the timings.
+    pub clock: &'a dyn Clock,
+}
 
 impl Trainer {
     /// One optimizer step on the recorded episodes `ids` (in group order).
@@ -10,14 +34,45 @@ impl Trainer {
         step: u64,
         ids: &[EpisodeId],
     ) -> Result<(GradientUpdate, StepTimings, f64), JobError> {
+        let lr = self.lr(step);
+        let train = &self.data.train;
+        let questions = |id: &QuestionId| train.iter().find(|q| &q.id == id);
+        Learner {
+            log: self.env.store.as_ref(),
+            record: &self.record,
+            model: &self.model,
+            reference: self.reference.as_ref(),
+            optimizer: &mut self.optimizer,
+            questions: &questions,
+            clock: self.env.clock.as_ref(),
+        }
+        .update(step, ids, lr)
+    }
+}
+
+impl Learner<'_> {
+    fn config(&self) -> &TrainConfig {
+        &self.record.config
+    }
+
+    /// One optimizer step at learning rate `lr` on the recorded episodes
+    /// `ids` (in group order). Returns the update, where its time went, and
+    /// the batch's mean reward.
+    pub(crate) fn update(
+        &mut self,
+        step: u64,
+        ids: &[EpisodeId],
+        lr: f64,
+    ) -> Result<(GradientUpdate, StepTimings, f64), JobError> {
         let mut timings = StepTimings::default();
-        let clock = self.env.clock.clone();
+        let clock = self.clock;
         let t_read = clock.now();
         let tokenizer = &self.model.loaded().tokenizer;
-        let rollout = self.rollout_config();
+        let rollout = self.record.rollout();
         let mut episodes: Vec<RecordedEpisode> = Vec::with_capacity(ids.len());
         for id in ids {
-            let e = recorded::read_episode(&self.env.store, *id)?
+            let records = self.log.episode_records(*id)?;
+            let e = recorded::episode_of(self.log, *id, &records)?
                 .ok_or_else(|| JobError::Invalid(format!("episode {id} is not in the log")))?;
             if e.end.is_none() {
                 return Err(JobError::Invalid(format!("episode {id} never finished")));
@@ -30,7 +85,7 @@ impl Trainer {
         let mut prompts: HashMap<String, Vec<u32>> = HashMap::new();
         let mut batch = Vec::with_capacity(episodes.len());
         for (e, a) in episodes.iter().zip(&adv) {
-            let question = self.data.train.iter().find(|q| q.id == e.question_id).ok_or_else(|| {
+            let question = (self.questions)(&e.question_id).ok_or_else(|| {
                 JobError::Invalid(format!(
                     "episode {}'s question {} is not in the training set",
                     e.episode_id, e.question_id.0
@@ -103,7 +158,6 @@ impl Trainer {
             temperature: self.config().rollout.temperature,
         };
         let vars = self.model.loaded().vars.all_vars();
-        let lr = self.lr(step);
         // The update records means over the mini-batches.
         let t_update = clock.now();
         let (mut loss, mut pg, mut kl, mut entropy, mut clip, mut tokens, mut micro) = (0.0, 0.0, 0.0, 0.0, 0.0, 0, 0);

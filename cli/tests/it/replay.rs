@@ -476,3 +476,187 @@ fn the_recorded_web_exports_as_warc_and_trajectories_as_chat_json_lines() {
         stderr(&out)
     );
 }
+
+/// The first episode of `step` of run `run`.
+fn episode_of_step(data: &Path, run_id: &str, step: u64) -> String {
+    let out = run(
+        data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            &format!("SELECT episode_id FROM episodes WHERE run_id = '{run_id}' AND step = {step} ORDER BY seq LIMIT 1"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no episode of step {step}"))
+        .to_string()
+}
+
+#[test]
+fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_materializes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = config(dir.path(), &model, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("every = 2", "every = 3");
+    std::fs::write(&cfg, text).unwrap();
+    let data = dir.path().join("data");
+    let sandbox = format!("127.0.0.1:{}", free_ports());
+    let out = run(
+        &data,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sandbox",
+            &sandbox,
+            "--sandbox-entities",
+            "300",
+            "--snapshot-every",
+            "off",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kept = data.join("checkpoints/r-1");
+    let steps: Vec<bool> = (1..=5)
+        .map(|s| kept.join(format!("step-{s:06}")).exists())
+        .collect();
+    assert_eq!(steps, [false, false, true, false, true], "checkpoints of steps 3 and 5 only");
+
+    // Every episode of the five steps, though the weights of steps 1, 2
+    // and 4 (behind the episodes of steps 2, 3 and 5) were never kept.
+    let (ok, text) = replay(&data, &["--run", "r-1", "--check"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("20 episode(s) re-run") && text.contains("identical   20"),
+        "{text}"
+    );
+    // The verdict says where the weights came from.
+    let step3 = episode_of_step(&data, "r-1", 3);
+    let (ok, text) = replay(&data, &["--episode", &step3, "--check"]);
+    assert!(ok && text.contains(": identical:"), "{text}");
+    assert!(
+        text.contains("the weights of r-1 after step 2 rebuilt: the starting weights + 2 updates"),
+        "{text}"
+    );
+    let step5 = episode_of_step(&data, "r-1", 5);
+    let (ok, text) = replay(&data, &["--episode", &step5, "--check"]);
+    assert!(ok && text.contains("rebuilt: checkpoint of step 3 + 1 update"), "{text}");
+
+    // A counterfactual with the weights after step 4, which were never
+    // kept: recorded, and itself replayable (its weights rebuilt again).
+    let (ok, text) = replay(&data, &["--episode", &step3, "--checkpoint", "4"]);
+    assert!(ok && text.contains("after step 4 rebuilt: checkpoint of step 3 + 1 update"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("recorded as "))
+        .expect("the re-run's id");
+    let rerun = line.split_whitespace().nth(2).unwrap().to_string();
+    let (ok, text) = replay(&data, &["--episode", &rerun, "--check"]);
+    assert!(ok && text.contains(": identical:"), "{text}");
+    let (ok, text) = replay(&data, &["--episode", &step3, "--checkpoint", "9"]);
+    assert!(!ok && text.contains("run r-1 completed 5 step(s)"), "{text}");
+
+    // The weights after step 3, rebuilt with its checkpoint moved away,
+    // equal that checkpoint byte for byte, and evaluate as a model.
+    let moved = dir.path().join("step-3-kept");
+    std::fs::rename(kept.join("step-000003"), &moved).unwrap();
+    let m3 = dir.path().join("m3");
+    let materialize = |data: &Path, step: &str, out: &Path| {
+        run(
+            data,
+            &[
+                "checkpoint",
+                "materialize",
+                "--run",
+                "r-1",
+                "--step",
+                step,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = materialize(&data, "3", &m3);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("from the starting weights + 3 updates"), "{}", stdout(&out));
+    assert_eq!(
+        std::fs::read(m3.join("model.safetensors")).unwrap(),
+        std::fs::read(moved.join("model.safetensors")).unwrap(),
+        "the rebuilt weights are the kept ones, byte for byte"
+    );
+    for file in ["config.json", "tokenizer.json"] {
+        assert!(m3.join(file).exists(), "{file}");
+    }
+    let out = run(
+        &dir.path().join("eval-data"),
+        &[
+            "eval",
+            "--policy",
+            &format!("candle:{}", m3.display()),
+            "--limit",
+            "1",
+            "--max-turns",
+            "2",
+            "--max-turn-tokens",
+            "16",
+            "--sandbox-entities",
+            "300",
+            "--snapshot-every",
+            "off",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Refused: an existing directory, a step the run never reached, a run
+    // that is not a training run.
+    let out = materialize(&data, "2", &m3);
+    assert!(!out.status.success() && stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = materialize(&data, "6", &dir.path().join("m6"));
+    assert!(
+        !out.status.success() && stderr(&out).contains("choose a step from 0 to 5"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &data,
+        &["checkpoint", "materialize", "--run", "r-2", "--step", "1", "--out", "m"],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("run r-2 is not a training run"),
+        "{}",
+        stderr(&out)
+    );
+
+    // One logged update altered by one bit: the rebuild stops at that
+    // step and names what the log recorded and what was recomputed.
+    let tampered = dir.path().join("tampered");
+    copy_log(&data, &tampered, |_, e| {
+        if let Payload::GradientUpdate(u) = &mut e.payload
+            && u.step == 2
+        {
+            u.loss = f64::from_bits(u.loss.to_bits() ^ 1);
+        }
+        true
+    });
+    let (ok, text) = replay(&tampered, &["--episode", &step3, "--check"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("the weights could not be rebuilt from the log: recomputing step 2's update")
+            && text.contains("but the log recorded"),
+        "{text}"
+    );
+    let out = materialize(&tampered, "2", &dir.path().join("m2"));
+    assert!(
+        !out.status.success() && stderr(&out).contains("recomputing step 2's update"),
+        "{}",
+        stderr(&out)
+    );
+    // Step 1 is before the altered value, and rebuilds.
+    let out = materialize(&tampered, "1", &dir.path().join("m1"));
+    assert!(out.status.success(), "{}", stderr(&out));
+}

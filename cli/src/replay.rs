@@ -104,7 +104,8 @@ pub fn run(data: &Path, args: ReplayArgs) -> anyhow::Result<ExitCode> {
 /// that process's read endpoint, so checks run during a training run.
 pub(crate) fn replayer_for(data: &Path, device: &str, writes: bool) -> anyhow::Result<Replayer> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ok(match open_log(data, writes, "a re-run writes a new run into the log")? {
+    let log = open_log(data, writes, "a re-run writes a new run into the log")?;
+    Ok(match log {
         Log::Held(store) => Replayer::new(store, clock, device),
         Log::Endpoint(endpoint) => Replayer::read_only(endpoint, clock, device),
     })

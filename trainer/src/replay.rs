@@ -589,7 +589,10 @@ impl Replayer {
         }
         let checkpoints = self.checkpoints(train).map_err(|e| Cause::Policy(e.to_string()))?;
         if let Some(c) = checkpoints.get(&version)
-            && self.resolve(std::path::Path::new(&c.path)).join("model.safetensors").exists()
+            && self
+                .resolve(std::path::Path::new(&c.path))
+                .join("model.safetensors")
+                .exists()
         {
             return Ok(PolicyPlan::Candle {
                 dir: PathBuf::from(&c.path),
@@ -1012,7 +1015,10 @@ impl Replayer {
                 *sampling,
                 None,
                 *step,
-                self.run_info(*train)?.train.as_ref().map_or(Kernels::Reference, |(_, r)| r.kernels),
+                self.run_info(*train)?
+                    .train
+                    .as_ref()
+                    .map_or(Kernels::Reference, |(_, r)| r.kernels),
             ),
             PolicyPlan::OpenAi(c) => (
                 Sampling {

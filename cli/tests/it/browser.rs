@@ -297,5 +297,38 @@ fn the_dashboard_in_headless_chromium_shows_runs_curves_turns_and_tags() {
     );
     screenshot(port, &sid, "replay.png");
 
+    // The same on an episode of the training run's step 2, sampled with
+    // the weights after step 1, which the run never kept (it checkpoints
+    // every 2 steps): the server rebuilds them from the log.
+    let step2 = sql_one(
+        &data,
+        &format!("SELECT episode_id FROM episodes WHERE run_id = '{train}' AND step = 2 ORDER BY seq LIMIT 1"),
+    );
+    let step2 = step2["episode_id"].as_str().unwrap().to_string();
+    go(&format!("/episodes/{step2}"));
+    let button = elements(port, &sid, "form button");
+    wd(
+        port,
+        "POST",
+        &format!("/session/{sid}/element/{}/click", button[0]),
+        Some(json!({})),
+    );
+    for _ in 0..600 {
+        title = wd(port, "GET", &format!("/session/{sid}/title"), None);
+        if title.as_str().is_some_and(|t| t.starts_with("Replay check of")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(title, format!("Replay check of {step2} · fathom"));
+    let h2 = elements(port, &sid, "h2");
+    assert_eq!(text(port, &sid, &h2[0]), "Identical", "the replay verdict");
+    let body = elements(port, &sid, "main p");
+    assert!(
+        body.iter()
+            .any(|p| text(port, &sid, p).contains("after step 1 rebuilt: the starting weights + 1 update")),
+        "where the weights came from"
+    );
+
     wd(port, "DELETE", &format!("/session/{sid}"), None);
 }

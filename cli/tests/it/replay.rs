@@ -485,7 +485,9 @@ fn episode_of_step(data: &Path, run_id: &str, step: u64) -> String {
             "sql",
             "--format",
             "csv",
-            &format!("SELECT episode_id FROM episodes WHERE run_id = '{run_id}' AND step = {step} ORDER BY seq LIMIT 1"),
+            &format!(
+                "SELECT episode_id FROM episodes WHERE run_id = '{run_id}' AND step = {step} ORDER BY seq LIMIT 1"
+            ),
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -501,9 +503,7 @@ fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_mat
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let cfg = config(dir.path(), &model, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("every = 2", "every = 3");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("every = 2", "every = 3");
     std::fs::write(&cfg, text).unwrap();
     let data = dir.path().join("data");
     let sandbox = format!("127.0.0.1:{}", free_ports());
@@ -523,10 +523,12 @@ fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_mat
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let kept = data.join("checkpoints/r-1");
-    let steps: Vec<bool> = (1..=5)
-        .map(|s| kept.join(format!("step-{s:06}")).exists())
-        .collect();
-    assert_eq!(steps, [false, false, true, false, true], "checkpoints of steps 3 and 5 only");
+    let steps: Vec<bool> = (1..=5).map(|s| kept.join(format!("step-{s:06}")).exists()).collect();
+    assert_eq!(
+        steps,
+        [false, false, true, false, true],
+        "checkpoints of steps 3 and 5 only"
+    );
 
     // Every episode of the five steps, though the weights of steps 1, 2
     // and 4 (behind the episodes of steps 2, 3 and 5) were never kept.
@@ -546,12 +548,18 @@ fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_mat
     );
     let step5 = episode_of_step(&data, "r-1", 5);
     let (ok, text) = replay(&data, &["--episode", &step5, "--check"]);
-    assert!(ok && text.contains("rebuilt: checkpoint of step 3 + 1 update"), "{text}");
+    assert!(
+        ok && text.contains("rebuilt: checkpoint of step 3 + 1 update"),
+        "{text}"
+    );
 
     // A counterfactual with the weights after step 4, which were never
     // kept: recorded, and itself replayable (its weights rebuilt again).
     let (ok, text) = replay(&data, &["--episode", &step3, "--checkpoint", "4"]);
-    assert!(ok && text.contains("after step 4 rebuilt: checkpoint of step 3 + 1 update"), "{text}");
+    assert!(
+        ok && text.contains("after step 4 rebuilt: checkpoint of step 3 + 1 update"),
+        "{text}"
+    );
     let line = text
         .lines()
         .find(|l| l.starts_with("recorded as "))
@@ -584,7 +592,11 @@ fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_mat
     };
     let out = materialize(&data, "3", &m3);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("from the starting weights + 3 updates"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("from the starting weights + 3 updates"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(
         std::fs::read(m3.join("model.safetensors")).unwrap(),
         std::fs::read(moved.join("model.safetensors")).unwrap(),
@@ -615,7 +627,11 @@ fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_mat
     // Refused: an existing directory, a step the run never reached, a run
     // that is not a training run.
     let out = materialize(&data, "2", &m3);
-    assert!(!out.status.success() && stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("already exists"),
+        "{}",
+        stderr(&out)
+    );
     let out = materialize(&data, "6", &dir.path().join("m6"));
     assert!(
         !out.status.success() && stderr(&out).contains("choose a step from 0 to 5"),

@@ -395,10 +395,7 @@ impl Rebuilder {
         let dtype = fathom_model::dir::parse_dtype(&record.config.model.dtype)?;
         let load = |dir: &Path| -> Result<LoadedModel, JobError> {
             let mut m = fathom_model::load(dir, &device, dtype).map_err(|e| {
-                JobError::Invalid(format!(
-                    "loading {} to rebuild run {run}'s weights: {e}",
-                    dir.display()
-                ))
+                JobError::Invalid(format!("loading {} to rebuild run {run}'s weights: {e}", dir.display()))
             })?;
             m.model.set_kernels(record.kernels);
             Ok(m)
@@ -412,8 +409,7 @@ impl Rebuilder {
                 let mut from_checkpoint = None;
                 for (c, dir) in &bases {
                     // A damaged checkpoint is passed over for an older one.
-                    let Ok((moments, _)) =
-                        checkpoint::load_state(dir, &c.weights_digest, &c.optimizer_digest, &device)
+                    let Ok((moments, _)) = checkpoint::load_state(dir, &c.weights_digest, &c.optimizer_digest, &device)
                     else {
                         continue;
                     };

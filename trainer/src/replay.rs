@@ -16,7 +16,7 @@
 //! training run's configuration ([`RunRecord`]) and its checkpoints, an
 //! evaluation's policy and sampling, a warm start's scripted episodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -29,9 +29,10 @@ use fathom_replay::{Gateway, GatewayConfig, Miss, Recording, SearchBackend};
 use fathom_store::{LogRead, Store};
 
 use crate::candle_policy::{CandleModel, CandlePolicy};
+use fathom_model::batch::Batcher;
 use crate::harness::{JobError, Question, sampled_events};
 use crate::openai::{OpenAiConfig, OpenAiPolicy};
-use crate::policy::{Generation, Policy, PolicyError, PolicyInput};
+use crate::policy::{GenerateFuture, Generation, Policy, PolicyError, PolicyInput};
 use crate::recorded::{RecordedEpisode, episode_of};
 use crate::rollout::{EpisodeOutcome, Rollout, RolloutConfig};
 use crate::scripted::ScriptedPolicy;
@@ -295,6 +296,48 @@ struct RunInfo {
     threads: Option<usize>,
 }
 
+/// Models kept loaded by a [`Replayer`] (with their batch decoders): a
+/// whole-run check meets each policy version's episodes together.
+const SERVED: usize = 3;
+
+/// Which weights a served model holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Weights {
+    /// A model directory, run with these kernels.
+    Dir(PathBuf, Kernels),
+    /// A training run's weights after a step, rebuilt from the log.
+    Rebuilt(RunId, u64),
+}
+
+/// A loaded model, and the decoder that batches the turns of the episodes
+/// re-run on it at once (`None` where the model has no fused kernels).
+#[derive(Clone)]
+struct Served {
+    model: Arc<CandleModel>,
+    batcher: Option<Arc<Batcher>>,
+}
+
+impl Served {
+    fn new(model: Arc<CandleModel>) -> Result<Served, Cause> {
+        let batcher = model
+            .batcher()
+            .map_err(|e| Cause::Policy(format!("starting the batch decoder: {e}")))?;
+        Ok(Served { model, batcher })
+    }
+
+    fn policy(&self, sampling: Sampling, version: u64) -> Built {
+        (
+            Box::new(CandlePolicy::batched(
+                self.model.clone(),
+                self.batcher.clone(),
+                sampling,
+                version,
+            )),
+            Some(self.model.clone()),
+        )
+    }
+}
+
 /// Re-runs episodes of one log; loaded models are shared between episodes.
 pub struct Replayer {
     /// The log, read (the store, or its writer's endpoint).
@@ -305,7 +348,8 @@ pub struct Replayer {
     device: String,
     runs: Mutex<HashMap<RunId, Arc<RunInfo>>>,
     checkpoints: Mutex<HashMap<RunId, Arc<BTreeMap<u64, CheckpointSaved>>>>,
-    models: Mutex<HashMap<(PathBuf, Kernels), Arc<CandleModel>>>,
+    /// The models re-runs sample from lately, with their batch decoders.
+    served: Mutex<VecDeque<(Weights, Served)>>,
     /// Training runs' weights after steps without a kept checkpoint.
     rebuilder: Rebuilder,
 }
@@ -355,6 +399,22 @@ impl Policy for Witness {
 
     fn generate(&mut self, input: PolicyInput<'_>) -> Result<Generation, PolicyError> {
         let out = self.inner.generate(input);
+        self.keep(&input, &out);
+        out
+    }
+
+    fn generate_async<'a>(&'a mut self, input: PolicyInput<'a>) -> GenerateFuture<'a> {
+        // A batched model decodes this episode's turns with the others'.
+        Box::pin(async move {
+            let out = self.inner.generate_async(input).await;
+            self.keep(&input, &out);
+            out
+        })
+    }
+}
+
+impl Witness {
+    fn keep(&self, input: &PolicyInput<'_>, out: &Result<Generation, PolicyError>) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if input.turn > 0
             && let Some(Message::Tool(text)) = input.messages.last()
@@ -362,7 +422,6 @@ impl Policy for Witness {
             seen.tool_texts.insert(input.turn - 1, text.clone());
         }
         seen.turns.push(out.clone());
-        out
     }
 }
 
@@ -377,7 +436,7 @@ impl Replayer {
             device: device.to_string(),
             runs: Mutex::default(),
             checkpoints: Mutex::default(),
-            models: Mutex::default(),
+            served: Mutex::default(),
         }
     }
 
@@ -393,7 +452,7 @@ impl Replayer {
             device: device.to_string(),
             runs: Mutex::default(),
             checkpoints: Mutex::default(),
-            models: Mutex::default(),
+            served: Mutex::default(),
         }
     }
 
@@ -707,47 +766,56 @@ impl Replayer {
         resolve(self.log.data_dir(), dir)
     }
 
-    fn model(
-        &self,
-        dir: &std::path::Path,
-        expected: Option<Digest>,
-        dtype: &str,
-        kernels: Kernels,
-    ) -> Result<Arc<CandleModel>, Cause> {
-        let dir = &self.resolve(dir);
-        let key = (dir.clone(), kernels);
-        if let Some(m) = self.models.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(m.clone());
-        }
-        let weights = dir.join("model.safetensors");
-        if !weights.exists() {
-            return Err(Cause::CheckpointMissing {
-                what: format!(
-                    "{} is not on disk (deleted by checkpoint retention, or moved)",
-                    weights.display()
-                ),
-            });
-        }
-        if let Some(expected) = expected {
-            let found = crate::checkpoint::weights_digest(dir).ok_or_else(|| Cause::CheckpointMissing {
-                what: format!("{} cannot be read", weights.display()),
-            })?;
-            if found != expected {
-                return Err(Cause::CheckpointDigest {
-                    path: weights,
-                    expected,
-                    found,
-                });
-            }
-        }
-        let model = CandleModel::load_with(dir, &self.device, dtype, kernels)
-            .map_err(|e| Cause::Policy(format!("loading {}: {e}", dir.display())))?;
-        let model = Arc::new(model);
-        self.models
+    /// A served model, or `make` one and keep it (the oldest goes).
+    fn served(&self, key: Weights, make: impl FnOnce() -> Result<Served, Cause>) -> Result<Served, Cause> {
+        if let Some((_, m)) = self
+            .served
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, model.clone());
-        Ok(model)
+            .iter()
+            .find(|(k, _)| *k == key)
+        {
+            return Ok(m.clone());
+        }
+        let made = make()?;
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        if !served.iter().any(|(k, _)| *k == key) {
+            served.push_back((key, made.clone()));
+            if served.len() > SERVED {
+                served.pop_front();
+            }
+        }
+        Ok(made)
+    }
+
+    fn model(&self, dir: &std::path::Path, expected: Option<Digest>, dtype: &str, kernels: Kernels) -> Result<Served, Cause> {
+        let dir = self.resolve(dir);
+        self.served(Weights::Dir(dir.clone(), kernels), || {
+            let weights = dir.join("model.safetensors");
+            if !weights.exists() {
+                return Err(Cause::CheckpointMissing {
+                    what: format!(
+                        "{} is not on disk (deleted by checkpoint retention, or moved)",
+                        weights.display()
+                    ),
+                });
+            }
+            if let Some(expected) = expected {
+                let found = crate::checkpoint::weights_digest(&dir).ok_or_else(|| Cause::CheckpointMissing {
+                    what: format!("{} cannot be read", weights.display()),
+                })?;
+                if found != expected {
+                    return Err(Cause::CheckpointDigest {
+                        path: weights,
+                        expected,
+                        found,
+                    });
+                }
+            }
+            let model = CandleModel::load_with(&dir, &self.device, dtype, kernels)
+                .map_err(|e| Cause::Policy(format!("loading {}: {e}", dir.display())))?;
+            Served::new(Arc::new(model))
+        })
     }
 
     fn make_policy(&self, plan: &PolicyPlan) -> Result<Built, Cause> {
@@ -762,24 +830,19 @@ impl Replayer {
                 kernels,
                 ..
             } => {
-                let model = self.model(dir, *expected, dtype, *kernels)?;
-                (
-                    Box::new(CandlePolicy::new(model.clone(), *sampling, *version)),
-                    Some(model),
-                )
+                self.model(dir, *expected, dtype, *kernels)?.policy(*sampling, *version)
             }
             PolicyPlan::Rebuilt {
                 train, step, sampling, ..
-            } => {
-                let rebuilt = self
-                    .rebuilder
-                    .weights(*train, *step)
-                    .map_err(|e| Cause::Rebuild(e.to_string()))?;
-                (
-                    Box::new(CandlePolicy::new(rebuilt.model.clone(), *sampling, *step)),
-                    Some(rebuilt.model.clone()),
-                )
-            }
+            } => self
+                .served(Weights::Rebuilt(*train, *step), || {
+                    let rebuilt = self
+                        .rebuilder
+                        .weights(*train, *step)
+                        .map_err(|e| Cause::Rebuild(e.to_string()))?;
+                    Served::new(rebuilt.model.clone())
+                })?
+                .policy(*sampling, *step),
             PolicyPlan::OpenAi(c) => (
                 Box::new(OpenAiPolicy::new(c.clone()).map_err(|e| Cause::Policy(e.to_string()))?),
                 None,

@@ -26,7 +26,7 @@ use super::update::Learner;
 use super::*;
 
 /// Rebuilt weights kept per [`Rebuilder`] (besides its working state).
-const CACHED: usize = 4;
+const CACHED: usize = 2;
 
 /// Everything the log holds about one training run that its updates need.
 #[derive(Default)]

@@ -29,7 +29,6 @@ use fathom_replay::{Gateway, GatewayConfig, Miss, Recording, SearchBackend};
 use fathom_store::{LogRead, Store};
 
 use crate::candle_policy::{CandleModel, CandlePolicy};
-use fathom_model::batch::Batcher;
 use crate::harness::{JobError, Question, sampled_events};
 use crate::openai::{OpenAiConfig, OpenAiPolicy};
 use crate::policy::{GenerateFuture, Generation, Policy, PolicyError, PolicyInput};
@@ -38,6 +37,7 @@ use crate::rollout::{EpisodeOutcome, Rollout, RolloutConfig};
 use crate::scripted::ScriptedPolicy;
 use crate::tools::HeuristicReader;
 use crate::train::{Origin, Rebuilder, RunRecord, resolve};
+use fathom_model::batch::Batcher;
 
 /// The policy an episode is re-run with.
 #[derive(Debug, Clone)]
@@ -788,7 +788,13 @@ impl Replayer {
         Ok(made)
     }
 
-    fn model(&self, dir: &std::path::Path, expected: Option<Digest>, dtype: &str, kernels: Kernels) -> Result<Served, Cause> {
+    fn model(
+        &self,
+        dir: &std::path::Path,
+        expected: Option<Digest>,
+        dtype: &str,
+        kernels: Kernels,
+    ) -> Result<Served, Cause> {
         let dir = self.resolve(dir);
         self.served(Weights::Dir(dir.clone(), kernels), || {
             let weights = dir.join("model.safetensors");
@@ -829,9 +835,7 @@ impl Replayer {
                 dtype,
                 kernels,
                 ..
-            } => {
-                self.model(dir, *expected, dtype, *kernels)?.policy(*sampling, *version)
-            }
+            } => self.model(dir, *expected, dtype, *kernels)?.policy(*sampling, *version),
             PolicyPlan::Rebuilt {
                 train, step, sampling, ..
             } => self

@@ -268,32 +268,39 @@ fn the_dashboard_in_headless_chromium_shows_runs_curves_turns_and_tags() {
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a real screenshot");
 
     // The replay action: the button posts the form, the server re-runs the
-    // episode from the log (the sandbox of the demo is long gone).
-    let button = elements(port, &sid, "form button");
-    assert_eq!(button.len(), 1, "a replay button");
-    wd(
-        port,
-        "POST",
-        &format!("/session/{sid}/element/{}/click", button[0]),
-        Some(json!({})),
-    );
-    // Clicking returns at once; wait for the verdict page to load.
-    let mut title = Value::Null;
-    for _ in 0..300 {
-        title = wd(port, "GET", &format!("/session/{sid}/title"), None);
-        if title.as_str().is_some_and(|t| t.starts_with("Replay check of")) {
-            break;
+    // episode from the log (the sandbox of the demo is long gone). Returns
+    // the verdict's heading and paragraphs.
+    let replay_check = |episode: &str| -> (String, Vec<String>) {
+        let button = elements(port, &sid, "form button");
+        assert_eq!(button.len(), 1, "a replay button");
+        wd(
+            port,
+            "POST",
+            &format!("/session/{sid}/element/{}/click", button[0]),
+            Some(json!({})),
+        );
+        // Clicking returns at once; wait for the verdict page to load.
+        let mut title = Value::Null;
+        for _ in 0..600 {
+            title = wd(port, "GET", &format!("/session/{sid}/title"), None);
+            if title.as_str().is_some_and(|t| t.starts_with("Replay check of")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(title, format!("Replay check of {episode} · fathom"));
-    let h2 = elements(port, &sid, "h2");
-    assert_eq!(text(port, &sid, &h2[0]), "Identical", "the replay verdict");
-    let body = elements(port, &sid, "main p");
+        assert_eq!(title, format!("Replay check of {episode} · fathom"));
+        let h2 = elements(port, &sid, "h2");
+        let body = elements(port, &sid, "main p");
+        (
+            text(port, &sid, &h2[0]),
+            body.iter().map(|p| text(port, &sid, p)).collect(),
+        )
+    };
+    let (verdict, body) = replay_check(&episode);
+    assert_eq!(verdict, "Identical", "the replay verdict");
     assert!(
-        body.iter()
-            .any(|p| text(port, &sid, p).contains("re-run with the scripted researcher")),
-        "the summary"
+        body.iter().any(|p| p.contains("re-run with the scripted researcher")),
+        "the summary: {body:?}"
     );
     screenshot(port, &sid, "replay.png");
 
@@ -306,28 +313,12 @@ fn the_dashboard_in_headless_chromium_shows_runs_curves_turns_and_tags() {
     );
     let step2 = step2["episode_id"].as_str().unwrap().to_string();
     go(&format!("/episodes/{step2}"));
-    let button = elements(port, &sid, "form button");
-    wd(
-        port,
-        "POST",
-        &format!("/session/{sid}/element/{}/click", button[0]),
-        Some(json!({})),
-    );
-    for _ in 0..600 {
-        title = wd(port, "GET", &format!("/session/{sid}/title"), None);
-        if title.as_str().is_some_and(|t| t.starts_with("Replay check of")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(title, format!("Replay check of {step2} · fathom"));
-    let h2 = elements(port, &sid, "h2");
-    assert_eq!(text(port, &sid, &h2[0]), "Identical", "the replay verdict");
-    let body = elements(port, &sid, "main p");
+    let (verdict, body) = replay_check(&step2);
+    assert_eq!(verdict, "Identical", "the replay verdict");
     assert!(
         body.iter()
-            .any(|p| text(port, &sid, p).contains("after step 1 rebuilt: the starting weights + 1 update")),
-        "where the weights came from"
+            .any(|p| p.contains("after step 1 rebuilt: the starting weights + 1 update")),
+        "where the weights came from: {body:?}"
     );
 
     wd(port, "DELETE", &format!("/session/{sid}"), None);

@@ -219,17 +219,26 @@ fn a_scripted_run_replays_identically_and_tampered_web_records_are_caught_at_the
     assert!(!ok && text.contains("no training run behind it"), "{text}");
 }
 
-#[test]
-fn a_candle_run_replays_identically_and_a_swapped_checkpoint_or_another_one_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let cfg = config(dir.path(), &model, "");
+/// The id of the episode a counterfactual re-run recorded, from its report.
+fn rerun_id(report: &str) -> String {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("recorded as "))
+        .expect("the re-run's id");
+    line.split_whitespace().nth(2).unwrap().to_string()
+}
+
+/// A tiny training run of `steps` steps with a checkpoint every `every`,
+/// recorded into `dir/data` (its sandbox gone once it ends).
+fn trained(dir: &Path, steps: u32, every: u32) -> std::path::PathBuf {
+    let model = tiny_model(dir);
+    let cfg = config(dir, &model, "");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("steps = 5", "steps = 2")
-        .replace("every = 2", "every = 1");
+        .replace("steps = 5", &format!("steps = {steps}"))
+        .replace("every = 2", &format!("every = {every}"));
     std::fs::write(&cfg, text).unwrap();
-    let data = dir.path().join("data");
+    let data = dir.join("data");
     let sandbox = format!("127.0.0.1:{}", free_ports());
     let out = run(
         &data,
@@ -246,6 +255,13 @@ fn a_candle_run_replays_identically_and_a_swapped_checkpoint_or_another_one_is_r
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    data
+}
+
+#[test]
+fn a_candle_run_replays_identically_and_a_swapped_checkpoint_or_another_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = trained(dir.path(), 2, 1);
 
     // Every training episode (policy versions 0 and 1), and the evaluations
     // before and after (the starting weights, the checkpoint of step 2).
@@ -281,11 +297,7 @@ fn a_candle_run_replays_identically_and_a_swapped_checkpoint_or_another_one_is_r
         text.contains("first difference at turn 0") || text.contains("identical"),
         "{text}"
     );
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("recorded as "))
-        .expect("the re-run's id");
-    let rerun = line.split_whitespace().nth(2).unwrap().to_string();
+    let rerun = rerun_id(&text);
     let out = run(
         &data,
         &[
@@ -501,27 +513,7 @@ fn episode_of_step(data: &Path, run_id: &str, step: u64) -> String {
 #[test]
 fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_materializes() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let cfg = config(dir.path(), &model, "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("every = 2", "every = 3");
-    std::fs::write(&cfg, text).unwrap();
-    let data = dir.path().join("data");
-    let sandbox = format!("127.0.0.1:{}", free_ports());
-    let out = run(
-        &data,
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--sandbox",
-            &sandbox,
-            "--sandbox-entities",
-            "300",
-            "--snapshot-every",
-            "off",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let data = trained(dir.path(), 5, 3);
     let kept = data.join("checkpoints/r-1");
     let steps: Vec<bool> = (1..=5).map(|s| kept.join(format!("step-{s:06}")).exists()).collect();
     assert_eq!(
@@ -560,11 +552,7 @@ fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_mat
         ok && text.contains("after step 4 rebuilt: checkpoint of step 3 + 1 update"),
         "{text}"
     );
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("recorded as "))
-        .expect("the re-run's id");
-    let rerun = line.split_whitespace().nth(2).unwrap().to_string();
+    let rerun = rerun_id(&text);
     let (ok, text) = replay(&data, &["--episode", &rerun, "--check"]);
     assert!(ok && text.contains(": identical:"), "{text}");
     let (ok, text) = replay(&data, &["--episode", &step3, "--checkpoint", "9"]);

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use fathom_store::snapshot::Digests;
 use fathom_store::{Options, VerifyPhase};
 
 /// Arguments of `fathom verify`.
@@ -37,24 +38,65 @@ pub fn run(data: &Path, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let Some(bar) = blobs_bar {
         bar.finish_and_clear();
     }
-    if report.is_ok() {
-        println!("ok: {} events and {} blobs verified", report.events, report.blobs);
+    // The snapshots: every file against the manifest, the manifest against
+    // the log.
+    let snaps = store.snapshots();
+    let (manifest, checked) = match snaps.manifest() {
+        Ok(m) => {
+            let problems = snaps.check(&m, Some(store.last_seq().0), Digests::Always)?;
+            (Some(m), problems)
+        }
+        Err(_) => (None, Vec::new()),
+    };
+    let advice = checked.first().map(|p| p.advice(snaps.root()));
+    let mut snapshot_problems: Vec<String> = checked.iter().map(ToString::to_string).collect();
+    if let Err(e) = snaps.manifest() {
+        snapshot_problems.push(e.to_string());
+    }
+    let files = manifest.as_ref().map_or(0, |m| m.files.len());
+    if report.is_ok() && snapshot_problems.is_empty() {
+        println!(
+            "ok: {} events and {} blobs verified; {files} snapshot file(s) match their manifest, which covers events up to {}",
+            report.events,
+            report.blobs,
+            manifest.map_or(0, |m| m.upto_seq)
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "FAILED: {} problem(s) in {} events and {} blobs",
-        report.problems.len(),
-        report.events,
-        report.blobs
-    );
-    if let Some(seq) = report.first_bad_seq() {
-        println!("first bad sequence number: {seq}");
+    if !report.is_ok() {
+        println!(
+            "FAILED: {} problem(s) in {} events and {} blobs",
+            report.problems.len(),
+            report.events,
+            report.blobs
+        );
+        if let Some(seq) = report.first_bad_seq() {
+            println!("first bad sequence number: {seq}");
+        }
+        for p in report.problems.iter().take(args.max_problems) {
+            println!("  {p}");
+        }
+        if report.problems.len() > args.max_problems {
+            println!("  … and {} more", report.problems.len() - args.max_problems);
+        }
+    } else {
+        println!("ok: {} events and {} blobs verified", report.events, report.blobs);
     }
-    for p in report.problems.iter().take(args.max_problems) {
-        println!("  {p}");
-    }
-    if report.problems.len() > args.max_problems {
-        println!("  … and {} more", report.problems.len() - args.max_problems);
+    if !snapshot_problems.is_empty() {
+        println!(
+            "FAILED: {} problem(s) in the snapshots ({files} file(s) in {})",
+            snapshot_problems.len(),
+            snaps.root().display()
+        );
+        for p in snapshot_problems.iter().take(args.max_problems) {
+            println!("  {p}");
+        }
+        if snapshot_problems.len() > args.max_problems {
+            println!("  … and {} more", snapshot_problems.len() - args.max_problems);
+        }
+        if let Some(advice) = advice {
+            println!("{advice}");
+        }
     }
     Ok(ExitCode::FAILURE)
 }

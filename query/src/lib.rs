@@ -36,7 +36,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use fathom_store::remote::Location;
-use fathom_store::snapshot::{FileEntry, Manifest, Projector, Snapshots, TableInfo, tables};
+use fathom_store::snapshot::{FileEntry, Manifest, Projector, SnapshotProblem, Snapshots, TableInfo, tables};
 use fathom_store::{Options, Store};
 
 pub use datafusion;
@@ -117,10 +117,11 @@ impl<'a> Files<'a> {
         }
     }
 
-    /// The manifest that names them.
+    /// The manifest that names them; local files are checked against it
+    /// (sizes, digests, coverage) before anything is answered from them.
     async fn manifest(snaps: &Snapshots, opts: &OpenOptions) -> Result<Manifest, QueryError> {
         match &opts.snapshots {
-            None => Ok(snaps.manifest()?),
+            None => Ok(snaps.checked_manifest(None)?),
             Some(loc) => remote_manifest(loc).await,
         }
     }
@@ -300,6 +301,18 @@ impl Db {
             None
         } else {
             match read_tail(data, &manifest) {
+                Ok(Some((last, _))) if opts.snapshots.is_none() && last < manifest.upto_seq => {
+                    // Events appended after such a manifest would never show.
+                    let problem = SnapshotProblem::AheadOfLog {
+                        upto_seq: manifest.upto_seq,
+                        log_last: last,
+                    };
+                    return Err(QueryError::Store(fathom_store::Error::Snapshot(format!(
+                        "the snapshots in {} disagree with the log: {problem}. {}",
+                        snaps.root().display(),
+                        problem.advice(snaps.root())
+                    ))));
+                }
                 Ok(Some((last, batches))) => {
                     source.last_seq = last;
                     source.tail_read = true;

@@ -114,6 +114,10 @@ pub enum Error {
     /// Object storage refused or failed (snapshots shipped or read remotely).
     #[error("{0}")]
     Remote(String),
+    /// The snapshots are damaged or disagree with their manifest or the
+    /// log (the message says what, and what to do).
+    #[error("{0}")]
+    Snapshot(String),
     /// A broken invariant: a bug in fathom, not bad input.
     #[error("internal error (a bug in fathom, please report it): {0}")]
     Internal(String),

@@ -381,3 +381,132 @@ fn rebuild_agrees_with_fresh_snapshots_and_names_the_table_of_an_altered_file() 
     assert_eq!(text.lines().filter(|l| l.contains("DIFFERS")).count(), 1, "{text}");
     assert!(text.contains("1 table(s) disagree"), "{text}");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn damaged_snapshots_and_a_manifest_that_disagrees_with_the_log_are_refused_not_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    load(&good, "64");
+    let out = run(&good, &["snapshot"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&good, &["verify"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("snapshot file(s) match their manifest"),
+        "{}",
+        stdout(&out)
+    );
+    let episodes = sql_json(&good, &[], "SELECT count(*) AS n, min(n_turns) AS t FROM episodes");
+    assert!(episodes[0]["n"].as_u64().unwrap() >= 64, "{episodes}");
+
+    // Each damage on a fresh copy: SQL refuses (rather than answer from
+    // the damaged files), and verify names it.
+    let data = dir.path().join("data");
+    let damaged = |damage: &dyn Fn(&std::path::Path)| {
+        if data.exists() {
+            std::fs::remove_dir_all(&data).unwrap();
+        }
+        copy_dir(&good, &data);
+        damage(&data.join("snapshots"));
+    };
+    let part = |root: &std::path::Path, table: &str| {
+        std::fs::read_dir(root.join(table))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .unwrap()
+    };
+    let edit_manifest = |root: &std::path::Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let path = root.join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut m);
+        std::fs::write(&path, m.to_string()).unwrap();
+    };
+    let refused = |query: &str, wanted: &[&str]| {
+        let out = run(&data, &["sql", query]);
+        let text = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "answered from damaged snapshots: {}",
+            stdout(&out)
+        );
+        for w in wanted {
+            assert!(text.contains(w), "{w:?} not in: {text}");
+        }
+        assert!(!text.contains("internal error"), "{text}");
+        let out = run(&data, &["verify"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(stdout(&out).contains(wanted[0]), "{}", stdout(&out));
+    };
+
+    // One byte flipped in an episodes file.
+    damaged(&|root| {
+        let p = part(root, "episodes");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+    });
+    refused(
+        "SELECT min(n_turns) FROM episodes",
+        &["has BLAKE3 digest", "episodes/part-", "run 'fathom snapshot'"],
+    );
+    // A file removed.
+    damaged(&|root| std::fs::remove_file(part(root, "turns")).unwrap());
+    refused("SELECT count(*) FROM turns", &["turns/part-", "is missing"]);
+    // A manifest past the log's end: new events would never show, and the
+    // snapshots must not be thrown away (they may be the only copy).
+    damaged(&|root| {
+        edit_manifest(root, &|m| {
+            m["upto_seq"] = (m["upto_seq"].as_u64().unwrap() + 100_000).into()
+        })
+    });
+    refused(
+        "SELECT count(*) FROM episodes",
+        &["but the log ends at event", "Keep the snapshots"],
+    );
+    let out = run(&data, &["snapshot"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("but the log ends at event"),
+        "{}",
+        stderr(&out)
+    );
+    // A manifest behind its own files: a snapshot would count their events twice.
+    damaged(&|root| edit_manifest(root, &|m| m["upto_seq"] = 10.into()));
+    refused(
+        "SELECT count(*) FROM episodes",
+        &["holds events up to", "cover events up to 10"],
+    );
+    let out = run(&data, &["snapshot"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("cover events up to 10"),
+        "{}",
+        stderr(&out)
+    );
+    // A truncated manifest: damage, not a bug.
+    damaged(&|root| {
+        let path = root.join("manifest.json");
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+    });
+    refused("SELECT count(*) FROM episodes", &["does not parse"]);
+
+    // Undamaged, the same answers as before.
+    damaged(&|_| {});
+    assert_eq!(
+        sql_json(&data, &[], "SELECT count(*) AS n, min(n_turns) AS t FROM episodes"),
+        episodes
+    );
+}

@@ -20,6 +20,7 @@
 //! compacted into larger ones the same way (the manifest swaps the old files
 //! for the new one in one rename, then the old files are deleted).
 
+mod check;
 pub mod rebuild;
 pub mod tables;
 
@@ -39,6 +40,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 
+pub use check::{Digests, SnapshotProblem};
 pub use tables::{Carry, ColumnInfo, Projector, TableInfo};
 
 use crate::{Durability, Error, Result, Store};
@@ -202,13 +204,13 @@ impl Snapshots {
             Err(e) => return Err(io("read", &path)(e)),
         };
         let m: Manifest = serde_json::from_str(&text).map_err(|e| {
-            Error::Internal(format!(
+            Error::Snapshot(format!(
                 "snapshot manifest {} does not parse ({e}); move it away and run 'fathom snapshot' to rebuild the snapshots from the log",
                 path.display()
             ))
         })?;
         if m.format != MANIFEST_FORMAT {
-            return Err(Error::Internal(format!(
+            return Err(Error::Snapshot(format!(
                 "snapshot manifest {} has format {} but this fathom reads format {MANIFEST_FORMAT}; use a matching fathom or rebuild the snapshots",
                 path.display(),
                 m.format
@@ -365,6 +367,13 @@ impl Store {
         // relaxed tail, and a snapshot must never hold an event the log lost.
         self.flush()?;
         let last = self.last_seq().0;
+        if let Some(problem) = manifest.problems(Some(last)).first() {
+            return Err(Error::Snapshot(format!(
+                "nothing can be added to the snapshots in {}: {problem}. {}",
+                snaps.root().display(),
+                problem.advice(snaps.root())
+            )));
+        }
         let clock = SystemClock;
         let mut committed: Vec<FileEntry> = Vec::new();
         let window = opts.window_events.max(1);

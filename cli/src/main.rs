@@ -62,7 +62,8 @@ enum Command {
     /// Inspect or exercise the event log.
     #[command(subcommand)]
     Log(log::LogCommand),
-    /// Check every event frame, index entry and blob; exit 0 only when all is well.
+    /// Check every event frame, index entry and blob, and the snapshots against their manifest and
+    /// the log; exit 0 only when all is well.
     Verify(verify::VerifyArgs),
     /// Score responses with the DeepResearcher reward (format, F1, EM).
     Score(score::ScoreArgs),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use fathom_store::Options;
-use fathom_store::snapshot::SnapshotOptions;
+use fathom_store::snapshot::{SnapshotOptions, SnapshotProblem};
 
 /// Arguments of `fathom rebuild`.
 #[derive(Debug, clap::Args)]
@@ -31,7 +31,21 @@ pub fn run(data: &Path, args: RebuildArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--window must be at least 1 event");
     }
     let store = crate::open_store(data, Options::default())?;
-    let upto = store.snapshots().manifest()?.upto_seq;
+    let snaps = store.snapshots();
+    let manifest = snaps.manifest()?;
+    if let Some(problem) = manifest
+        .problems(Some(store.last_seq().0))
+        .into_iter()
+        .find(|p| matches!(p, SnapshotProblem::AheadOfLog { .. }))
+    {
+        // The log cannot prove snapshots of events it no longer holds, and
+        // they may be the only copy of them.
+        anyhow::bail!(
+            "{problem}, so the snapshots cannot be rebuilt from it. {}",
+            problem.advice(snaps.root())
+        );
+    }
+    let upto = manifest.upto_seq;
     if upto == 0 {
         anyhow::bail!("no snapshot has been committed yet, so there is nothing to check; run 'fathom snapshot' first");
     }

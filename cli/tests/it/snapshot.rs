@@ -477,12 +477,16 @@ fn damaged_snapshots_and_a_manifest_that_disagrees_with_the_log_are_refused_not_
         "SELECT count(*) FROM episodes",
         &["but the log ends at event", "Keep the snapshots"],
     );
-    let out = run(&data, &["snapshot"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("but the log ends at event"),
-        "{}",
-        stderr(&out)
-    );
+    for command in ["snapshot", "rebuild"] {
+        let out = run(&data, &[command]);
+        assert!(
+            !out.status.success()
+                && stderr(&out).contains("but the log ends at event")
+                && stderr(&out).contains("Keep the snapshots"),
+            "{command}: {}",
+            stderr(&out)
+        );
+    }
     // A manifest behind its own files: a snapshot would count their events twice.
     damaged(&|root| edit_manifest(root, &|m| m["upto_seq"] = 10.into()));
     refused(

@@ -222,6 +222,25 @@ fn sql_formats_errors_and_the_prompt() {
     );
     assert!(out.status.success());
     assert_eq!(stdout(&out), "step,episodes\n1,128\n");
+    // List and struct columns as JSON text (as DuckDB writes them); null
+    // stays an empty cell.
+    let out = run(
+        data,
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT ground_truth, [1, 2] AS l, {'a': 1, 'b': ['x']} AS s, CAST(NULL AS INT[]) AS n FROM episodes LIMIT 1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = stdout(&out);
+    let row = csv.lines().nth(1).unwrap();
+    assert!(row.starts_with("\"[\"\""), "{csv}");
+    assert!(
+        row.ends_with(",\"[1,2]\",\"{\"\"a\"\":1,\"\"b\"\":[\"\"x\"\"]}\","),
+        "{csv}"
+    );
 
     let out = run(data, &["sql", "SELECT run_id, status FROM runs"]);
     let text = stdout(&out);

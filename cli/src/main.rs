@@ -158,8 +158,38 @@ pub(crate) fn location(url: &str) -> anyhow::Result<std::sync::Arc<fathom_store:
     Ok(std::sync::Arc::new(fathom_store::remote::Location::parse(url)?))
 }
 
+/// A reader that stops early (`fathom log stats | head -1`) closes the
+/// pipe; printing then fails, and the process ends quietly, with the status
+/// of a process ended by SIGPIPE, instead of with a panic's message.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
+/// Whether `err` is a write to a pipe whose reader has gone.
+pub(crate) fn broken_pipe(err: &anyhow::Error) -> bool {
+    let kind = std::io::ErrorKind::BrokenPipe;
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == kind)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(kind))
+    })
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let ship = match cli.snapshots.as_deref().map(location).transpose() {
         Ok(l) => l,
@@ -195,6 +225,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing to say.
+        Err(err) if broken_pipe(&err) => ExitCode::from(141),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -124,6 +124,8 @@ async fn run_one(db: &mut Db, query: &str, format: Format) -> ExitCode {
     match db.sql(query).await {
         Ok(batches) => match print(&batches, format) {
             Ok(()) => ExitCode::SUCCESS,
+            // The reader of the output went away (`| head`).
+            Err(e) if crate::broken_pipe(&e) => std::process::exit(141),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE

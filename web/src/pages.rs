@@ -19,6 +19,9 @@ use crate::{AppState, WebError};
 /// A result row.
 pub(crate) type Row = Map<String, Value>;
 
+/// The highest page number of the episode list (a billion episodes).
+const MAX_PAGE: usize = 1_000_000_000 / PAGE_SIZE;
+
 /// Episodes per page of the episode list.
 pub const PAGE_SIZE: usize = 50;
 
@@ -461,6 +464,11 @@ async fn episodes_data(state: &AppState, rid: &str, fl: &EpisodeFilter) -> Resul
         ));
     }
     let page = fl.page.unwrap_or(0);
+    if page > MAX_PAGE {
+        return Err(WebError::BadRequest(format!(
+            "page {page} is past the last page there can be ({MAX_PAGE}); narrow the list with the filters instead"
+        )));
+    }
     let rows = state
         .rows(&format!(
             "SELECT episode_id, step, group_id, group_index, data_source, hops, question, answer, reward, f1, \

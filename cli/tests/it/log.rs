@@ -180,3 +180,30 @@ fn verify_names_a_flipped_frame_and_blob_while_other_events_stay_readable() {
     assert_eq!(stdout(&out).lines().count(), 121, "122 events less the corrupt one");
     assert!(stderr(&out).contains("event 57 is corrupt"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::snapshot::load(dir.path(), "32");
+    // Far more output than a pipe holds; the reader takes one line and
+    // goes, as `| head -1` does.
+    for args in [
+        &["log", "tail", "-n", "100000"][..],
+        &["sql", "--format", "csv", "SELECT * FROM events"][..],
+    ] {
+        let mut child = fathom(dir.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?}");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}: no panic, no error");
+    }
+}

@@ -419,6 +419,12 @@ async fn pages_show_the_log_and_render_recorded_content_inert() {
     let (s, _, body) = get(&app, "/api/runs/r-1/episodes?step=x").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(body.contains("step must be a number"), "{body}");
+    // A page number whose offset would overflow is refused, not a panic.
+    for path in ["/runs/r-1/episodes", "/api/runs/r-1/episodes"] {
+        let (s, _, body) = get(&app, &format!("{path}?page=368934881474191104")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body.contains("past the last page"), "{body}");
+    }
 
     // The hostile episode, and a normal one.
     let (status, _, ep) = get(&app, "/episodes/e-1").await;

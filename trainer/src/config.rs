@@ -369,6 +369,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The most training steps a run may ask for.
+pub const MAX_STEPS: u64 = 10_000_000;
+
+/// The most episodes one step may hold (its batch is kept in memory).
+pub const MAX_EPISODES_PER_STEP: u64 = 65_536;
+
 impl TrainConfig {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<TrainConfig, ConfigError> {
@@ -382,7 +388,8 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// Checks every value; the message names the field.
+    /// Checks every value and bounds every size; the message names the
+    /// field and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
         let positive = |name: &str, v: f64| {
             if v > 0.0 && v.is_finite() {
@@ -391,11 +398,64 @@ impl TrainConfig {
                 Err(format!("{name} must be a positive number, got {v}"))
             }
         };
-        if self.steps == 0 {
-            return Err("steps must be at least 1".into());
+        // Every size is bounded: a mistyped exponent must be refused
+        // here, not discovered as an allocation of terabytes.
+        let within = |name: &str, v: u64, low: u64, high: u64| {
+            if (low..=high).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be {low} to {high}, got {v}"))
+            }
+        };
+        within("steps", self.steps, 1, MAX_STEPS)?;
+        within(
+            "data.questions_per_step",
+            self.data.questions_per_step.into(),
+            1,
+            16_384,
+        )?;
+        within("data.group_size", self.data.group_size.into(), 1, 256)?;
+        let per_step = u64::from(self.data.questions_per_step) * u64::from(self.data.group_size);
+        if per_step > MAX_EPISODES_PER_STEP {
+            return Err(format!(
+                "data.questions_per_step x data.group_size is {per_step} episodes per step, more than {MAX_EPISODES_PER_STEP} (the paper's is 256 x 16 = 4096)"
+            ));
         }
-        if self.data.questions_per_step == 0 || self.data.group_size == 0 {
-            return Err("data.questions_per_step and data.group_size must be at least 1".into());
+        within(
+            "data.sandbox_questions",
+            self.data.sandbox_questions as u64,
+            1,
+            1_000_000,
+        )?;
+        within("rollout.max_turns", self.rollout.max_turns.into(), 1, 64)?;
+        within(
+            "rollout.max_turn_tokens",
+            self.rollout.max_turn_tokens.into(),
+            1,
+            32_768,
+        )?;
+        within("rollout.concurrency", self.rollout.concurrency as u64, 1, 4096)?;
+        within(
+            "rollout.max_tool_chars",
+            self.rollout.max_tool_chars as u64,
+            200,
+            1_000_000,
+        )?;
+        within("eval.limit", self.eval.limit as u64, 0, 1_000_000)?;
+        if let Some(sft) = &self.sft {
+            within("sft.scripted_episodes", sft.scripted_episodes as u64, 1, 1_000_000)?;
+        }
+        if !(self.grpo.lr > 0.0 && self.grpo.lr <= 1.0) {
+            return Err(format!(
+                "grpo.lr must be above 0 and at most 1, got {} (the paper uses 1e-6)",
+                self.grpo.lr
+            ));
+        }
+        if !(self.rollout.temperature > 0.0 && self.rollout.temperature <= 2.0) {
+            return Err(format!(
+                "rollout.temperature must be above 0 and at most 2 (GRPO needs sampled, varied rollouts), got {}",
+                self.rollout.temperature
+            ));
         }
         if !(1..=4).contains(&self.data.hops[0]) || !(self.data.hops[0]..=4).contains(&self.data.hops[1]) {
             return Err(format!(
@@ -474,18 +534,15 @@ impl TrainConfig {
         if self.rollout.max_turns == 0 || self.rollout.max_turn_tokens == 0 || self.rollout.concurrency == 0 {
             return Err("rollout.max_turns, rollout.max_turn_tokens and rollout.concurrency must be at least 1".into());
         }
-        if self.rollout.temperature.is_nan() || self.rollout.temperature <= 0.0 {
-            return Err("rollout.temperature must be above 0: GRPO needs sampled, varied rollouts".into());
-        }
         if !(self.rollout.top_p > 0.0 && self.rollout.top_p <= 1.0) {
             return Err(format!("rollout.top_p must be in (0, 1], got {}", self.rollout.top_p));
         }
         if self.checkpoint.every == 0 || self.checkpoint.keep_last == 0 {
             return Err("checkpoint.every and checkpoint.keep_last must be at least 1".into());
         }
-        if !(self.eval.temperature >= 0.0 && self.eval.temperature.is_finite()) {
+        if !(self.eval.temperature >= 0.0 && self.eval.temperature <= 2.0) {
             return Err(format!(
-                "eval.temperature must be 0 (greedy) or more, got {}",
+                "eval.temperature must be 0 (greedy) to 2, got {}",
                 self.eval.temperature
             ));
         }
@@ -503,6 +560,9 @@ impl TrainConfig {
         }
         if let Some(sft) = &self.sft {
             positive("sft.lr", sft.lr)?;
+            if sft.lr > 1.0 {
+                return Err(format!("sft.lr must be at most 1, got {}", sft.lr));
+            }
             if !(0.0..=1.0).contains(&sft.guesses) {
                 return Err(format!("sft.guesses must be a share from 0 to 1, got {}", sft.guesses));
             }
@@ -588,5 +648,30 @@ mod tests {
             "model.device 'tpu'",
         );
         check("name = \"x\"", "missing field");
+        // Sizes and rates a typo makes absurd.
+        check(
+            &base.replace("lr = 1e-3", "lr = 1e308"),
+            "grpo.lr must be above 0 and at most 1",
+        );
+        check(
+            &base.replace("temperature = 1.0\n", "temperature = inf\n"),
+            "rollout.temperature must be above 0 and at most 2",
+        );
+        check(
+            &base.replace("sandbox_questions = 3000", "sandbox_questions = 1000000000000"),
+            "data.sandbox_questions must be 1 to 1000000",
+        );
+        check(
+            &base.replace("group_size = 8", "group_size = 100000000"),
+            "data.group_size must be 1 to 256",
+        );
+        check(
+            &base.replace("max_turn_tokens = 64", "max_turn_tokens = 4294967295"),
+            "rollout.max_turn_tokens must be 1 to 32768",
+        );
+        check(
+            &base.replace("questions_per_step = 8", "questions_per_step = 16384"),
+            "episodes per step, more than 65536",
+        );
     }
 }

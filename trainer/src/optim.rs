@@ -122,7 +122,8 @@ impl AdamW {
 
     /// Clips the gradients to `max_norm` (global L2 norm; 0 disables) and
     /// takes one step at learning rate `lr`. Variables without a gradient
-    /// are left alone (their moments too).
+    /// are left alone (their moments too). Gradients that are not finite
+    /// are an error, and change nothing.
     pub fn step(&mut self, grads: &GradStore, lr: f64, max_norm: f64) -> candle_core::Result<StepReport> {
         let gs: Vec<Option<Tensor>> = self
             .vars
@@ -135,6 +136,13 @@ impl AdamW {
             sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
         let grad_norm = sq.sqrt();
+        if !grad_norm.is_finite() {
+            // Applied, it would make every weight NaN: the weights and the
+            // moments stay as they are.
+            candle_core::bail!(
+                "the gradients are not finite (norm {grad_norm}), so no step was taken; the loss diverged (a learning rate too high, or a clip too loose)"
+            );
+        }
         let clipped = max_norm > 0.0 && grad_norm > max_norm;
         let scale = if clipped { max_norm / (grad_norm + 1e-6) } else { 1.0 };
         self.step += 1;
@@ -275,6 +283,19 @@ mod tests {
         let expect = 1.0 * (1.0 - 0.01 * 0.1) - 0.01 * 2.0 / (2.0 + 1e-8);
         let got = var.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
         assert!((got - expect).abs() < 1e-6, "{got} vs {expect}");
+    }
+
+    #[test]
+    fn gradients_that_are_not_finite_change_nothing() {
+        // Loss w² at w = inf: the gradient is inf.
+        let (vars, var) = one_var(f32::INFINITY);
+        let mut opt = AdamW::new(&vars, AdamWConfig::default()).unwrap();
+        let before = opt.state().unwrap()["m.w"].to_vec1::<f32>().unwrap();
+        let err = opt.step(&grads_of(&var), 0.01, 1.0).unwrap_err().to_string();
+        assert!(err.contains("not finite") && err.contains("no step was taken"), "{err}");
+        assert_eq!(opt.steps(), 0);
+        assert_eq!(opt.state().unwrap()["m.w"].to_vec1::<f32>().unwrap(), before);
+        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), [f32::INFINITY]);
     }
 
     #[test]

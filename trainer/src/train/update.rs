@@ -50,6 +50,14 @@ impl Trainer {
     }
 }
 
+/// A step whose update is not finite: the run stops before it touches the
+/// weights, and its checkpoints stay as they were.
+fn diverged(step: u64, what: &str, lr: f64) -> JobError {
+    JobError::Invalid(format!(
+        "step {step} diverged ({what}), so its update was not applied and the run stops here; its last checkpoint is intact. Start again (from that checkpoint as model.path, or from the start) with a lower grpo.lr (this step's was {lr}) or a tighter grpo.max_grad_norm"
+    ))
+}
+
 impl Learner<'_> {
     fn config(&self) -> &TrainConfig {
         &self.record.config
@@ -184,8 +192,14 @@ impl Learner<'_> {
                 accumulate(&mut grads, &chunk_grads, &vars)?;
             }
             timings.forward_backward_ns += clock.now().nanos_since(t_fb);
+            if !loss.is_finite() {
+                return Err(diverged(step, &format!("the loss is {loss}"), lr));
+            }
             let t_opt = clock.now();
-            let report = self.optimizer.step(&grads, lr, self.config().grpo.max_grad_norm)?;
+            let report = self
+                .optimizer
+                .step(&grads, lr, self.config().grpo.max_grad_norm)
+                .map_err(|e| diverged(step, &e.to_string(), lr))?;
             timings.optimizer_ns += clock.now().nanos_since(t_opt);
             grad_norm += report.grad_norm;
             steps += 1;

@@ -185,7 +185,34 @@ impl Policies {
     }
 }
 
+/// Refuses values no evaluation can run with, before anything is recorded.
+fn check_args(args: &EvalArgs) -> anyhow::Result<()> {
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        anyhow::bail!("--top-p must be above 0 and at most 1, got {}", args.top_p);
+    }
+    if !(args.temperature >= 0.0 && args.temperature <= 2.0) {
+        anyhow::bail!("--temperature must be 0 (greedy) to 2, got {}", args.temperature);
+    }
+    if !(1..=4096).contains(&args.concurrency) {
+        anyhow::bail!(
+            "--concurrency must be 1 to 4096 episodes at once, got {}",
+            args.concurrency
+        );
+    }
+    if args.limit == Some(0) {
+        anyhow::bail!("--limit 0 would evaluate nothing; give at least 1, or leave it out for every question");
+    }
+    if !(1..=64).contains(&args.max_turns) {
+        anyhow::bail!("--max-turns must be 1 to 64, got {}", args.max_turns);
+    }
+    if !(1..=32_768).contains(&args.max_turn_tokens) {
+        anyhow::bail!("--max-turn-tokens must be 1 to 32768, got {}", args.max_turn_tokens);
+    }
+    Ok(())
+}
+
 pub fn run(data: &Path, args: EvalArgs, snapshots: crate::Snapshotting) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
     let policies = Policies::parse(&args)?;
     if args.web == "live" && args.web_args.search_url.is_none() && args.web_args.searxng_url.is_none() {
         anyhow::bail!("--web live needs a search API: pass --search-url (Serper-compatible) or --searxng-url");
@@ -285,9 +312,6 @@ async fn evaluate(
             attempt: 0,
         },
     )])?;
-    if args.max_turns == 0 {
-        anyhow::bail!("--max-turns must be at least 1");
-    }
     let auto = crate::auto_snapshot(&store, snapshots);
     let question_ids: Vec<QuestionId> = rows
         .iter()

@@ -132,4 +132,34 @@ fn without_a_question_file_eval_generates_sandbox_questions() {
         "{}",
         stderr(&bad)
     );
+    // Values no evaluation can run with are refused before anything is
+    // recorded (the scripted policy ignores sampling, but a typo is a typo).
+    for (args, wanted) in [
+        (&["--top-p", "5"][..], "--top-p must be above 0 and at most 1"),
+        (&["--temperature", "inf"][..], "--temperature must be 0 (greedy) to 2"),
+        (&["--concurrency", "0"][..], "--concurrency must be 1 to 4096"),
+        (&["--limit", "0"][..], "--limit 0 would evaluate nothing"),
+        (&["--max-turns", "0"][..], "--max-turns must be 1 to 64"),
+    ] {
+        let mut all = vec!["eval"];
+        all.extend_from_slice(args);
+        let bad = run(dir.path(), &all);
+        assert!(!bad.status.success(), "{args:?} accepted");
+        assert!(stderr(&bad).contains(wanted), "{args:?}: {}", stderr(&bad));
+    }
+    let out = run(
+        dir.path(),
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT count(*) FROM runs WHERE status = 'running'",
+        ],
+    );
+    assert_eq!(
+        stdout(&out).lines().nth(1),
+        Some("0"),
+        "no run left running: {}",
+        stderr(&out)
+    );
 }

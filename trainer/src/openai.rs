@@ -425,10 +425,8 @@ async fn chat(State(s): State<Arc<Served>>, Json(req): Json<ChatRequest>) -> Res
         Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
         Some(other) => return Err(bad(format!("stop must be a string or a list of strings, not {other}"))),
     };
-    let max_tokens = req
-        .max_completion_tokens
-        .or(req.max_tokens)
-        .unwrap_or(s.default_max_tokens);
+    let asked = req.max_completion_tokens.or(req.max_tokens);
+    let max_tokens = asked.unwrap_or(s.default_max_tokens);
     let seed = req.seed.unwrap_or(0);
     let want_logprobs = req.logprobs.unwrap_or(false);
     let served = s.clone();
@@ -437,6 +435,16 @@ async fn chat(State(s): State<Arc<Served>>, Json(req): Json<ChatRequest>) -> Res
     let result = tokio::task::spawn_blocking(move || {
         let m = served.model.loaded();
         let prompt = m.tokenizer.encode(&prompt_text)?;
+        // Generation is bounded by the model's context: a request for more
+        // is refused rather than left to run for minutes.
+        let room = m.config.max_position_embeddings.saturating_sub(prompt.len());
+        if asked.is_some_and(|n| n as usize > room) {
+            return Err(fathom_model::ModelError::Invalid(format!(
+                "max_tokens {max_tokens} is more than the model's context of {} tokens leaves after the prompt's {}; ask for at most {room}",
+                m.config.max_position_embeddings,
+                prompt.len()
+            )));
+        }
         let out = generate(
             &m.model,
             &m.tokenizer,

@@ -177,6 +177,20 @@ fn serve_model_speaks_openai_and_eval_through_it_matches_the_model_run_directly(
         reply.starts_with("HTTP/1.1 400") && reply.contains("stream=true is not supported"),
         "{reply}"
     );
+    // More tokens than the model's context leaves: refused at once, not
+    // generated for minutes.
+    let huge = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":4294967295,"temperature":0}"#;
+    let reply = http(
+        &addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{huge}",
+            huge.len()
+        ),
+    );
+    assert!(
+        reply.starts_with("HTTP/1.1 400") && reply.contains("more than the model's context"),
+        "{reply}"
+    );
 
     // A full evaluation through the endpoint gives, turn for turn, what the
     // same model gives when run in-process: sampled at temperature 1 with

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -341,7 +341,44 @@ impl IntoResponse for WebError {
 /// no frame, styles and images only from the server itself.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
+/// Why a request that would change something comes from another site
+/// (a cross-site form post, CSRF), if it does: its `Origin` is not this
+/// server (the `Host` it was sent to), or the browser says it is cross-site.
+/// Requests without either header (curl, scripts) are not a browser's.
+/// Under this server's `Referrer-Policy: no-referrer` a browser sends
+/// `Origin: null` even for its own forms; `Sec-Fetch-Site` then decides.
+fn cross_site(h: &HeaderMap) -> Option<String> {
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if let Some(origin) = origin.filter(|o| *o != "null") {
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        return (origin_host != host)
+            .then(|| format!("a page of {origin} may not run actions on this dashboard ({host})"));
+    }
+    match h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("same-origin" | "none") => None,
+        Some(site) => Some(format!(
+            "a {site} request may not run actions on this dashboard ({host})"
+        )),
+        None if origin.is_some() => Some(format!(
+            "a request of unknown origin (Origin: null, no Sec-Fetch-Site) may not run actions on this dashboard ({host})"
+        )),
+        None => None,
+    }
+}
+
 async fn headers_and_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(why) = cross_site(req.headers())
+    {
+        let mut r = (
+            StatusCode::FORBIDDEN,
+            format!("{why}; open the dashboard itself and use its buttons\n"),
+        )
+            .into_response();
+        secure(r.headers_mut());
+        return r;
+    }
     let mut set_cookie = None;
     if let Some(token) = &state.config.token {
         let bearer = req

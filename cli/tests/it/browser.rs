@@ -288,7 +288,12 @@ fn the_dashboard_in_headless_chromium_shows_runs_curves_turns_and_tags() {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert_eq!(title, format!("Replay check of {episode} · fathom"));
+        assert_eq!(
+            title,
+            format!("Replay check of {episode} · fathom"),
+            "{}",
+            wd(port, "GET", &format!("/session/{sid}/source"), None)
+        );
         let h2 = elements(port, &sid, "h2");
         let body = elements(port, &sid, "main p");
         (

@@ -669,6 +669,37 @@ async fn the_replay_action_runs_the_supplied_check_and_shows_its_verdict_inert()
     assert_eq!(fake.0.lock().unwrap().len(), 4, "nothing else ran");
     let (status, _, _) = get_with(&self::app(dir.path(), None), post("/episodes/e-3/replay")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A form on another site posting to the dashboard (CSRF) runs nothing;
+    // the dashboard's own form (its Origin is the Host it posts to) does.
+    let from = |origin: Option<&str>, site: Option<&str>| {
+        let mut r = Request::post("/episodes/e-4/replay").header("host", "127.0.0.1:8080");
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        if let Some(s) = site {
+            r = r.header("sec-fetch-site", s);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    for (origin, site) in [
+        (Some("http://evil.example"), Some("cross-site")),
+        (Some("http://127.0.0.1:9999"), None),
+        (Some("null"), None),
+        (Some("null"), Some("cross-site")),
+        (None, Some("cross-site")),
+    ] {
+        let (status, _, body) = get_with(&app, from(origin, site)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin:?} {site:?}: {body}");
+        assert!(body.contains("may not run actions on this dashboard"), "{body}");
+    }
+    assert_eq!(fake.0.lock().unwrap().len(), 4, "no cross-site request ran a check");
+    let (status, _, page) = get_with(&app, from(Some("http://127.0.0.1:8080"), Some("same-origin"))).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    // The dashboard's own form under its no-referrer policy: Origin null.
+    let (status, _, page) = get_with(&app, from(Some("null"), Some("same-origin"))).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(fake.0.lock().unwrap().len(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

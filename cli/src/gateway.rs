@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use fathom_core::{Clock, SystemClock};
@@ -61,6 +61,8 @@ pub fn run(cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
 struct Served {
     gateway: Gateway,
     token: Option<String>,
+    /// The largest response body an attempt may hold.
+    max_body_bytes: usize,
     served: AtomicU64,
     pages_read: AtomicU64,
 }
@@ -82,16 +84,20 @@ async fn serve(args: GatewayServeArgs) -> anyhow::Result<ExitCode> {
         config.policy.allowed.extend(addrs);
     }
     config.policy.allowed.extend(args.allow.iter().copied());
-    if !args.addr.ip().is_loopback() && args.token.is_none() {
-        eprintln!(
-            "warning: serving on {}, reachable from other machines, without a token; pass --token",
+    match &args.token {
+        None if !args.addr.ip().is_loopback() => anyhow::bail!(
+            "{} is reachable from other machines, which could make web requests through this gateway; add --token (or FATHOM_GATEWAY_TOKEN), or listen on 127.0.0.1",
             args.addr
-        );
+        ),
+        Some(t) if t.len() < 12 => anyhow::bail!("--token must be at least 12 characters"),
+        _ => {}
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let config_max_body = config.max_body_bytes;
     let served = Arc::new(Served {
         gateway: Gateway::live(config, clock).map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?,
         token: args.token.clone(),
+        max_body_bytes: config_max_body,
         served: AtomicU64::new(0),
         pages_read: AtomicU64::new(0),
     });
@@ -120,8 +126,39 @@ fn router(served: Arc<Served>) -> Router {
     Router::new()
         .route("/v1/attempt", post(attempt))
         .route("/v1/health", get(health))
+        .layer(axum::middleware::from_fn_with_state(served.clone(), token_check))
         .with_state(served)
 }
+
+/// Every route needs the token, when there is one.
+async fn token_check(
+    State(served): State<Arc<Served>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(token) = &served.token {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // The same time whatever the first differing byte.
+        let same = given.is_some_and(|g| {
+            g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        });
+        if !same {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "this gateway needs its token (Authorization: Bearer T)",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The longest a client may ask one attempt to take.
+const MAX_TIMEOUT_MS: u64 = 120_000;
 
 async fn health(State(served): State<Arc<Served>>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({
@@ -132,25 +169,16 @@ async fn health(State(served): State<Arc<Served>>) -> axum::Json<serde_json::Val
     }))
 }
 
-async fn attempt(State(served): State<Arc<Served>>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    if let Some(token) = &served.token {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "this gateway needs its token (Authorization: Bearer T)",
-            )
-                .into_response();
-        }
-    }
+async fn attempt(State(served): State<Arc<Served>>, body: Bytes) -> axum::response::Response {
     let (mut request, request_body): (WireRequest, Vec<u8>) = match fathom_replay::remote::unframe(&body) {
         Ok(parts) => parts,
         Err(why) => return (StatusCode::BAD_REQUEST, format!("not an attempt: {why}")).into_response(),
     };
     request.body = request_body;
+    // The client's limits, within this server's: one request may not hold
+    // a response body or a connection beyond them.
+    request.max_body_bytes = request.max_body_bytes.min(served.max_body_bytes);
+    request.timeout_ms = request.timeout_ms.min(MAX_TIMEOUT_MS);
     let ex = served.gateway.perform(&request).await;
     served.served.fetch_add(1, Ordering::Relaxed);
     if ex.page.is_some() {

@@ -5,13 +5,39 @@
 //! `<data>/LOCK` first and writes the holder's pid and command line into it,
 //! so a second process can say exactly who is in the way. The lock is released
 //! by the operating system when the holder exits, however it exits, so a
-//! killed writer never leaves a stale lock behind.
+//! killed writer never leaves a stale lock behind. The file is readable
+//! by its owner only, and secrets on the command line are not written.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use crate::{Error, Result};
+
+/// Flags whose value is a secret: never written into the lock file (which
+/// other processes' errors quote).
+pub const SECRET_FLAGS: &[&str] = &["--token", "--search-key", "--gateway-token", "--api-key"];
+
+/// A command line with the values of [`SECRET_FLAGS`] replaced by `***`
+/// (`--token T` and `--token=T` alike).
+pub fn redacted(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("***".to_string());
+            hide_next = false;
+        } else if let Some((flag, _)) = a.split_once('=')
+            && SECRET_FLAGS.contains(&flag)
+        {
+            out.push(format!("{flag}=***"));
+        } else {
+            hide_next = SECRET_FLAGS.contains(&a.as_str());
+            out.push(a.clone());
+        }
+    }
+    out
+}
 
 /// Holds the lock until dropped.
 #[derive(Debug)]
@@ -23,17 +49,16 @@ pub struct DirLock {
 impl DirLock {
     /// Takes the lock on `lock_path`, or explains who holds it.
     pub fn acquire(data_dir: &Path, lock_path: &Path) -> Result<DirLock> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(lock_path)
-            .map_err(|source| Error::Io {
-                action: "open the lock file",
-                path: lock_path.to_path_buf(),
-                source,
-            })?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        // Only its owner reads who holds the directory.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(lock_path).map_err(|source| Error::Io {
+            action: "open the lock file",
+            path: lock_path.to_path_buf(),
+            source,
+        })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -57,8 +82,14 @@ impl DirLock {
                 });
             }
         }
+        // A lock file made by an older fathom may be world-readable.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         let args: Vec<String> = std::env::args().collect();
-        let who = format!("pid {}: {}", std::process::id(), args.join(" "));
+        let who = format!("pid {}: {}", std::process::id(), redacted(&args).join(" "));
         let write = file
             .set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))
@@ -70,5 +101,35 @@ impl DirLock {
             source,
         })?;
         Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_on_the_command_line_are_redacted() {
+        let args: Vec<String> = [
+            "fathom",
+            "serve",
+            "--token",
+            "s3cret-token-value",
+            "--search-key=abc123",
+            "--addr",
+            "0.0.0.0:80",
+            "--gateway-token",
+            "gt",
+            "--api-key",
+            "k",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let line = redacted(&args).join(" ");
+        assert_eq!(
+            line,
+            "fathom serve --token *** --search-key=*** --addr 0.0.0.0:80 --gateway-token *** --api-key ***"
+        );
     }
 }

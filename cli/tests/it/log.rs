@@ -104,6 +104,8 @@ fn a_second_process_is_told_which_process_holds_the_directory() {
     let mut lines = BufReader::new(writer.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().starts_with("ack "));
     let out = run(data, &["log", "stats"]);
+    // Only its owner may read who holds the directory (and how).
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join("LOCK")).unwrap().permissions());
     writer.kill().unwrap();
     writer.wait().unwrap();
     assert!(!out.status.success());
@@ -111,6 +113,7 @@ fn a_second_process_is_told_which_process_holds_the_directory() {
     assert!(err.contains("is in use by another fathom process"), "{err}");
     assert!(err.contains(&format!("pid {}", writer.id())), "{err}");
     assert!(err.contains("log load"), "the holder's command is named: {err}");
+    assert_eq!(mode & 0o777, 0o600, "LOCK mode {mode:o}");
 }
 
 #[test]

@@ -434,3 +434,112 @@ fn a_ballista_scheduler_and_two_executors_give_the_cookbook_results_of_local_dat
         "{text}"
     );
 }
+
+/// One raw HTTP/1.1 request over loopback; the status line and the body.
+fn raw_http(addr: &str, head: &str, body: &[u8]) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&raw[..raw.iter().position(|b| *b == b'\r').unwrap()]).to_string();
+    (status, raw[split + 4..].to_vec())
+}
+
+#[test]
+fn a_gateway_needs_a_token_off_loopback_and_on_every_route_and_bounds_what_a_client_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["gateway", "serve", "--addr", "0.0.0.0:0"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("add --token"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        dir.path(),
+        &["gateway", "serve", "--addr", "127.0.0.1:0", "--token", "short"],
+    );
+    assert!(stderr(&out).contains("at least 12 characters"), "{}", stderr(&out));
+
+    // A site that answers every request with 8 MiB.
+    let site = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let site_addr = site.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in site.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = vec![b'x'; 8 << 20];
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(&body);
+        }
+    });
+    let token = "a-token-long-enough";
+    let (mut child, url) = spawn_server(
+        dir.path(),
+        &[
+            "gateway",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--token",
+            token,
+            "--allow",
+            &site_addr,
+        ],
+        "gateway listening on ",
+    );
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let (status, _) = raw_http(
+        &addr,
+        &format!("GET /v1/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        b"",
+    );
+    assert!(status.contains("401"), "health without the token: {status}");
+    let (status, body) = raw_http(
+        &addr,
+        &format!(
+            "GET /v1/health HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+        b"",
+    );
+    assert!(status.contains("200"), "{status}");
+    assert!(String::from_utf8_lossy(&body).contains("\"status\":\"ok\""));
+
+    // A client asking for 1.5 GB of body and a day of time gets the
+    // server's 5 MiB.
+    let request = fathom_replay::gateway::WireRequest {
+        method: "GET".into(),
+        url: format!("http://{site_addr}/big"),
+        headers: Vec::new(),
+        body: Vec::new(),
+        timeout_ms: 86_400_000,
+        max_body_bytes: 1_500_000_000,
+        read: false,
+    };
+    let framed = fathom_replay::remote::frame(&request, &[]);
+    let (status, reply) = raw_http(
+        &addr,
+        &format!(
+            "POST /v1/attempt HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            framed.len()
+        ),
+        &framed,
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(status.contains("200"), "{status}");
+    let (exchange, body): (fathom_replay::gateway::WireExchange, Vec<u8>) =
+        fathom_replay::remote::unframe(&reply).unwrap();
+    assert_eq!(exchange.status, 200);
+    assert!(exchange.truncated, "cut at the server's cap");
+    assert_eq!(body.len(), 5 << 20);
+}

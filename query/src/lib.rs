@@ -516,6 +516,19 @@ impl Db {
         self.sql_once(query).await
     }
 
+    /// [`Db::query`] returning at most `max_rows` rows: the limit is part of
+    /// the plan, so a statement of millions of rows is never materialised
+    /// (a reader that shows or sends a bounded result uses this).
+    pub async fn query_limited(&self, query: &str, max_rows: usize) -> Result<Vec<RecordBatch>, QueryError> {
+        self.plan(query)
+            .await?
+            .limit(0, Some(max_rows))
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)
+    }
+
     /// Plans one statement under the read-only rules.
     async fn plan(&self, query: &str) -> Result<datafusion::dataframe::DataFrame, QueryError> {
         let read_only = SQLOptions::new()

@@ -257,15 +257,24 @@ impl AppState {
 
     /// Rows of a read-only query as JSON objects.
     pub(crate) async fn rows(&self, sql: &str) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, WebError> {
-        Ok(self.table(sql).await?.1)
+        Ok(self.table(sql, None).await?.1)
     }
 
-    /// A read-only query's column names, in order, and its rows.
-    pub(crate) async fn table(&self, sql: &str) -> Result<(Vec<String>, Vec<pages::Row>), WebError> {
+    /// A read-only query's column names, in order, and its rows (at most
+    /// `max_rows`, for queries a visitor wrote).
+    pub(crate) async fn table(
+        &self,
+        sql: &str,
+        max_rows: Option<usize>,
+    ) -> Result<(Vec<String>, Vec<pages::Row>), WebError> {
         let mut fresh = false;
         loop {
             let db = self.db(fresh).await?;
-            match db.query(sql).await {
+            let result = match max_rows {
+                Some(n) => db.query_limited(sql, n).await,
+                None => db.query(sql).await,
+            };
+            match result {
                 Err(e) if e.is_stale() && !fresh => fresh = true,
                 Err(e) => return Err(e.into()),
                 Ok(batches) => {

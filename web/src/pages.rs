@@ -1135,15 +1135,20 @@ pub(crate) struct SqlQuery {
     q: Option<String>,
 }
 
-/// Rows shown on the SQL page at most (the CSV has them all).
+/// Rows the SQL page and `/api/sql` return at most (the CSV has more).
 const SQL_ROWS: usize = 1000;
+
+/// Rows the CSV download holds at most.
+const CSV_ROWS: usize = 1_000_000;
 
 pub(crate) async fn sql_api(State(state): State<AppState>, Query(q): Query<SqlQuery>) -> Result<Json<Value>, WebError> {
     let Some(sql) = nonempty(&q.q) else {
         return Err(WebError::BadRequest("give a query: /api/sql?q=SELECT …".into()));
     };
-    let rows = state.rows(sql).await?;
-    Ok(Json(json!({ "rows": rows })))
+    let (_, mut rows) = state.table(sql, Some(SQL_ROWS + 1)).await?;
+    let more = rows.len() > SQL_ROWS;
+    rows.truncate(SQL_ROWS);
+    Ok(Json(json!({ "rows": rows, "more": more, "max_rows": SQL_ROWS })))
 }
 
 pub(crate) async fn sql_csv(State(state): State<AppState>, Query(q): Query<SqlQuery>) -> Result<Response, WebError> {
@@ -1151,12 +1156,35 @@ pub(crate) async fn sql_csv(State(state): State<AppState>, Query(q): Query<SqlQu
         return Err(WebError::BadRequest("give a query: /sql.csv?q=SELECT …".into()));
     };
     let db = state.db(false).await?;
-    let batches = db.query(sql).await?;
+    let batches = db.query_limited(sql, CSV_ROWS + 1).await?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    // One row past the cap says there were more; it is not sent.
+    let batches = if rows > CSV_ROWS {
+        let mut kept = Vec::new();
+        let mut left = CSV_ROWS;
+        for b in &batches {
+            let n = b.num_rows().min(left);
+            kept.push(b.slice(0, n));
+            left -= n;
+        }
+        kept
+    } else {
+        batches
+    };
     let csv = fathom_query::format::csv(&batches).map_err(WebError::Internal)?;
+    let capped = if rows > CSV_ROWS {
+        CSV_ROWS.to_string()
+    } else {
+        "no".into()
+    };
     Ok((
         [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"fathom.csv\""),
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"fathom.csv\"".to_string(),
+            ),
+            (header::HeaderName::from_static("x-fathom-rows-capped"), capped),
         ],
         csv,
     )
@@ -1171,7 +1199,7 @@ pub(crate) async fn sql_page(State(state): State<AppState>, Query(q): Query<SqlQ
         esc(sql)
     );
     if nonempty(&q.q).is_some() {
-        match state.table(sql).await {
+        match state.table(sql, Some(SQL_ROWS + 1)).await {
             Ok((cols, rows)) => {
                 let shown: Vec<Vec<String>> = rows
                     .iter()
@@ -1180,12 +1208,11 @@ pub(crate) async fn sql_page(State(state): State<AppState>, Query(q): Query<SqlQ
                     .collect();
                 let _ = write!(
                     body,
-                    "<p>{} rows{} · <a href=\"/sql.csv?q={}\">CSV</a></p>",
-                    rows.len(),
+                    "<p>{} · <a href=\"/sql.csv?q={}\">CSV</a></p>",
                     if rows.len() > SQL_ROWS {
-                        format!(" (first {SQL_ROWS} shown)")
+                        format!("the first {SQL_ROWS} rows (there are more; the CSV has up to {CSV_ROWS})")
                     } else {
-                        String::new()
+                        format!("{} rows", rows.len())
                     },
                     esc(&html::url_part(sql))
                 );

@@ -512,6 +512,16 @@ async fn bad_paths_sql_and_missing_tokens_are_refused() {
         page.contains("2 rows") && page.find("<th>step</th>") < page.find("<th>n</th>"),
         "{page}"
     );
+    assert_eq!(headers["x-fathom-rows-capped"], "no");
+    // Five million rows asked for: the console plans at most 1,001 and
+    // says there are more, instead of holding them all.
+    let (s, _, body) = get(&app, "/api/sql?q=SELECT%20*%20FROM%20generate_series(1%2C5000000)").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1000);
+    assert_eq!(v["more"], true);
+    let (_, _, page) = get(&app, "/sql?q=SELECT%20*%20FROM%20generate_series(1%2C5000000)").await;
+    assert!(page.contains("the first 1000 rows (there are more"), "{page}");
 
     // With a token, nothing is served without it.
     let token = "s3cret-token-123";

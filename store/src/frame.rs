@@ -172,6 +172,7 @@ pub fn encode(seq: Seq, event: &Event) -> Result<Vec<u8>, crate::Error> {
     let len = u32::try_from(payload.len()).map_err(|_| crate::Error::TooLarge {
         kind: event.kind(),
         len: payload.len(),
+        limit: u32::MAX as usize,
     })?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);

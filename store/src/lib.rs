@@ -92,13 +92,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: blob::BlobError,
     },
-    /// An event is larger than a frame can hold.
-    #[error("a {kind} event of {len} bytes exceeds the 4 GiB frame limit; put large payloads in blobs")]
+    /// An event is larger than one event may be in the log.
+    #[error(
+        "a {kind} event of {len} bytes is larger than the {limit} bytes one event may take in the log; large values (page bodies, token ids) belong in blobs, and a text this long (a question, an answer) must be shortened"
+    )]
     TooLarge {
         /// The event's kind.
         kind: EventKind,
         /// Its encoded size.
         len: usize,
+        /// The most it may be.
+        limit: usize,
     },
     /// Recovery found more damage at the tail than it will cut on its own.
     #[error(

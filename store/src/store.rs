@@ -229,6 +229,7 @@ impl Store {
                     return Err(Error::TooLarge {
                         kind: event.kind(),
                         len: frame.len(),
+                        limit: MAX_CHUNK_BYTES - chunk::HEADER_LEN,
                     });
                 }
                 if pending.bytes + frame.len() > MAX_CHUNK_BYTES - chunk::HEADER_LEN {

@@ -47,6 +47,28 @@ fn appends_get_dense_sequence_numbers_and_read_back() {
 }
 
 #[test]
+fn an_event_too_large_for_the_log_is_refused_with_the_real_limit_and_nothing_is_written() {
+    let (_dir, store) = temp_store();
+    store.append(&[finished(1, 1)]).unwrap();
+    let mut huge = finished(1, 2);
+    if let Payload::RunFinished(p) = &mut huge.payload {
+        p.message = "x".repeat(5 << 20);
+    }
+    let err = store.append(&[finished(1, 3), huge]).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::TooLarge { limit, .. } if limit < 1 << 20),
+        "{text}"
+    );
+    assert!(
+        text.contains("is larger than the") && text.contains("must be shortened") && !text.contains("4 GiB"),
+        "{text}"
+    );
+    // The whole batch was refused: the event before it was not written.
+    assert_eq!(store.last_seq(), Seq(1));
+}
+
+#[test]
 fn run_and_episode_indexes_find_their_events() {
     let (_dir, store) = temp_store();
     store.append(&fixtures::events()).unwrap();

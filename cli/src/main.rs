@@ -194,7 +194,7 @@ fn main() -> ExitCode {
     let ship = match cli.snapshots.as_deref().map(location).transpose() {
         Ok(l) => l,
         Err(err) => {
-            eprintln!("error: --snapshots: {err:#}");
+            eprintln!("error: --snapshots: {}", describe(&err));
             return ExitCode::FAILURE;
         }
     };
@@ -228,10 +228,28 @@ fn main() -> ExitCode {
         // The reader of our output went away (`| head`): nothing to say.
         Err(err) if broken_pipe(&err) => ExitCode::from(141),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: many errors name
+/// their cause in their own message too (`could not read F: <os error>`),
+/// and the cause is not repeated after them.
+pub(crate) fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// A progress bar on stderr that draws only on a terminal, so piped output

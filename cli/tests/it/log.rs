@@ -39,6 +39,14 @@ fn commands_on_a_directory_without_a_log_say_what_to_do() {
     assert!(stderr(&out).contains("unknown event kind 'nope'"), "{}", stderr(&out));
     let out = run(dir.path(), &["log", "tail", "--run", "e-1"]);
     assert!(stderr(&out).contains("not a valid run id"), "{}", stderr(&out));
+    // An operating-system error is said once, not once per layer.
+    let out = run(dir.path(), &["model", "info", missing.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("No such file or directory"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 #[test]

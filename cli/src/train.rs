@@ -342,7 +342,17 @@ async fn train(
             );
             return anyhow::Ok(None);
         }
-        let trainer = if args.resume {
+        // A run killed during its automatic warm start has no training run
+        // to resume: the warm start is redone (it is deterministic) and
+        // training starts, as a fresh start would.
+        let warm_start_killed = args.resume
+            && config.sft.is_some()
+            && fathom_trainer::train::find_run(&setup.store, &config.name, fathom_core::event::RunKind::Train)?
+                .is_none();
+        if warm_start_killed {
+            close_unfinished_warm_start(&setup, &config.name)?;
+        }
+        let trainer = if args.resume && !warm_start_killed {
             Trainer::resume(setup.env.clone(), config.clone(), args.steps, setup.data.clone())?
         } else {
             let start = starting_weights(data, &config, &setup, &args.web_args).await?;
@@ -391,6 +401,36 @@ async fn train(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Marks the newest warm-start run named `name` as interrupted when it
+/// never finished (killed), so that the runs table says so; `--resume` then
+/// redoes the warm start.
+fn close_unfinished_warm_start(setup: &Setup, name: &str) -> anyhow::Result<()> {
+    let Some((run, _)) = fathom_trainer::train::find_run(&setup.store, name, fathom_core::event::RunKind::Sft)? else {
+        return Ok(());
+    };
+    let mut finished = false;
+    for record in setup.store.run_events(run) {
+        if let fathom_core::Payload::RunFinished(_) = record?.event.payload {
+            finished = true;
+        }
+    }
+    if !finished {
+        setup.store.append(&[fathom_core::Event::new(
+            run,
+            setup.env.clock.now(),
+            fathom_core::event::RunFinished {
+                status: fathom_core::event::RunStatus::Interrupted,
+                steps_completed: 0,
+                message: "stopped during the warm start; --resume redid it".into(),
+            },
+        )])?;
+        setup.env.observer.note(&format!(
+            "warm start {run} was stopped before it finished; --resume does it again, then trains"
+        ));
+    }
+    Ok(())
 }
 
 /// The weights GRPO starts from: the warm start's (run first when the

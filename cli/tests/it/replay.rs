@@ -15,7 +15,7 @@ use crate::{run, stderr, stdout};
 /// Copies the log of `from` into a new data directory `to`, event by event
 /// with their blobs, through `edit` (which may change an event, or drop it
 /// by returning `false`): the only way to tamper with an append-only log.
-fn copy_log(from: &Path, to: &Path, mut edit: impl FnMut(&Store, &mut Event) -> bool) {
+pub(crate) fn copy_log(from: &Path, to: &Path, mut edit: impl FnMut(&Store, &mut Event) -> bool) {
     let src = Store::open(from, Options::default()).unwrap();
     let dst = Store::open(to, Options::default()).unwrap();
     for record in src.iter() {

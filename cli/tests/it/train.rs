@@ -570,3 +570,52 @@ guesses = 0.5
         "F1 should rise: {f1_first:.3} -> {f1_last:.3}"
     );
 }
+
+#[test]
+fn a_run_killed_during_its_warm_start_continues_with_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let cfg = config(
+        dir.path(),
+        &model,
+        "\n[sft]\nscripted_episodes = 4\nmin_reward = 0.5\nepochs = 1\nlr = 1e-3\nbatch = 2\n",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("steps = 5", "steps = 2")
+        .replace("max_turn_tokens = 24", "max_turn_tokens = 80");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let sandbox = format!("127.0.0.1:{}", free_ports());
+    // A warm start as a SIGKILL leaves it: its events, no run_finished.
+    let whole = dir.path().join("whole");
+    let out = run(&whole, &[train_args(cfg, &sandbox), vec!["--sft"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let killed = dir.path().join("killed");
+    crate::replay::copy_log(&whole, &killed, |_, e| {
+        !matches!(e.payload, fathom_core::Payload::RunFinished(_))
+    });
+
+    let out = run(&killed, &[train_args(cfg, &sandbox), vec!["--resume"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was stopped before it finished; --resume does it again"),
+        "{}",
+        stderr(&out)
+    );
+    let runs = sql_json(&killed, "SELECT kind, status FROM runs ORDER BY seq");
+    let runs: Vec<(String, String)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap().into(), r["status"].as_str().unwrap().into()))
+        .collect();
+    let of = |kind: &str| {
+        runs.iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("sft"), ["interrupted", "completed"], "{runs:?}");
+    assert_eq!(of("train"), ["completed"], "{runs:?}");
+}

@@ -237,7 +237,7 @@ pub fn run(data: &Path, args: EvalArgs, snapshots: crate::Snapshotting) -> anyho
             // sandbox already running elsewhere may hold another world).
             args.web_args.sandbox.set_port(0);
             crate::sandbox::question_rows(
-                args.web_args.sandbox_seed,
+                args.web_args.seed(),
                 args.web_args.entities(),
                 args.limit.unwrap_or(200),
                 1..=4,
@@ -269,7 +269,7 @@ async fn evaluate(
         Some(path) => path
             .file_stem()
             .map_or("questions".to_string(), |s| s.to_string_lossy().into_owned()),
-        None => format!("sandbox-seed-{}", args.web_args.sandbox_seed),
+        None => format!("sandbox-seed-{}", args.web_args.seed()),
     };
     let config = RolloutConfig {
         max_turns: args.max_turns,
@@ -298,7 +298,7 @@ async fn evaluate(
             config_json: serde_json::json!({
                 "questions": args.questions.as_ref().map(|p| p.display().to_string()), "policy": args.policy, "temperature": args.temperature, "top_p": args.top_p, "device": args.device, "dtype": args.dtype, "web": args.web,
                 "limit": args.limit, "seed": args.seed, "max_turns": args.max_turns, "max_turn_tokens": args.max_turn_tokens,
-                "sandbox_seed": args.web_args.sandbox_seed, "sandbox_entities": args.web_args.entities(),
+                "sandbox_seed": args.web_args.seed(), "sandbox_entities": args.web_args.entities(),
                 "sandbox_faults": args.web_args.sandbox_faults, "search": format!("{:?}", web.config.search),
                 "rollout": config.to_json(), "model_digest": model_digest,
                 "model_name": args.model_name, "threads": candle_core::utils::get_num_threads(),

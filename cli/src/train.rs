@@ -183,7 +183,7 @@ fn questions(config: &TrainConfig, web: &WebArgs) -> anyhow::Result<Data> {
         if spec == "sandbox" {
             let [lo, hi] = config.data.hops;
             Ok(rows_to_questions(&crate::sandbox::question_rows_seeded(
-                web.sandbox_seed,
+                web.seed(),
                 web.entities(),
                 seed,
                 count,
@@ -198,14 +198,14 @@ fn questions(config: &TrainConfig, web: &WebArgs) -> anyhow::Result<Data> {
             Ok(rows_to_questions(&rows))
         }
     };
-    let train = load(&config.data.train, web.sandbox_seed, config.data.sandbox_questions)?;
+    let train = load(&config.data.train, web.seed(), config.data.sandbox_questions)?;
     let seen: std::collections::HashSet<&str> = train.iter().map(|q| q.text.as_str()).collect();
     let want = if config.eval.limit == 0 { 200 } else { config.eval.limit };
     // Generated candidates repeat training questions when the sandbox has
     // few of a kind (one-hop questions), so draw plenty and keep the new.
     let eval: Vec<Question> = load(
         &config.eval.questions,
-        web.sandbox_seed.wrapping_add(1_000_003),
+        web.seed().wrapping_add(1_000_003),
         if config.eval.questions == "sandbox" {
             want * 20
         } else {
@@ -248,6 +248,12 @@ pub(crate) async fn setup(data_dir: &Path, config: &TrainConfig, web_args: &WebA
     // The sandbox keeps its fixed address (127.0.0.1:8930 unless told),
     // so that a resumed run, a replay and a second run see the same URLs.
     let data = questions(config, web_args)?;
+    // Sandbox questions are generated from the seed and size: a sandbox
+    // already running at the address must serve that world.
+    let web_args = &WebArgs {
+        questions_from_world: uses_sandbox,
+        ..web_args.clone()
+    };
     let web = connect(web_args).await?;
     let store = Arc::new(crate::open_store(data_dir, Options::default())?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -282,7 +288,7 @@ pub(crate) fn model_dir(data_dir: &Path, config: &TrainConfig, web: &WebArgs) ->
     let dir = data_dir.join("models").join(format!("{}-tiny", config.name));
     if !dir.join("config.json").exists() {
         let spec = config.model.tiny.spec(config.seed);
-        let texts = crate::model::tokenizer_corpus(web.sandbox_seed, web.entities());
+        let texts = crate::model::tokenizer_corpus(web.seed(), web.entities());
         fathom_model::init::write_tiny(&dir, &spec, texts.iter())
             .with_context(|| format!("making the tiny model in {}", dir.display()))?;
     }

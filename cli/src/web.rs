@@ -40,7 +40,7 @@ pub enum WebCommand {
 /// configuration gives one.
 pub const DEFAULT_ENTITIES: usize = 2000;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct WebArgs {
     /// A Serper-compatible search endpoint (live web). Without one, the built-in sandbox is used.
     #[arg(long, env = "FATHOM_SEARCH_URL")]
@@ -55,9 +55,10 @@ pub struct WebArgs {
     /// otherwise one is started in-process (sites on the next five ports).
     #[arg(long, default_value = "127.0.0.1:8930")]
     pub sandbox: SocketAddr,
-    /// Seed of an in-process sandbox.
-    #[arg(long, default_value_t = 1)]
-    pub sandbox_seed: u64,
+    /// Seed of an in-process sandbox [default: 1]. Given, a sandbox already
+    /// running at --sandbox must serve that world.
+    #[arg(long)]
+    pub sandbox_seed: Option<u64>,
     /// Size of an in-process sandbox [default: 2000, or a training
     /// configuration's `data.sandbox_entities`].
     #[arg(long)]
@@ -76,6 +77,11 @@ pub struct WebArgs {
     /// The gateways' token.
     #[arg(long, env = "FATHOM_GATEWAY_TOKEN", hide_env_values = true)]
     pub gateway_token: Option<String>,
+    /// Set by commands whose questions are generated from the sandbox's
+    /// seed and size: a running sandbox must then serve that world even
+    /// when neither was given.
+    #[arg(skip)]
+    pub questions_from_world: bool,
 }
 
 pub fn run(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
@@ -96,6 +102,36 @@ impl WebArgs {
     /// The size of an in-process sandbox.
     pub fn entities(&self) -> usize {
         self.sandbox_entities.unwrap_or(DEFAULT_ENTITIES)
+    }
+
+    /// The seed of an in-process sandbox.
+    pub fn seed(&self) -> u64 {
+        self.sandbox_seed.unwrap_or(1)
+    }
+
+    /// Why the running sandbox `about` describes is not the one this
+    /// command needs, if it is not.
+    fn wrong_world(&self, about: &fathom_replay::gateway::SandboxAbout) -> Option<String> {
+        let want_seed = self.sandbox_seed.or(self.questions_from_world.then(|| self.seed()));
+        let want_entities = self
+            .sandbox_entities
+            .or(self.questions_from_world.then(|| self.entities()))
+            .map(|n| n as u64);
+        let seed_differs = want_seed.is_some_and(|w| about.seed != Some(w));
+        let size_differs = want_entities.is_some_and(|w| about.entities != Some(w));
+        (seed_differs || size_differs).then(|| {
+            let show = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+            format!(
+                "the sandbox already running at {} serves another world (seed {}, {} entities) than this command needs (seed {}, {} entities), so every answer would be wrong. Stop it, start one with 'fathom sandbox serve --seed {} --entities {}', or pass --sandbox 127.0.0.1:0 to start one of its own",
+                self.sandbox,
+                show(about.seed),
+                show(about.entities),
+                self.seed(),
+                self.entities(),
+                self.seed(),
+                self.entities()
+            )
+        })
     }
 }
 
@@ -125,18 +161,21 @@ async fn connect_web(args: &WebArgs) -> anyhow::Result<Web> {
         return Ok(Web { config, _sandbox: None });
     }
     // The sandbox: a running one at the address, or a new one in-process.
-    if let Ok(addrs) = fathom_replay::gateway::sandbox_addresses(args.sandbox).await {
-        let config = GatewayConfig::sandbox(format!("http://{}/search", args.sandbox), addrs);
+    if let Ok(about) = fathom_replay::gateway::sandbox_about(args.sandbox).await {
+        if let Some(why) = args.wrong_world(&about) {
+            anyhow::bail!(why);
+        }
+        let config = GatewayConfig::sandbox(format!("http://{}/search", args.sandbox), about.addresses);
         return Ok(Web { config, _sandbox: None });
     }
-    let web = Arc::new(SandboxWeb::generate(args.sandbox_seed, args.entities()).context("building the sandbox web")?);
+    let web = Arc::new(SandboxWeb::generate(args.seed(), args.entities()).context("building the sandbox web")?);
     let sandbox = Sandbox::start(
         web,
         ServeConfig {
             host: args.sandbox.ip(),
             search_port: args.sandbox.port(),
             faults: fathom_sandbox::faults::FaultSpec::parse(&args.sandbox_faults)?,
-            fault_seed: args.sandbox_seed,
+            fault_seed: args.seed(),
         },
     )
     .await
@@ -188,11 +227,11 @@ async fn run_async(data: &Path, cmd: WebCommand) -> anyhow::Result<ExitCode> {
                 run_kind: RunKind::Manual,
                 config_json: serde_json::json!({
                     "search": format!("{:?}", web.config.search),
-                    "sandbox_seed": args.sandbox_seed, "sandbox_entities": args.entities(),
+                    "sandbox_seed": args.seed(), "sandbox_entities": args.entities(),
                     "sandbox_faults": args.sandbox_faults,
                 })
                 .to_string(),
-                seed: args.sandbox_seed,
+                seed: args.seed(),
                 policy: String::new(),
                 model: String::new(),
                 code_version: concat!("fathom ", env!("CARGO_PKG_VERSION")).into(),

@@ -1148,6 +1148,22 @@ fn finished(ex: Exchange) -> Result<Exchange, WebError> {
 /// Asks a running fathom sandbox (at its search address) where its sites
 /// are, so a gateway can be allowed to reach exactly those addresses.
 pub async fn sandbox_addresses(search_addr: SocketAddr) -> Result<Vec<SocketAddr>, WebError> {
+    Ok(sandbox_about(search_addr).await?.addresses)
+}
+
+/// What a running sandbox says about itself at `GET /`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxAbout {
+    /// Its search address, then its sites'.
+    pub addresses: Vec<SocketAddr>,
+    /// The seed of its world.
+    pub seed: Option<u64>,
+    /// The entities of its world.
+    pub entities: Option<u64>,
+}
+
+/// [`sandbox_addresses`], with the world the sandbox serves.
+pub async fn sandbox_about(search_addr: SocketAddr) -> Result<SandboxAbout, WebError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .no_proxy()
@@ -1173,7 +1189,11 @@ pub async fn sandbox_addresses(search_addr: SocketAddr) -> Result<Vec<SocketAddr
             .map_err(|_| WebError::BadSearchResponse(format!("site address '{base}' is not host:port")))?;
         addrs.push(addr);
     }
-    Ok(addrs)
+    Ok(SandboxAbout {
+        addresses: addrs,
+        seed: about.get("seed").and_then(serde_json::Value::as_u64),
+        entities: about.get("entities").and_then(serde_json::Value::as_u64),
+    })
 }
 
 #[cfg(test)]

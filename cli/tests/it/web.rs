@@ -21,6 +21,27 @@ fn search_and_fetch_against_a_running_sandbox_are_recorded() {
         &["web", "fetch", "--sandbox", &addr, "http://169.254.169.254/latest/"],
     );
     let tail = run(&data, &["log", "tail", "--kind", "web_exchange", "-n", "100"]);
+    // A command that asks for another world than the running sandbox's is
+    // refused rather than served wrong answers; the same world is used.
+    let other = run(
+        &data,
+        &["web", "search", "--sandbox", &addr, "--sandbox-seed", "11", "born"],
+    );
+    let same = run(
+        &data,
+        &[
+            "web",
+            "search",
+            "--sandbox",
+            &addr,
+            "--sandbox-seed",
+            "5",
+            "--sandbox-entities",
+            "150",
+            "--no-record",
+            "born",
+        ],
+    );
     server.kill().unwrap();
     server.wait().unwrap();
 
@@ -37,6 +58,14 @@ fn search_and_fetch_against_a_running_sandbox_are_recorded() {
         !page.contains("<") && !page.contains("Log in"),
         "chrome is gone: {page}"
     );
+
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("serves another world (seed 5, 150 entities) than this command needs (seed 11"),
+        "{}",
+        stderr(&other)
+    );
+    assert!(same.status.success(), "{}", stderr(&same));
 
     assert!(!refused.status.success());
     assert!(

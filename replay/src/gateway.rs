@@ -786,31 +786,7 @@ impl Gateway {
                 &request,
             )
             .await?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&ex.body).map_err(|e| WebError::BadSearchResponse(e.to_string()))?;
-        let (list, url_key, snippet_key) = match self.config.search {
-            SearchBackend::Serper { .. } => ("organic", "link", "snippet"),
-            SearchBackend::Searxng { .. } => ("results", "url", "content"),
-        };
-        let items = value
-            .get(list)
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| WebError::BadSearchResponse(format!("no \"{list}\" list")))?;
-        Ok(items
-            .iter()
-            .take(n)
-            .filter_map(|r| {
-                Some(SearchResult {
-                    title: r.get("title")?.as_str()?.to_string(),
-                    url: r.get(url_key)?.as_str()?.to_string(),
-                    snippet: r
-                        .get(snippet_key)
-                        .and_then(|s| s.as_str())
-                        .unwrap_or_default()
-                        .to_string(),
-                })
-            })
-            .collect())
+        parse_search_results(&self.config.search, &ex.body, n)
     }
 
     /// Fetches a page and converts it to readable text.
@@ -1149,6 +1125,37 @@ fn finished(ex: Exchange) -> Result<Exchange, WebError> {
 /// are, so a gateway can be allowed to reach exactly those addresses.
 pub async fn sandbox_addresses(search_addr: SocketAddr) -> Result<Vec<SocketAddr>, WebError> {
     Ok(sandbox_about(search_addr).await?.addresses)
+}
+
+/// The first `n` results of a search API's JSON answer (Serper's `organic`
+/// list, or SearXNG's `results`); results without a title or URL are left
+/// out, and an answer without the list is an error.
+pub fn parse_search_results(backend: &SearchBackend, body: &[u8], n: usize) -> Result<Vec<SearchResult>, WebError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| WebError::BadSearchResponse(e.to_string()))?;
+    let (list, url_key, snippet_key) = match backend {
+        SearchBackend::Serper { .. } => ("organic", "link", "snippet"),
+        SearchBackend::Searxng { .. } => ("results", "url", "content"),
+    };
+    let items = value
+        .get(list)
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| WebError::BadSearchResponse(format!("no \"{list}\" list")))?;
+    Ok(items
+        .iter()
+        .take(n)
+        .filter_map(|r| {
+            Some(SearchResult {
+                title: r.get("title")?.as_str()?.to_string(),
+                url: r.get(url_key)?.as_str()?.to_string(),
+                snippet: r
+                    .get(snippet_key)
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            })
+        })
+        .collect())
 }
 
 /// What a running sandbox says about itself at `GET /`.

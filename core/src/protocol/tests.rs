@@ -340,3 +340,45 @@ fn version_2_prompts_end_with_the_think_prefix_and_versions_round_trip() {
     let err = serde_json::from_str::<Protocol>("3").unwrap_err().to_string();
     assert!(err.contains("protocol version 3"), "{err}");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Model text: protocol tags, JSON pieces and arbitrary text, in any order.
+    fn turn_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("<think>".to_string()),
+            Just("</think>".to_string()),
+            Just("<tool_call>".to_string()),
+            Just("</tool_call>".to_string()),
+            Just("<answer>".to_string()),
+            Just("</answer>".to_string()),
+            Just("<tool_response>".to_string()),
+            Just(r#"{"name": "web_search", "arguments": {"query": ["#.to_string()),
+            Just(r#"{"name": "browse_webpage", "arguments": {"url_list": ["http://a/"]}}"#.to_string()),
+            Just("\"x\"]}}".to_string()),
+            any::<String>(),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(768))]
+
+        /// Whatever a model writes, the parser answers (never panics), and
+        /// it accepts only turns whose tags all pair up and that forge no
+        /// tool response.
+        #[test]
+        fn any_turn_is_parsed_or_refused_and_accepted_turns_are_balanced(text in turn_text()) {
+            if parse_turn(&text).is_ok() {
+                prop_assert!(!text.contains("<tool_response>"));
+                for tag in TAGS {
+                    let (opens, closes) = tag_counts(&text, tag);
+                    prop_assert_eq!(opens, closes, "{}", tag);
+                }
+            }
+        }
+    }
+}

@@ -2,3 +2,4 @@
 //! the SSRF guard.
 
 mod gateway;
+mod properties;

@@ -2,6 +2,7 @@
 
 mod golden;
 mod log;
+mod properties;
 mod verl;
 
 use fathom_store::{Options, Store};

@@ -166,7 +166,7 @@ fn tiny_model() -> (tempfile::TempDir, Arc<CandleModel>) {
     tiny_model_in("f32")
 }
 
-fn tiny_model_in(dtype: &str) -> (tempfile::TempDir, Arc<CandleModel>) {
+pub(crate) fn tiny_model_in(dtype: &str) -> (tempfile::TempDir, Arc<CandleModel>) {
     let dir = tempfile::tempdir().unwrap();
     let corpus: Vec<String> = (0..100)
         .map(|i| format!("The river flows through the capital {i}."))

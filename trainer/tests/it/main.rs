@@ -3,5 +3,6 @@
 mod candle;
 mod grpo;
 mod openai;
+mod properties;
 mod rollout;
 mod tools;

@@ -137,6 +137,40 @@ def main():
             sys.exit(f"fathom sql over S3 gives {remote}, the local files {local}")
         print(f"shipped {len(manifest['files'])} files; fathom sql over S3: {remote[0]}")
 
+        # 1b. A Ballista cluster over the same S3 snapshots: a scheduler and
+        # two executors, each with the credentials in its environment, plan
+        # and read the files from the bucket.
+        cluster_procs = []
+        try:
+            sched_port = free_port()
+            cluster_procs.append(subprocess.Popen(
+                [binary, "cluster", "scheduler", "--addr", f"127.0.0.1:{sched_port}"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_port(sched_port, "the Ballista scheduler")
+            for _ in range(2):
+                cluster_procs.append(subprocess.Popen(
+                    [binary, "cluster", "executor", "--scheduler", f"df://127.0.0.1:{sched_port}",
+                     "--port", str(free_port()), "--grpc-port", str(free_port()), "--concurrency", "1"],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            cluster = f"df://127.0.0.1:{sched_port}"
+            out = None
+            for _ in range(120):
+                out = fathom(binary, os.path.join(work, "nowhere"), env, "sql", "--format", "json",
+                             "--cluster", cluster, "--snapshots", url, q, check=False)
+                if out.returncode == 0:
+                    break
+                time.sleep(0.5)
+            if out.returncode != 0:
+                sys.exit(f"fathom sql --cluster over S3 failed: {out.stderr}")
+            distributed = json.loads(out.stdout)
+            if distributed != local:
+                sys.exit(f"the cluster over S3 gives {distributed}, the local files {local}")
+            print(f"a Ballista scheduler and two executors over S3: {distributed[0]}")
+        finally:
+            for p in cluster_procs:
+                p.terminate()
+                p.wait()
+
         # 2. DuckDB reads the run's snapshots straight from the endpoint.
         con = duckdb.connect()
         ext = os.path.join(os.path.dirname(duckdb_extension_httpfs.__file__), "extensions",

@@ -70,10 +70,22 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
 async fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     use ballista_scheduler::cluster::BallistaCluster;
     use ballista_scheduler::config::SchedulerConfig;
+    // The scheduler plans against the snapshot files too (their schemas
+    // and statistics): files on object storage need their store, made from
+    // the URL and this process's environment, as the executors do.
+    let sessions: ballista_scheduler::scheduler_server::SessionBuilder = Arc::new(|config| {
+        let state = ballista_core::utils::default_session_builder(config)?;
+        Ok(
+            fathom_query::datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
+                .with_runtime_env(location_runtime()?)
+                .build(),
+        )
+    });
     let config = SchedulerConfig {
         bind_host: args.addr.ip().to_string(),
         bind_port: args.addr.port(),
         external_host: args.external_host.unwrap_or_else(|| args.addr.ip().to_string()),
+        override_session_builder: Some(sessions),
         ..SchedulerConfig::default()
     };
     let cluster = BallistaCluster::new_from_config(&config)
@@ -94,6 +106,16 @@ async fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A runtime whose object stores come from the URLs met in plans (S3 and
+/// others, credentials from the environment).
+fn location_runtime()
+-> fathom_query::datafusion::error::Result<Arc<fathom_query::datafusion::execution::runtime_env::RuntimeEnv>> {
+    let env = fathom_query::datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(fathom_query::LocationStores::default()))
+        .build()?;
+    Ok(Arc::new(env))
+}
+
 /// Host and port of a `df://host:port` (or `http://…`) URL.
 pub(crate) fn host_port(url: &str, what: &str) -> anyhow::Result<(String, u16)> {
     let parsed =
@@ -109,12 +131,7 @@ async fn executor(args: ExecutorArgs) -> anyhow::Result<ExitCode> {
     let (scheduler_host, scheduler_port) = host_port(&args.scheduler, "--scheduler")?;
     // Snapshot files on object storage are opened from the URLs in the
     // plans, with credentials from this process's environment.
-    let runtime: ballista_core::RuntimeProducer = Arc::new(|_config| {
-        let env = fathom_query::datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(fathom_query::LocationStores::default()))
-            .build()?;
-        Ok(Arc::new(env))
-    });
+    let runtime: ballista_core::RuntimeProducer = Arc::new(|_config| location_runtime());
     let mut config = ExecutorProcessConfig {
         bind_host: args.bind_host.clone(),
         port: args.port,

@@ -133,8 +133,15 @@ impl Log {
 /// nothing is to be written (`writes` false), that process's read
 /// endpoint; `why` says what would write when `writes` is true.
 pub(crate) fn open_log(data: &Path, writes: bool, why: &str) -> anyhow::Result<Log> {
-    let e = match crate::open_store(data, Options::default()) {
-        Ok(store) => return Ok(Log::Held(Arc::new(store))),
+    let opened = if writes {
+        crate::open_store(data, Options::default()).map(Arc::new)
+    } else {
+        // Only reading: shared with this process's other readers, and a
+        // writer that starts meanwhile waits for it.
+        fathom_store::Store::open_shared(data, Options::default()).map_err(anyhow::Error::from)
+    };
+    let e = match opened {
+        Ok(store) => return Ok(Log::Held(store)),
         Err(e) => e,
     };
     let Some(fathom_store::Error::InUse { holder, .. }) = e.downcast_ref::<fathom_store::Error>() else {

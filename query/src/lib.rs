@@ -81,6 +81,10 @@ pub struct Source {
     pub tail_note: Option<String>,
 }
 
+/// How long a reader that finds a writer waits for the writer's read
+/// endpoint, which starts a moment after the writer opens the log.
+const ENDPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How to open a [`Db`].
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
@@ -324,8 +328,18 @@ impl Db {
                     None
                 }
                 Err(fathom_store::Error::InUse { holder, .. }) => {
-                    // The writer serves its newest events on its endpoint.
-                    match fathom_store::tail::fetch(data, fathom_core::Seq(manifest.upto_seq))? {
+                    // The writer serves its newest events on its endpoint
+                    // (a moment after it opens the log: wait for that).
+                    let clock = fathom_core::SystemClock;
+                    let started = fathom_core::Clock::now(&clock);
+                    let waiting =
+                        || u128::from(fathom_core::Clock::now(&clock).nanos_since(started)) < ENDPOINT_WAIT.as_nanos();
+                    let mut fetched = fathom_store::tail::fetch(data, fathom_core::Seq(manifest.upto_seq))?;
+                    while fetched.is_none() && waiting() {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        fetched = fathom_store::tail::fetch(data, fathom_core::Seq(manifest.upto_seq))?;
+                    }
+                    match fetched {
                         Some(records) => {
                             let mut projector = Projector::new(&manifest.carry);
                             for rec in &records {
@@ -564,7 +578,7 @@ fn read_tail(data: &Path, manifest: &Manifest) -> Result<Option<(u64, TableBatch
     if !data.join("log").exists() {
         return Ok(None);
     }
-    let store = Store::open(
+    let store = Store::open_shared(
         data,
         Options {
             // A reader needs little cache.

@@ -39,6 +39,12 @@ pub fn redacted(args: &[String]) -> Vec<String> {
     out
 }
 
+/// What a reader's lock file says after its pid.
+const READING: &str = ", reading";
+
+/// How long an opener waits for a holder that only reads.
+pub const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Holds the lock until dropped.
 #[derive(Debug)]
 pub struct DirLock {
@@ -47,8 +53,10 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock on `lock_path`, or explains who holds it.
-    pub fn acquire(data_dir: &Path, lock_path: &Path) -> Result<DirLock> {
+    /// Takes the lock on `lock_path`, or explains who holds it. A holder
+    /// that only reads (`reading` in its lock file) is waited for, up to
+    /// [`READER_WAIT`]: readers hold the lock for a query or a page.
+    pub fn acquire(data_dir: &Path, lock_path: &Path, reading: bool) -> Result<DirLock> {
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         // Only its owner reads who holds the directory.
@@ -59,27 +67,37 @@ impl DirLock {
             path: lock_path.to_path_buf(),
             source,
         })?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(Error::InUse {
-                    dir: data_dir.to_path_buf(),
-                    holder: if holder.is_empty() {
-                        "holder unknown".to_string()
-                    } else {
-                        holder.to_string()
-                    },
-                });
-            }
-            Err(TryLockError::Error(source)) => {
-                return Err(Error::Io {
-                    action: "lock",
-                    path: lock_path.to_path_buf(),
-                    source,
-                });
+        let clock = fathom_core::SystemClock;
+        let waited_since = fathom_core::Clock::now(&clock);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    let _ = file.seek(SeekFrom::Start(0));
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = holder.trim();
+                    let waited = fathom_core::Clock::now(&clock).nanos_since(waited_since);
+                    if holder.contains(READING) && u128::from(waited) < READER_WAIT.as_nanos() {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    return Err(Error::InUse {
+                        dir: data_dir.to_path_buf(),
+                        holder: if holder.is_empty() {
+                            "holder unknown".to_string()
+                        } else {
+                            holder.to_string()
+                        },
+                    });
+                }
+                Err(TryLockError::Error(source)) => {
+                    return Err(Error::Io {
+                        action: "lock",
+                        path: lock_path.to_path_buf(),
+                        source,
+                    });
+                }
             }
         }
         // A lock file made by an older fathom may be world-readable.
@@ -89,7 +107,12 @@ impl DirLock {
             let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
         }
         let args: Vec<String> = std::env::args().collect();
-        let who = format!("pid {}: {}", std::process::id(), redacted(&args).join(" "));
+        let who = format!(
+            "pid {}{}: {}",
+            std::process::id(),
+            if reading { READING } else { "" },
+            redacted(&args).join(" ")
+        );
         let write = file
             .set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))

@@ -1,6 +1,9 @@
 //! [`Store`]: open, append, read, tail, and recover the log.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +43,10 @@ pub struct Options {
     pub blob_level: i32,
     /// sled page-cache size in bytes.
     pub cache_bytes: u64,
+    /// Opened only to read (a query's tail, a blob, a replay check): the
+    /// lock file says so, and a writer that finds it waits for it to close
+    /// instead of failing. See [`Store::open_shared`].
+    pub reading: bool,
 }
 
 impl Default for Options {
@@ -49,9 +56,15 @@ impl Default for Options {
             relaxed_flush_ms: 200,
             blob_level: 1,
             cache_bytes: 256 << 20,
+            reading: false,
         }
     }
 }
+
+/// The stores this process holds open to read, by data directory, so that
+/// concurrent readers share one handle instead of each taking the lock.
+static SHARED: std::sync::LazyLock<Mutex<HashMap<PathBuf, std::sync::Weak<Store>>>> =
+    std::sync::LazyLock::new(Mutex::default);
 
 /// A contiguous run of sequence numbers handed back by an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +153,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
+    /// Opens `data` to read, sharing the handle with every other reader of
+    /// this process that has it open now (the dashboard's parallel
+    /// requests): a reader never meets the lock held by its own process.
+    /// The handle closes when the last reader drops it; a writer that
+    /// starts meanwhile waits for that (see [`Options::reading`]).
+    pub fn open_shared(data: &Path, opts: Options) -> Result<Arc<Store>> {
+        let key = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+        let mut shared = lock(&SHARED);
+        if let Some(store) = shared.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(store);
+        }
+        shared.retain(|_, w| w.strong_count() > 0);
+        let store = Arc::new(Store::open(data, Options { reading: true, ..opts })?);
+        shared.insert(key, Arc::downgrade(&store));
+        Ok(store)
+    }
+
     /// Opens (creating if needed) the data directory at `dir` as its writer,
     /// and recovers the log.
     pub fn open(dir: impl Into<DataDir>, opts: Options) -> Result<Store> {
@@ -149,7 +179,7 @@ impl Store {
             path: dir.root().to_path_buf(),
             source,
         })?;
-        let lock = DirLock::acquire(dir.root(), &dir.lock_file())?;
+        let lock = DirLock::acquire(dir.root(), &dir.lock_file(), opts.reading)?;
         let db = sled::Config::new()
             .path(dir.log_dir())
             .mode(sled::Mode::HighThroughput)

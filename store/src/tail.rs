@@ -338,18 +338,32 @@ pub fn fetch_blob(data: &Path, digest: &fathom_core::Digest) -> Result<Option<Op
 /// A blob of the log in `data`, from the writer that holds it (through its
 /// endpoint) or, when none does, from the log itself (opened briefly).
 pub fn read_blob(data: &Path, digest: &fathom_core::Digest) -> Result<Option<Vec<u8>>> {
-    if let Some(found) = fetch_blob(data, digest)? {
-        return Ok(found);
+    // A writer that has just opened the log serves its endpoint a moment
+    // later: the read waits for one or the other.
+    let clock = fathom_core::SystemClock;
+    let started = fathom_core::Clock::now(&clock);
+    let waiting =
+        || u128::from(fathom_core::Clock::now(&clock).nanos_since(started)) < crate::lock::READER_WAIT.as_nanos();
+    loop {
+        if let Some(found) = fetch_blob(data, digest)? {
+            return Ok(found);
+        }
+        if !data.join("log").exists() {
+            return Ok(None);
+        }
+        let opened = Store::open_shared(
+            data,
+            crate::Options {
+                cache_bytes: 64 << 20,
+                ..crate::Options::default()
+            },
+        );
+        match opened {
+            Ok(store) => return store.get_blob(digest),
+            Err(crate::Error::InUse { .. }) if waiting() => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    if !data.join("log").exists() {
-        return Ok(None);
-    }
-    let store = Store::open(
-        data,
-        crate::Options {
-            cache_bytes: 64 << 20,
-            ..crate::Options::default()
-        },
-    )?;
-    store.get_blob(digest)
 }

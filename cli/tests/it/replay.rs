@@ -664,3 +664,46 @@ fn every_training_episode_replays_whatever_checkpoint_every_was_and_any_step_mat
     let out = materialize(&tampered, "1", &dir.path().join("m1"));
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn readers_share_the_log_and_a_writer_that_starts_meanwhile_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    scripted_run(&data);
+    let (episode, _, request) = first_fetch(&data);
+    let mut serve = crate::fathom(&data)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(serve.stderr.take().unwrap()), &mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    // Parallel loads of a recorded page (each reads a blob from the log),
+    // while a writer starts and appends.
+    let path = format!("/episodes/{episode}/web/{request}");
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, path) = (addr.clone(), path.clone());
+            std::thread::spawn(move || {
+                for _ in 0..6 {
+                    let body = crate::http_get(&addr, &path);
+                    assert!(!body.contains("in use by another fathom process"), "{body}");
+                }
+            })
+        })
+        .collect();
+    let writer = run(&data, &["--snapshot-every", "off", "log", "load", "--events", "200"]);
+    for r in readers {
+        r.join().expect("every page load answered 200");
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert!(writer.status.success(), "the writer was refused: {}", stderr(&writer));
+}

@@ -613,65 +613,55 @@ mod tests {
             let e = TrainConfig::load(&p).unwrap_err().to_string();
             assert!(e.contains(expect), "expected '{expect}' in: {e}");
         };
-        check(
-            &base.replace("group_size = 8", "group_size = 1"),
-            "a group of one learns nothing",
-        );
-        check(
-            &base.replace("samples = 4", "samples = 0"),
-            "eval.samples must be 1 to 64",
-        );
-        check(
-            &base.replace("guesses = 0.3", "guesses = 1.5"),
-            "sft.guesses must be a share",
-        );
-        check(
-            &base.replace("mini_batches = 1", "mini_batches = 9"),
-            "grpo.mini_batches must be 1 to data.questions_per_step (8)",
-        );
-        check(&base.replace("heads = 4\n", "heads = 3\n"), "model.tiny");
-        check(
-            &base.replace("sandbox_entities = 6000", "sandbox_entities = 10"),
-            "data.sandbox_entities must be 40 to 200000",
-        );
-        check(
-            &base.replace("prompt = \"compact\"", "prompt = \"short\""),
-            "unknown variant `short`",
-        );
-        check(
-            &base.replace("[grpo]", "[grpo]\nlearning_rate = 0.1"),
-            "unknown field `learning_rate`",
-        );
-        check(&base.replace("clip = 0.2", "clip = 2.0"), "grpo.clip must be in (0, 1)");
-        check(
-            &base.replace("device = \"cpu\"", "device = \"tpu\""),
-            "model.device 'tpu'",
-        );
+        // One setting changed from the example, and what the refusal says.
+        for (from, to, expect) in [
+            ("group_size = 8", "group_size = 1", "a group of one learns nothing"),
+            ("samples = 4", "samples = 0", "eval.samples must be 1 to 64"),
+            ("guesses = 0.3", "guesses = 1.5", "sft.guesses must be a share"),
+            (
+                "mini_batches = 1",
+                "mini_batches = 9",
+                "grpo.mini_batches must be 1 to data.questions_per_step (8)",
+            ),
+            ("heads = 4\n", "heads = 3\n", "model.tiny"),
+            (
+                "sandbox_entities = 6000",
+                "sandbox_entities = 10",
+                "data.sandbox_entities must be 40 to 200000",
+            ),
+            ("prompt = \"compact\"", "prompt = \"short\"", "unknown variant `short`"),
+            ("[grpo]", "[grpo]\nlearning_rate = 0.1", "unknown field `learning_rate`"),
+            ("clip = 0.2", "clip = 2.0", "grpo.clip must be in (0, 1)"),
+            ("device = \"cpu\"", "device = \"tpu\"", "model.device 'tpu'"),
+            ("lr = 1e-3", "lr = 1e308", "grpo.lr must be above 0 and at most 1"),
+            (
+                "temperature = 1.0\n",
+                "temperature = inf\n",
+                "rollout.temperature must be above 0 and at most 2",
+            ),
+            (
+                "sandbox_questions = 3000",
+                "sandbox_questions = 1000000000000",
+                "data.sandbox_questions must be 1 to 1000000",
+            ),
+            (
+                "group_size = 8",
+                "group_size = 100000000",
+                "data.group_size must be 1 to 256",
+            ),
+            (
+                "max_turn_tokens = 64",
+                "max_turn_tokens = 4294967295",
+                "rollout.max_turn_tokens must be 1 to 32768",
+            ),
+            (
+                "questions_per_step = 8",
+                "questions_per_step = 16384",
+                "episodes per step, more than 65536",
+            ),
+        ] {
+            check(&base.replace(from, to), expect);
+        }
         check("name = \"x\"", "missing field");
-        // Sizes and rates a typo makes absurd.
-        check(
-            &base.replace("lr = 1e-3", "lr = 1e308"),
-            "grpo.lr must be above 0 and at most 1",
-        );
-        check(
-            &base.replace("temperature = 1.0\n", "temperature = inf\n"),
-            "rollout.temperature must be above 0 and at most 2",
-        );
-        check(
-            &base.replace("sandbox_questions = 3000", "sandbox_questions = 1000000000000"),
-            "data.sandbox_questions must be 1 to 1000000",
-        );
-        check(
-            &base.replace("group_size = 8", "group_size = 100000000"),
-            "data.group_size must be 1 to 256",
-        );
-        check(
-            &base.replace("max_turn_tokens = 64", "max_turn_tokens = 4294967295"),
-            "rollout.max_turn_tokens must be 1 to 32768",
-        );
-        check(
-            &base.replace("questions_per_step = 8", "questions_per_step = 16384"),
-            "episodes per step, more than 65536",
-        );
     }
 }

@@ -31,10 +31,9 @@ pub const VERSION: u16 = 1;
 /// Bytes before the first frame.
 pub const HEADER_LEN: usize = 24;
 /// A chunk is closed before it grows past this many bytes (a single larger
-/// frame gets a chunk of its own). A full sled leaf (17 values) of chunks
-/// this size stays under a quarter of sled's 16 MiB segment, so sled never
-/// moves a node into its separate blob files, which it does not fsync (see
-/// store/README.md).
+/// frame gets a chunk of its own): reading one event reads its chunk. In
+/// directories written before segments, chunks were sled values, and this
+/// kept a full sled leaf under a quarter of sled's 16 MiB segment.
 pub const MAX_CHUNK_BYTES: usize = 192 * 1024;
 
 /// Encodes frames whose first sequence number is `first`.
@@ -46,6 +45,14 @@ pub fn encode(first: Seq, frames: &[Vec<u8>]) -> Vec<u8> {
         out.extend_from_slice(f);
     }
     out
+}
+
+/// Appends the chunk of `frames` (first sequence number `first`) to `out`.
+pub fn encode_into(out: &mut Vec<u8>, first: Seq, frames: &[Vec<u8>]) {
+    write_header(out, first, frames.len() as u32);
+    for f in frames {
+        out.extend_from_slice(f);
+    }
 }
 
 /// A chunk of `count` frames whose bytes (after the header) are `body`:

@@ -7,15 +7,21 @@
 //!
 //! | tag | key                          | value                    |
 //! |-----|------------------------------|--------------------------|
-//! | `e` | `e` first-seq:u64            | a chunk of frames        |
+//! | `e` | `e` first-seq:u64            | a chunk's location (or, in directories written before segments, the chunk itself) |
 //! | `r` | `r` run:u64 first-seq:u64    | empty (run index)        |
 //! | `p` | `p` episode:u64 first-seq:u64| empty (episode index)    |
 //! | `c` | `c` id-kind:u8               | last id:u64 (counters)   |
 //! | `q` | `q` first-seq:u64 found:i64  | quarantined chunk bytes  |
+//! | `m` | `m`                          | the mark: segment:u64 offset:u64 (LE) |
 //!
+//! The mark says that every segment record before it is durable and
+//! indexed here; recovery re-reads the segments only from there on.
 //! Index entries name chunks, not events: "the chunk starting at this
 //! sequence number holds events of this run". The blob tree's keys are the
-//! 32-byte digest followed by a part number (u32 BE).
+//! 32-byte digest followed by a part number (u32 BE); part 0 holds a
+//! location (or, in older directories, the value, split into parts). The
+//! blob tree also holds `b` segment:u64 offset:u64 → digest for each blob
+//! record, so that recovery can drop the locations of records it cuts.
 
 use fathom_core::{EpisodeId, IdKind, RunId, Seq};
 
@@ -24,6 +30,8 @@ pub const RUN_INDEX: u8 = b'r';
 pub const EPISODE_INDEX: u8 = b'p';
 pub const COUNTER: u8 = b'c';
 pub const QUARANTINE: u8 = b'q';
+pub const MARK: [u8; 1] = [b'm'];
+pub const BLOB_AT: u8 = b'b';
 
 fn tagged_u64(tag: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -67,6 +75,23 @@ pub fn counter(kind: IdKind) -> [u8; 2] {
 
 pub fn quarantine(seq: Seq, found_at: i64) -> [u8; 17] {
     tagged_u64_u64(QUARANTINE, seq.0, found_at as u64)
+}
+
+/// The key, in the blob tree, of the blob record at `pos`.
+pub fn blob_at(pos: crate::segment::Pos) -> [u8; 17] {
+    tagged_u64_u64(BLOB_AT, pos.segment, pos.offset)
+}
+
+/// The position a `b` key names.
+pub fn pos_of_blob_at(key: &[u8]) -> Option<crate::segment::Pos> {
+    if key.len() == 17 && key[0] == BLOB_AT {
+        Some(crate::segment::Pos {
+            segment: u64::from_be_bytes(key[1..9].try_into().ok()?),
+            offset: u64::from_be_bytes(key[9..17].try_into().ok()?),
+        })
+    } else {
+        None
+    }
 }
 
 /// The sequence number of an `e` key, if it is one.

@@ -24,7 +24,9 @@ mod keys;
 pub mod lock;
 pub mod paths;
 mod read;
+mod recover;
 pub mod remote;
+pub mod segment;
 pub mod snapshot;
 mod stats;
 mod store;
@@ -41,7 +43,7 @@ use fathom_core::{Digest, EventKind, Seq};
 pub use paths::DataDir;
 pub use read::LogRead;
 pub use stats::{KindStats, RunStats, Stats};
-pub use store::{Durability, Options, RecoveryReport, SeqRange, Store};
+pub use store::{Durability, MAX_BLOB_BYTES, MAX_EVENT_BYTES, Options, RecoveryReport, SeqRange, Store};
 pub use verify::{Problem, VerifyPhase, VerifyReport};
 
 /// Everything that can go wrong in the store.
@@ -104,6 +106,31 @@ pub enum Error {
         /// The most it may be.
         limit: usize,
     },
+    /// The disk holding the data directory is full.
+    #[error(
+        "the disk holding the data directory {} is full ({} free); the log is consistent and took nothing of the failed write. Free space (or move --data elsewhere) and write again",
+        dir.display(), human_bytes(*free)
+    )]
+    DiskFull {
+        /// The data directory.
+        dir: PathBuf,
+        /// Free bytes when the write failed.
+        free: u64,
+    },
+    /// A blob is larger than the log takes.
+    #[error(
+        "a blob of {len} bytes is larger than the {limit} bytes the log takes for one blob; split the value before storing it"
+    )]
+    BlobTooLarge {
+        /// Its size.
+        len: usize,
+        /// The most it may be.
+        limit: usize,
+    },
+    /// The segment files do not hold what sled's index says (the message
+    /// names the record and what is wrong).
+    #[error("{0}")]
+    Segment(String),
     /// Recovery found more damage at the tail than it will cut on its own.
     #[error(
         "the last {count} events of the log in {} are all corrupt; recovery stops rather than cut that much. Run 'fathom verify' to see the damage",
@@ -129,6 +156,15 @@ pub enum Error {
 
 /// The store's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}
 
 pub(crate) fn sled_err(action: &'static str) -> impl FnOnce(sled::Error) -> Error {
     move |source| Error::Sled { action, source }

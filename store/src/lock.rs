@@ -20,6 +20,11 @@ pub const SECRET_FLAGS: &[&str] = &["--token", "--search-key", "--gateway-token"
 
 /// A command line with the values of [`SECRET_FLAGS`] replaced by `***`
 /// (`--token T` and `--token=T` alike).
+/// Free bytes on the file system holding `path` (0 when it cannot be read).
+pub fn free_bytes(path: &Path) -> u64 {
+    fs2::available_space(path).unwrap_or(0)
+}
+
 pub fn redacted(args: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len());
     let mut hide_next = false;

@@ -3,7 +3,8 @@
 //! ```text
 //! <data>/
 //!   LOCK          exclusive lock held by the writing process; names it
-//!   log/          the sled database: events, indexes, counters, blobs
+//!   log/          the sled database: locations, indexes, counters
+//!   segments/     the log's bytes: chunks of frames, blob values
 //!   snapshots/    Parquet snapshots and their manifest (see `snapshot`)
 //! ```
 //!
@@ -37,6 +38,11 @@ impl DataDir {
     /// The sled database holding the log and the blob tree.
     pub fn log_dir(&self) -> PathBuf {
         self.root.join("log")
+    }
+
+    /// The segment files holding the log's bytes.
+    pub fn segments_dir(&self) -> PathBuf {
+        self.root.join("segments")
     }
 
     /// The Parquet snapshots and their manifest.

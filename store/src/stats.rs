@@ -8,6 +8,7 @@ use crate::blob;
 use crate::chunk;
 use crate::frame;
 use crate::keys;
+use crate::segment::Loc;
 use crate::{Result, Store, sled_err};
 
 /// Counts for one event kind.
@@ -94,12 +95,14 @@ impl Store {
             last_seq: self.last_seq(),
             ..Stats::default()
         };
-        let lo = keys::event(Seq(0));
-        let hi = keys::event(Seq(u64::MAX));
-        for item in self.events_tree().range(lo..=hi) {
-            let (key, value) = item.map_err(sled_err("scan the log"))?;
-            let Some(first) = keys::seq_of_event_key(&key) else {
-                continue;
+        for item in self.chunks(Seq(0), Seq(u64::MAX)) {
+            let (first, value) = match item {
+                Ok(c) => c,
+                Err(crate::Error::Segment(_)) => {
+                    s.corrupt_events += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             progress(s.events, s.last_seq.0);
             for slot in chunk::layout(first, &value).slots {
@@ -131,8 +134,21 @@ impl Store {
         }
         for item in self.blobs_tree().iter() {
             let (key, value) = item.map_err(sled_err("scan the blobs"))?;
+            let Some((_, part)) = keys::parts_of_blob_key(&key) else {
+                continue;
+            };
+            if let Some(loc) = Loc::decode(&value) {
+                s.blobs += 1;
+                s.blob_stored_bytes += u64::from(loc.len).saturating_sub(32);
+                let head = self
+                    .segments()
+                    .read_prefix(loc, 32 + blob::HEADER_LEN)
+                    .unwrap_or_default();
+                s.blob_raw_bytes += head.get(32..).and_then(blob::stored_len).unwrap_or(0);
+                continue;
+            }
             s.blob_stored_bytes += value.len() as u64;
-            if keys::parts_of_blob_key(&key).is_some_and(|(_, part)| part == 0) {
+            if part == 0 {
                 s.blobs += 1;
                 s.blob_raw_bytes += blob::stored_len(&value).unwrap_or(0);
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fathom_core::{BlobRef, Clock, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq, SystemClock};
+use fathom_core::{BlobRef, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq};
 
 use crate::blob::{self, Prepared};
 use crate::chunk::{self, MAX_CHUNK_BYTES};
@@ -15,7 +15,18 @@ use crate::frame;
 use crate::keys;
 use crate::lock::DirLock;
 use crate::paths::DataDir;
+use crate::segment::{self, Active, Loc, Pos, RecordKind, Segments};
 use crate::{Error, Result, sled_err};
+
+/// The largest event frame the log takes. Large values (page bodies, token
+/// ids) belong in blobs; this bounds what one careless event can cost.
+pub const MAX_EVENT_BYTES: usize = 16 << 20;
+
+/// The largest blob the log takes (1 GiB).
+pub const MAX_BLOB_BYTES: usize = 1 << 30;
+
+/// The smallest segment size [`Options::segment_bytes`] may ask for.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 
 /// When an append may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,9 +47,12 @@ pub enum Durability {
 pub struct Options {
     /// Default durability of [`Store::append`].
     pub durability: Durability,
-    /// Interval of sled's background flush, which bounds relaxed mode's
-    /// loss window.
+    /// Interval of the background flush (segments fdatasynced, then sled's
+    /// index flushed), which bounds relaxed mode's loss window.
     pub relaxed_flush_ms: u64,
+    /// Segment files roll once they reach this size (at least
+    /// [`MIN_SEGMENT_BYTES`]; one batch never spans two segments).
+    pub segment_bytes: u64,
     /// zstd level for blobs (negative: fastest, 1: fast, the default, 19: small).
     pub blob_level: i32,
     /// sled page-cache size in bytes.
@@ -54,6 +68,7 @@ impl Default for Options {
         Options {
             durability: Durability::Durable,
             relaxed_flush_ms: 200,
+            segment_bytes: segment::DEFAULT_SEGMENT_BYTES,
             blob_level: 1,
             cache_bytes: 256 << 20,
             reading: false,
@@ -98,20 +113,24 @@ pub struct RecoveryReport {
     /// The last sequence number after recovery (0 for an empty log).
     pub last_seq: Seq,
     /// Corrupt frames cut from the tail and moved to quarantine, newest
-    /// first, with what was wrong with each.
+    /// first, with what was wrong with each. A chunk whose segment record
+    /// was torn is one entry, under its first sequence number.
     pub cut: Vec<(Seq, String)>,
+    /// Segment records past the mark that recovery found intact and
+    /// indexed (written before a crash, not yet in sled's flushed index).
+    pub reindexed: u64,
+    /// Where a torn or damaged segment tail was cut, and why.
+    pub segment_cut: Option<(Pos, String)>,
 }
 
-/// sled's segment size; see [`chunk::MAX_CHUNK_BYTES`].
+/// sled's segment size. sled now holds only small items.
 const SLED_SEGMENT_BYTES: usize = 16 << 20;
-
-/// How far back recovery walks a corrupt tail before refusing to cut more.
-const MAX_TAIL_CUT: usize = 1024;
 
 /// State only the appender touches.
 #[derive(Debug)]
-struct Writer {
-    next_seq: u64,
+pub(crate) struct Writer {
+    pub(crate) next_seq: u64,
+    pub(crate) active: Option<Active>,
 }
 
 /// The highest sequence number readers may see, with a way to wait for it.
@@ -132,10 +151,14 @@ struct Visible {
 pub struct Store {
     dir: DataDir,
     db: sled::Db,
-    /// Frames, indexes and counters (see `keys`).
+    /// Chunk locations, indexes, counters and the mark (see `keys`).
     events: sled::Tree,
-    /// Blob values keyed by digest.
+    /// Blob locations keyed by digest.
     blobs: sled::Tree,
+    /// The segment files holding the bytes.
+    segments: Arc<Segments>,
+    /// The background flush, for a writer.
+    flusher: Option<Flusher>,
     opts: Options,
     writer: Mutex<Writer>,
     visible: Visible,
@@ -183,28 +206,43 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.log_dir())
             .mode(sled::Mode::HighThroughput)
-            // The largest segment sled allows: items up to a quarter of it
-            // stay in sled's fsynced log (see MAX_CHUNK_BYTES).
             .segment_size(SLED_SEGMENT_BYTES)
             .cache_capacity(opts.cache_bytes)
-            .flush_every_ms(Some(opts.relaxed_flush_ms.max(1)))
+            // fathom's flusher flushes sled after syncing the segments, so
+            // that the mark sled persists never runs ahead of them.
+            .flush_every_ms(None)
             .open()
             .map_err(sled_err("open the log"))?;
         let events = db.open_tree("events").map_err(sled_err("open the events tree"))?;
         let blobs = db.open_tree("blobs").map_err(sled_err("open the blob tree"))?;
-        let recovery = recover(&dir, &events)?;
-        if !recovery.cut.is_empty() {
-            db.flush().map_err(sled_err("flush after recovery"))?;
-        }
+        let segments = Arc::new(Segments::new(
+            dir.segments_dir(),
+            opts.segment_bytes.max(MIN_SEGMENT_BYTES),
+        ));
+        let recovery = crate::recover::recover(&dir, &segments, &events, &blobs)?;
+        db.flush().map_err(sled_err("flush after recovery"))?;
         let last = recovery.last_seq;
         let (watch, _) = tokio::sync::watch::channel(last);
+        let flusher = (!opts.reading).then(|| {
+            Flusher::start(
+                segments.clone(),
+                db.clone(),
+                events.clone(),
+                Duration::from_millis(opts.relaxed_flush_ms.max(1)),
+            )
+        });
         Ok(Store {
             dir,
             db,
             events,
             blobs,
+            segments,
+            flusher,
             opts,
-            writer: Mutex::new(Writer { next_seq: last.0 + 1 }),
+            writer: Mutex::new(Writer {
+                next_seq: last.0 + 1,
+                active: None,
+            }),
             visible: Visible {
                 last: Mutex::new(last),
                 changed: Condvar::new(),
@@ -247,39 +285,89 @@ impl Store {
         if events.is_empty() {
             return Ok(None);
         }
-        let range = {
+        let (range, end) = {
             let mut writer = lock(&self.writer);
             let first = writer.next_seq;
-            let mut batch = sled::Batch::default();
+            let mut chunks = Vec::new();
             let mut pending = PendingChunk::new(Seq(first));
             for (i, event) in events.iter().enumerate() {
                 let seq = Seq(first + i as u64);
                 let frame = frame::encode(seq, event)?;
-                if frame.len() > MAX_CHUNK_BYTES - chunk::HEADER_LEN {
+                if frame.len() > MAX_EVENT_BYTES {
                     return Err(Error::TooLarge {
                         kind: event.kind(),
                         len: frame.len(),
-                        limit: MAX_CHUNK_BYTES - chunk::HEADER_LEN,
+                        limit: MAX_EVENT_BYTES,
                     });
                 }
-                if pending.bytes + frame.len() > MAX_CHUNK_BYTES - chunk::HEADER_LEN {
-                    std::mem::replace(&mut pending, PendingChunk::new(seq)).write(&mut batch);
+                if !pending.frames.is_empty() && pending.bytes + frame.len() > MAX_CHUNK_BYTES - chunk::HEADER_LEN {
+                    chunks.push(std::mem::replace(&mut pending, PendingChunk::new(seq)));
                 }
                 pending.push(event, frame);
             }
-            pending.write(&mut batch);
-            self.events.apply_batch(batch).map_err(sled_err("append a batch"))?;
+            chunks.push(pending);
+            let total: usize = chunks.iter().map(|c| c.bytes).sum();
+            let mut buf = Vec::with_capacity(total + chunks.len() * (chunk::HEADER_LEN + segment::RECORD_HEADER_LEN));
+            let mut placed = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                let start = segment::begin_record(&mut buf, RecordKind::Chunk);
+                chunk::encode_into(&mut buf, c.first, &c.frames);
+                let len = segment::seal(&mut buf, start);
+                placed.push((c, start as u64, len));
+            }
+            let at = self.write_records(&mut writer, &buf)?;
+            let mut batch = sled::Batch::default();
+            for (c, offset, len) in placed {
+                let loc = Loc {
+                    segment: at.segment,
+                    offset: at.offset + offset,
+                    len,
+                };
+                c.write_index(&mut batch, &loc.encode());
+            }
+            self.events.apply_batch(batch).map_err(sled_err("index a batch"))?;
+            let end = Pos {
+                segment: at.segment,
+                offset: at.offset + buf.len() as u64,
+            };
+            self.segments.advance(&writer.active, end);
             writer.next_seq = first + events.len() as u64;
-            SeqRange {
+            let range = SeqRange {
                 first: Seq(first),
                 last: Seq(writer.next_seq - 1),
-            }
+            };
+            (range, end)
         };
         if durability == Durability::Durable {
-            self.db.flush().map_err(sled_err("flush the log"))?;
+            self.segments
+                .sync_through(end)
+                .map_err(|e| self.io_error("make the log durable (fdatasync)", e))?;
         }
         self.publish(range.last);
         Ok(Some(range))
+    }
+
+    /// Writes whole records to the active segment (the caller holds the
+    /// writer and indexes them before releasing it).
+    fn write_records(&self, writer: &mut Writer, bytes: &[u8]) -> Result<Pos> {
+        self.segments
+            .write(&mut writer.active, bytes)
+            .map_err(|e| self.io_error("append to the log's segment files", e))
+    }
+
+    /// A segment I/O error, naming the disk's free space when it is full.
+    fn io_error(&self, action: &'static str, source: std::io::Error) -> Error {
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            return Error::DiskFull {
+                dir: self.dir.root().to_path_buf(),
+                free: crate::lock::free_bytes(self.dir.root()),
+            };
+        }
+        Error::Io {
+            action,
+            path: self.segments.dir().to_path_buf(),
+            source,
+        }
     }
 
     fn publish(&self, last: Seq) {
@@ -300,10 +388,13 @@ impl Store {
         });
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, and persists sled's index of it
+    /// (so that the next open has nothing to re-index).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(sled_err("flush the log"))?;
-        Ok(())
+        flush_all(&self.segments, &self.db, &self.events).map_err(|e| match e {
+            FlushError::Sync(e) => self.io_error("make the log durable (fdatasync)", e),
+            FlushError::Sled(e) => e,
+        })
     }
 
     /// Flushes and closes the store, releasing the writer lock.
@@ -321,31 +412,44 @@ impl Store {
     /// Allocates `n` consecutive ids of a kind at once and returns the
     /// last; the block is `last - n + 1 ..= last`.
     pub fn reserve_ids(&self, kind: IdKind, n: u64) -> Result<u64> {
-        let value = self
-            .events
-            .update_and_fetch(keys::counter(kind), |old| {
-                let c = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-                Some((c + n).to_be_bytes().to_vec())
-            })
-            .map_err(sled_err("allocate an id"))?
-            .ok_or_else(|| Error::Internal("id counter update returned nothing".into()))?;
-        let bytes: [u8; 8] = value
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::Internal("id counter is not 8 bytes".into()))?;
-        Ok(u64::from_be_bytes(bytes))
+        self.bump_counter(kind, |c| c + n)
     }
 
     /// Moves a kind's id counter up to `last` when it is below, so that ids
     /// up to `last`, numbered by the caller, are never given out again.
     pub fn reserve_through(&self, kind: IdKind, last: u64) -> Result<()> {
+        self.bump_counter(kind, |c| c.max(last)).map(|_| ())
+    }
+
+    /// Updates a counter in sled and records the new value in the segments,
+    /// so that it is durable with the next sync, like the events that use it.
+    fn bump_counter(&self, kind: IdKind, next: impl Fn(u64) -> u64) -> Result<u64> {
+        let mut writer = lock(&self.writer);
+        let key = keys::counter(kind);
+        let old = self
+            .events
+            .get(key)
+            .map_err(sled_err("read an id counter"))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let value = next(old);
+        if value == old {
+            return Ok(value);
+        }
+        let mut buf = Vec::with_capacity(32);
+        segment::push_record(&mut buf, RecordKind::Counter, &[&[kind.tag()], &value.to_le_bytes()]);
+        let at = self.write_records(&mut writer, &buf)?;
         self.events
-            .update_and_fetch(keys::counter(kind), |old| {
-                let c = old.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-                Some(c.max(last).to_be_bytes().to_vec())
-            })
+            .insert(key, &value.to_be_bytes())
             .map_err(sled_err("allocate an id"))?;
-        Ok(())
+        self.segments.advance(
+            &writer.active,
+            Pos {
+                segment: at.segment,
+                offset: at.offset + buf.len() as u64,
+            },
+        );
+        Ok(value)
     }
 
     /// A new run id.
@@ -371,6 +475,12 @@ impl Store {
     /// Stores many blobs. Hashing, the presence check and compression run
     /// on all cores; the writes go to sled in one batch.
     pub fn put_blobs(&self, items: &[&[u8]]) -> Result<Vec<BlobRef>> {
+        if let Some(big) = items.iter().find(|i| i.len() > MAX_BLOB_BYTES) {
+            return Err(Error::BlobTooLarge {
+                len: big.len(),
+                limit: MAX_BLOB_BYTES,
+            });
+        }
         let level = self.opts.blob_level;
         let prepared = prepare_all(items, |bytes| -> Result<Prepared> {
             let digest = blob::digest(bytes);
@@ -386,18 +496,46 @@ impl Store {
                 value: (!stored).then(|| blob::encode(bytes, level)),
             })
         })?;
-        let mut batch = sled::Batch::default();
+        let mut writer = lock(&self.writer);
+        let mut buf = Vec::new();
+        let mut placed = Vec::new();
         let mut written = std::collections::HashSet::new();
         for p in &prepared {
             if let Some(value) = &p.value
                 && written.insert(p.blob.digest)
+                // Another thread may have stored it since the check above.
+                && !self
+                    .blobs
+                    .contains_key(keys::blob_part(&p.blob.digest, 0))
+                    .map_err(sled_err("look up a blob"))?
             {
-                for (part, bytes) in blob::split(value).enumerate() {
-                    batch.insert(&keys::blob_part(&p.blob.digest, part as u32)[..], bytes);
-                }
+                let start = buf.len() as u64;
+                let len = segment::push_record(&mut buf, RecordKind::Blob, &[&p.blob.digest.0, value]);
+                placed.push((p.blob.digest, start, len));
             }
         }
-        self.blobs.apply_batch(batch).map_err(sled_err("store blobs"))?;
+        if !buf.is_empty() {
+            let at = self.write_records(&mut writer, &buf)?;
+            let mut batch = sled::Batch::default();
+            for (digest, offset, len) in placed {
+                let loc = Loc {
+                    segment: at.segment,
+                    offset: at.offset + offset,
+                    len,
+                };
+                batch.insert(&keys::blob_part(&digest, 0)[..], &loc.encode()[..]);
+                batch.insert(&keys::blob_at(loc.pos())[..], &digest.0[..]);
+            }
+            self.blobs.apply_batch(batch).map_err(sled_err("index blobs"))?;
+            self.segments.advance(
+                &writer.active,
+                Pos {
+                    segment: at.segment,
+                    offset: at.offset + buf.len() as u64,
+                },
+            );
+        }
+        drop(writer);
         Ok(prepared.into_iter().map(|p| p.blob).collect())
     }
 
@@ -429,14 +567,44 @@ impl Store {
     }
 
     /// The chunk holding `seq`, if any: its first sequence number and bytes.
-    fn chunk_containing(&self, seq: Seq) -> Result<Option<(Seq, sled::IVec)>> {
+    fn chunk_containing(&self, seq: Seq) -> Result<Option<(Seq, Stored)>> {
         let found = self
             .events
             .range(keys::event(Seq(0))..=keys::event(seq))
             .next_back()
             .transpose()
             .map_err(sled_err("read the log"))?;
-        Ok(found.and_then(|(k, v)| keys::seq_of_event_key(&k).map(|first| (first, v))))
+        let Some((first, value)) = found.and_then(|(k, v)| keys::seq_of_event_key(&k).map(|first| (first, v))) else {
+            return Ok(None);
+        };
+        Ok(Some((first, self.resolve_chunk(first, value)?)))
+    }
+
+    /// A chunk's bytes from the value its `e` key holds: a location in the
+    /// segments, or (in directories written before segments) the bytes.
+    pub(crate) fn resolve_chunk(&self, first: Seq, value: sled::IVec) -> Result<Stored> {
+        let Some(loc) = Loc::decode(&value) else {
+            return Ok(Stored::Inline(value));
+        };
+        match self.segments.read(loc) {
+            Ok((RecordKind::Chunk, body)) => Ok(Stored::Read(body)),
+            Ok((kind, _)) => Err(Error::Segment(format!(
+                "the index places the chunk starting at event {first} at {loc}, but a {kind:?} record is there; run 'fathom verify'"
+            ))),
+            Err(reason) => Err(Error::Segment(format!(
+                "the chunk starting at event {first} cannot be read: {reason}; run 'fathom verify'"
+            ))),
+        }
+    }
+
+    /// The chunks whose keys lie in `from..=to`, with their bytes.
+    pub(crate) fn chunks(&self, from: Seq, to: Seq) -> impl Iterator<Item = Result<(Seq, Stored)>> + '_ {
+        self.events.range(keys::event(from)..=keys::event(to)).map(move |item| {
+            let (key, value) = item.map_err(sled_err("scan the log"))?;
+            let first = keys::seq_of_event_key(&key)
+                .ok_or_else(|| Error::Internal("event range returned a non-event key".into()))?;
+            Ok((first, self.resolve_chunk(first, value)?))
+        })
     }
 
     /// One event.
@@ -464,19 +632,16 @@ impl Store {
             Ok(s) => (s, None),
             Err(e) => (Seq(u64::MAX), Some(Err(e))),
         };
-        let chunks = self.events.range(keys::event(start)..=keys::event(to.max(start)));
+        let chunks = self.chunks(start, to.max(start));
         error.into_iter().chain(chunks.flat_map(move |item| {
-            let records: Vec<Result<Record>> = match item.map_err(sled_err("scan the log")) {
+            let records: Vec<Result<Record>> = match item {
                 Err(e) => vec![Err(e)],
-                Ok((key, bytes)) => match keys::seq_of_event_key(&key) {
-                    None => vec![Err(Error::Internal("event range returned a non-event key".into()))],
-                    Some(first) => chunk::layout(first, &bytes)
-                        .slots
-                        .into_iter()
-                        .filter(|s| s.seq >= from && s.seq <= to)
-                        .map(|slot| decode_slot(&bytes, slot))
-                        .collect(),
-                },
+                Ok((first, bytes)) => chunk::layout(first, &bytes)
+                    .slots
+                    .into_iter()
+                    .filter(|s| s.seq >= from && s.seq <= to)
+                    .map(|slot| decode_slot(&bytes, slot))
+                    .collect(),
             };
             records
         }))
@@ -511,7 +676,7 @@ impl Store {
                 let key = key.map_err(sled_err("scan an index"))?;
                 let (_, first) = keys::parts_of_index_key(&key)
                     .ok_or_else(|| Error::Internal("index scan returned a malformed key".into()))?;
-                let bytes = self
+                let value = self
                     .events
                     .get(keys::event(first))
                     .map_err(sled_err("read the log"))?
@@ -520,6 +685,7 @@ impl Store {
                             "an index names the chunk at event {first}, which the log does not hold; run 'fathom verify'"
                         ))
                     })?;
+                let bytes = self.resolve_chunk(first, value)?;
                 Ok(chunk::layout(first, &bytes)
                     .slots
                     .into_iter()
@@ -589,9 +755,19 @@ impl Store {
         &self.blobs
     }
 
-    /// Bytes the database occupies on disk.
+    pub(crate) fn segments(&self) -> &Segments {
+        &self.segments
+    }
+
+    /// Bytes the log occupies on disk: sled's files and the segments.
     pub fn size_on_disk(&self) -> Result<u64> {
-        self.db.size_on_disk().map_err(sled_err("measure the database"))
+        let sled = self.db.size_on_disk().map_err(sled_err("measure the database"))?;
+        let segments = self.segments.size_on_disk().map_err(|source| Error::Io {
+            action: "measure the segment files in",
+            path: self.segments.dir().to_path_buf(),
+            source,
+        })?;
+        Ok(sled + segments)
     }
 
     /// The stored bytes of one frame, unvalidated: for forensics and for
@@ -617,6 +793,9 @@ impl Store {
         else {
             return Ok(None);
         };
+        if let Some(loc) = Loc::decode(&first) {
+            return self.blob_record(digest, loc).map(Some);
+        }
         let mut value = first.to_vec();
         for part in 1..blob::parts(&first).unwrap_or(1) {
             match self
@@ -632,6 +811,22 @@ impl Store {
         Ok(Some(value))
     }
 
+    /// The value of the blob record at `loc`, checked to be `digest`'s.
+    pub(crate) fn blob_record(&self, digest: &Digest, loc: Loc) -> Result<Vec<u8>> {
+        let damaged = |reason: String| Error::Segment(format!("blob {digest}: {reason}; run 'fathom verify'"));
+        match self.segments.read(loc) {
+            Ok((RecordKind::Blob, mut body)) if body.len() >= 32 => {
+                if body[..32] != digest.0 {
+                    return Err(damaged(format!("the record at {loc} holds another blob")));
+                }
+                body.drain(..32);
+                Ok(body)
+            }
+            Ok((kind, _)) => Err(damaged(format!("the record at {loc} is a {kind:?} record"))),
+            Err(reason) => Err(damaged(reason)),
+        }
+    }
+
     /// Fault injection: replaces a stored frame's bytes inside its chunk,
     /// as bit rot or a buggy writer would. Only tests should call this.
     #[doc(hidden)]
@@ -645,18 +840,54 @@ impl Store {
             .find(|s| s.seq == seq)
             .and_then(|s| s.frame.ok())
             .ok_or_else(|| Error::Internal(format!("event {seq} cannot be located in its chunk")))?;
-        let mut value = bytes.to_vec();
-        value.splice(range, frame_bytes.iter().copied());
-        self.events
-            .insert(keys::event(first), value)
-            .map_err(sled_err("overwrite a chunk"))?;
-        self.flush()
+        let value = self.events.get(keys::event(first)).map_err(sled_err("read the log"))?;
+        match value.as_deref().and_then(Loc::decode) {
+            // Bit rot in a segment: the bytes change in place.
+            Some(loc) if range.len() == frame_bytes.len() => {
+                let pos = Pos {
+                    segment: loc.segment,
+                    offset: loc.offset + segment::RECORD_HEADER_LEN as u64 + range.start as u64,
+                };
+                self.segments.overwrite(pos, frame_bytes).map_err(|source| Error::Io {
+                    action: "overwrite a segment in",
+                    path: self.segments.dir().to_path_buf(),
+                    source,
+                })
+            }
+            Some(_) => Err(Error::Internal("injected frames must keep their length".into())),
+            None => {
+                let mut value = bytes.to_vec();
+                value.splice(range, frame_bytes.iter().copied());
+                self.events
+                    .insert(keys::event(first), value)
+                    .map_err(sled_err("overwrite a chunk"))?;
+                self.flush()
+            }
+        }
     }
 
     /// Fault injection: replaces a stored blob value (all parts). Only tests
     /// should call this.
     #[doc(hidden)]
     pub fn inject_raw_blob(&self, digest: &Digest, value: &[u8]) -> Result<()> {
+        let stored = self
+            .blobs
+            .get(keys::blob_part(digest, 0))
+            .map_err(sled_err("read a blob"))?;
+        if let Some(loc) = stored.as_deref().and_then(Loc::decode) {
+            if value.len() + 32 != loc.len as usize {
+                return Err(Error::Internal("injected blob values must keep their length".into()));
+            }
+            let pos = Pos {
+                segment: loc.segment,
+                offset: loc.offset + segment::RECORD_HEADER_LEN as u64 + 32,
+            };
+            return self.segments.overwrite(pos, value).map_err(|source| Error::Io {
+                action: "overwrite a segment in",
+                path: self.segments.dir().to_path_buf(),
+                source,
+            });
+        }
         let mut batch = sled::Batch::default();
         for (part, bytes) in blob::split(value).enumerate() {
             batch.insert(&keys::blob_part(digest, part as u32)[..], bytes);
@@ -666,10 +897,107 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
+        // Best effort: an explicit close reports errors; a drop cannot.
+        if !self.opts.reading {
+            let _ = flush_all(&self.segments, &self.db, &self.events);
+        }
+    }
+}
+
+/// Why a flush failed.
+enum FlushError {
+    Sync(std::io::Error),
+    Sled(Error),
+}
+
+/// Syncs the segments, then records the mark and flushes sled: the mark
+/// sled persists never runs ahead of what the segments hold durably.
+fn flush_all(segments: &Segments, db: &sled::Db, events: &sled::Tree) -> std::result::Result<(), FlushError> {
+    let upto = segments.sync_all().map_err(FlushError::Sync)?;
+    if upto.segment > 0 {
+        let mark = events
+            .get(keys::MARK)
+            .map_err(|e| FlushError::Sled(sled_err("read the mark")(e)))?;
+        if mark.as_deref().and_then(Pos::decode).is_none_or(|m| m < upto) {
+            events
+                .insert(keys::MARK, &upto.encode()[..])
+                .map_err(|e| FlushError::Sled(sled_err("write the mark")(e)))?;
+        }
+    }
+    db.flush()
+        .map_err(|e| FlushError::Sled(sled_err("flush the log index")(e)))?;
+    Ok(())
+}
+
+/// The writer's background flush: every `relaxed_flush_ms`, what relaxed
+/// appends wrote becomes durable and sled's index of it is flushed.
+#[derive(Debug)]
+struct Flusher {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(segments: Arc<Segments>, db: sled::Db, events: sled::Tree, every: Duration) -> Flusher {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("fathom-flush".into())
+            .spawn(move || {
+                let (m, cv) = &*flag;
+                let mut stopped = lock(m);
+                while !*stopped {
+                    let (guard, _) = cv.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner());
+                    stopped = guard;
+                    if *stopped {
+                        break;
+                    }
+                    drop(stopped);
+                    // A failure is recorded by the segments (a failed sync)
+                    // and reported to the next append or flush.
+                    let _ = flush_all(&segments, &db, &events);
+                    stopped = lock(m);
+                }
+            })
+            .ok();
+        Flusher { stop, handle }
+    }
+
+    fn stop(mut self) {
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A chunk's bytes: read from a segment, or held by sled in directories
+/// written before segments.
+pub(crate) enum Stored {
+    Inline(sled::IVec),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Stored {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Stored::Inline(v) => v,
+            Stored::Read(v) => v,
+        }
+    }
+}
+
 /// The frames of one chunk being built by an append, and the runs and
 /// episodes they belong to (for the index).
-struct PendingChunk {
-    first: Seq,
+pub(crate) struct PendingChunk {
+    pub(crate) first: Seq,
     frames: Vec<Vec<u8>>,
     bytes: usize,
     runs: std::collections::BTreeSet<RunId>,
@@ -677,7 +1005,7 @@ struct PendingChunk {
 }
 
 impl PendingChunk {
-    fn new(first: Seq) -> Self {
+    pub(crate) fn new(first: Seq) -> Self {
         PendingChunk {
             first,
             frames: Vec::new(),
@@ -687,7 +1015,7 @@ impl PendingChunk {
         }
     }
 
-    fn note(&mut self, event: &Event) {
+    pub(crate) fn note(&mut self, event: &Event) {
         self.runs.insert(event.run);
         if let Some(e) = event.payload.episode_id() {
             self.episodes.insert(e);
@@ -700,15 +1028,10 @@ impl PendingChunk {
         self.frames.push(frame);
     }
 
-    fn write(self, batch: &mut sled::Batch) {
-        if self.frames.is_empty() {
-            return;
-        }
-        batch.insert(&keys::event(self.first)[..], chunk::encode(self.first, &self.frames));
-        self.write_index(batch);
-    }
-
-    fn write_index(self, batch: &mut sled::Batch) {
+    /// Writes the chunk's `e` entry (its location, or its bytes) and its
+    /// index entries.
+    pub(crate) fn write_index(self, batch: &mut sled::Batch, value: &[u8]) {
+        batch.insert(&keys::event(self.first)[..], value);
         for run in self.runs {
             batch.insert(&keys::run_index(run, self.first)[..], &[][..]);
         }
@@ -730,7 +1053,7 @@ impl From<std::path::PathBuf> for DataDir {
     }
 }
 
-fn decode_slot(chunk_bytes: &[u8], slot: chunk::Slot) -> Result<Record> {
+pub(crate) fn decode_slot(chunk_bytes: &[u8], slot: chunk::Slot) -> Result<Record> {
     let seq = slot.seq;
     let range = slot.frame.map_err(|reason| Error::CorruptEvent { seq, reason })?;
     frame::decode(seq, &chunk_bytes[range])
@@ -773,96 +1096,3 @@ fn prepare_all<T: Send>(items: &[&[u8]], work: impl Fn(&[u8]) -> Result<T> + Syn
 /// Below this many blob bytes in one call, preparing on one thread is faster
 /// than starting workers.
 const PARALLEL_MIN_BYTES: usize = 64 * 1024;
-
-/// A frame of the tail chunk: where it is and what it says, or why not.
-type CheckedFrame = Result<(std::ops::Range<usize>, Event), String>;
-
-/// Checks the tail of the log and cuts frames that fail validation, moving
-/// the damaged chunk's bytes to the quarantine keys so that nothing is
-/// destroyed.
-fn recover(dir: &DataDir, events: &sled::Tree) -> Result<RecoveryReport> {
-    let mut report = RecoveryReport::default();
-    let lo = keys::event(Seq(0));
-    let hi = keys::event(Seq(u64::MAX));
-    let found_at = SystemClock.now().0;
-    loop {
-        let last = events
-            .range(lo..=hi)
-            .next_back()
-            .transpose()
-            .map_err(sled_err("read the log tail"))?;
-        let Some((key, value)) = last else {
-            report.last_seq = Seq(0);
-            break;
-        };
-        let first = keys::seq_of_event_key(&key)
-            .ok_or_else(|| Error::Internal("event range returned a non-event key".into()))?;
-        let layout = chunk::layout(first, &value);
-        // Check payloads too: the tail is small, and a frame whose checksum
-        // matches but whose archive is invalid is as unreadable as a torn one.
-        let slots: Vec<(Seq, CheckedFrame)> = layout
-            .slots
-            .into_iter()
-            .map(|slot| {
-                let checked = slot
-                    .frame
-                    .and_then(|r| frame::decode(slot.seq, &value[r.clone()]).map(|(_, e)| (r, e)))
-                    .map_err(|e| e.to_string());
-                (slot.seq, checked)
-            })
-            .collect();
-        // Only a damaged suffix is cut: a bad frame followed by good ones is
-        // damage in the middle of the log, left in place for verify.
-        let last_good = slots.iter().rposition(|s| s.1.is_ok());
-        let cut_from = last_good.map_or(0, |i| i + 1);
-        if cut_from == slots.len() && layout.header_error.is_none() && !slots.is_empty() {
-            report.last_seq = slots[slots.len() - 1].0;
-            break;
-        }
-        let cut: Vec<(Seq, String)> = slots[cut_from..]
-            .iter()
-            .rev()
-            .map(|(seq, r)| (*seq, r.as_ref().err().cloned().unwrap_or_default()))
-            .collect();
-        if report.cut.len() + cut.len() > MAX_TAIL_CUT {
-            return Err(Error::TooMuchDamage {
-                dir: dir.root().to_path_buf(),
-                count: report.cut.len() + cut.len(),
-            });
-        }
-        // Quarantine the chunk as found, then write back the kept prefix
-        // byte for byte under a fresh header, and re-index it.
-        let mut batch = sled::Batch::default();
-        batch.insert(&keys::quarantine(first, found_at)[..], value.to_vec());
-        batch.remove(&key[..]);
-        for tag in [keys::RUN_INDEX, keys::EPISODE_INDEX] {
-            for k in events.scan_prefix([tag]).keys() {
-                let k = k.map_err(sled_err("scan an index"))?;
-                if keys::parts_of_index_key(&k).is_some_and(|(_, s)| s == first) {
-                    batch.remove(k);
-                }
-            }
-        }
-        if let Some(i) = last_good {
-            let Ok((range, _)) = &slots[i].1 else {
-                return Err(Error::Internal("last good slot is not good".into()));
-            };
-            let body = &value[chunk::HEADER_LEN..range.end];
-            batch.insert(&key[..], chunk::with_body(first, i as u32 + 1, body));
-            let mut index = PendingChunk::new(first);
-            for (_, r) in &slots[..=i] {
-                if let Ok((_, e)) = r {
-                    index.note(e);
-                }
-            }
-            index.write_index(&mut batch);
-        }
-        events.apply_batch(batch).map_err(sled_err("cut a corrupt tail"))?;
-        report.cut.extend(cut);
-        if let Some(i) = last_good {
-            report.last_seq = slots[i].0;
-            break;
-        }
-    }
-    Ok(report)
-}

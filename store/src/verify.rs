@@ -10,6 +10,8 @@ use crate::blob::{self, BlobError};
 use crate::chunk;
 use crate::frame::{self, FrameError};
 use crate::keys;
+use crate::segment::{Loc, RecordKind};
+use crate::store::Stored;
 use crate::{Result, Store, sled_err};
 
 /// One thing wrong with the store.
@@ -68,6 +70,28 @@ pub enum Problem {
         /// The part number in its key.
         part: u32,
     },
+    /// A chunk's location cannot be read (past the end of its segment, a
+    /// missing segment, the wrong kind of record there).
+    UnreadableChunk {
+        /// The chunk's first sequence number.
+        first: Seq,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A blob's location cannot be read.
+    UnreadableBlob {
+        /// The blob's key.
+        digest: Digest,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A segment record fails its checksum.
+    CorruptRecord {
+        /// What the record holds (a chunk, a blob).
+        what: String,
+        /// What is wrong, with the record's location.
+        reason: String,
+    },
     /// An event refers to a blob that is not stored.
     MissingBlob {
         /// The first event that refers to it.
@@ -106,6 +130,11 @@ impl std::fmt::Display for Problem {
             Problem::StrayBlobPart { digest, part } => {
                 write!(f, "part {part} of blob {digest} belongs to no stored blob")
             }
+            Problem::UnreadableChunk { first, reason } => {
+                write!(f, "the chunk starting at event {first} cannot be read: {reason}")
+            }
+            Problem::UnreadableBlob { digest, reason } => write!(f, "blob {digest} cannot be read: {reason}"),
+            Problem::CorruptRecord { what, reason } => write!(f, "{what}: {reason}"),
             Problem::MissingBlob { seq, digest } => {
                 write!(f, "event {seq} refers to blob {digest}, which is not stored")
             }
@@ -146,10 +175,14 @@ impl VerifyReport {
             .filter_map(|p| match p {
                 Problem::CorruptEvent { seq, .. } | Problem::MissingBlob { seq, .. } => Some(*seq),
                 Problem::CorruptChunkHeader { first, .. }
+                | Problem::UnreadableChunk { first, .. }
                 | Problem::MissingIndexEntry { first, .. }
                 | Problem::DanglingIndexEntry { first, .. } => Some(*first),
                 Problem::Gap { after, .. } => Some(Seq(after.0 + 1)),
-                Problem::CorruptBlob { .. } | Problem::StrayBlobPart { .. } => None,
+                Problem::CorruptBlob { .. }
+                | Problem::StrayBlobPart { .. }
+                | Problem::UnreadableBlob { .. }
+                | Problem::CorruptRecord { .. } => None,
             })
             .min()
     }
@@ -164,7 +197,8 @@ impl Store {
         let events = self.events_tree();
         let mut report = VerifyReport::default();
         let total = self.last_seq().0;
-        let mut expected_next = 1u64;
+        // None after an unreadable chunk, whose extent is unknown.
+        let mut expected_next = Some(1u64);
         let mut referenced: HashMap<Digest, Seq> = HashMap::new();
         // (tag, owner, chunk) triples the frames say the index must hold.
         let mut owed: BTreeSet<(u8, u64, Seq)> = BTreeSet::new();
@@ -176,17 +210,44 @@ impl Store {
             let Some(first) = keys::seq_of_event_key(&key) else {
                 continue;
             };
-            if first.0 != expected_next {
+            if expected_next.is_some_and(|n| first.0 != n) {
                 report.problems.push(Problem::Gap {
-                    after: Seq(expected_next.saturating_sub(1)),
+                    after: Seq(expected_next.unwrap_or(1).saturating_sub(1)),
                     next: first,
                 });
             }
+            let value = match Loc::decode(&value) {
+                None => Stored::Inline(value),
+                Some(loc) => match self.segments().read_checked(loc) {
+                    Ok((RecordKind::Chunk, body, crc)) => {
+                        if let Some(reason) = crc {
+                            report.problems.push(Problem::CorruptRecord {
+                                what: format!("the chunk starting at event {first}"),
+                                reason,
+                            });
+                        }
+                        Stored::Read(body)
+                    }
+                    Ok((kind, _, _)) => {
+                        report.problems.push(Problem::UnreadableChunk {
+                            first,
+                            reason: format!("the record at {loc} is a {kind:?} record"),
+                        });
+                        expected_next = None;
+                        continue;
+                    }
+                    Err(reason) => {
+                        report.problems.push(Problem::UnreadableChunk { first, reason });
+                        expected_next = None;
+                        continue;
+                    }
+                },
+            };
             let layout = chunk::layout(first, &value);
             if let Some(reason) = layout.header_error.clone() {
                 report.problems.push(Problem::CorruptChunkHeader { first, reason });
             }
-            expected_next = layout.last_seq().map_or(first.0, |s| s.0) + 1;
+            expected_next = Some(layout.last_seq().map_or(first.0, |s| s.0) + 1);
             for slot in layout.slots {
                 report.events += 1;
                 let seq = slot.seq;
@@ -232,6 +293,9 @@ impl Store {
         let mut declared_parts: HashMap<Digest, u32> = HashMap::new();
         for item in blobs.iter() {
             let (key, value) = item.map_err(sled_err("scan the blobs"))?;
+            if keys::pos_of_blob_at(&key).is_some() {
+                continue;
+            }
             let Some((digest, part)) = keys::parts_of_blob_key(&key) else {
                 report.problems.push(Problem::StrayBlobPart {
                     digest: Digest::default(),
@@ -239,6 +303,37 @@ impl Store {
                 });
                 continue;
             };
+            if let Some(loc) = Loc::decode(&value) {
+                report.blobs += 1;
+                referenced.remove(&digest);
+                if report.blobs.is_multiple_of(256) {
+                    progress(VerifyPhase::Blobs, report.blobs, total_blobs);
+                }
+                match self.segments().read_checked(loc) {
+                    Ok((RecordKind::Blob, body, crc)) => {
+                        if let Some(reason) = crc {
+                            report.problems.push(Problem::CorruptRecord {
+                                what: format!("blob {digest}"),
+                                reason,
+                            });
+                        }
+                        if body.get(..32) != Some(&digest.0[..]) {
+                            report.problems.push(Problem::UnreadableBlob {
+                                digest,
+                                reason: format!("the record at {loc} holds another blob"),
+                            });
+                        } else if let Err(reason) = blob::decode(&digest, &body[32..]) {
+                            report.problems.push(Problem::CorruptBlob { digest, reason });
+                        }
+                    }
+                    Ok((kind, _, _)) => report.problems.push(Problem::UnreadableBlob {
+                        digest,
+                        reason: format!("the record at {loc} is a {kind:?} record"),
+                    }),
+                    Err(reason) => report.problems.push(Problem::UnreadableBlob { digest, reason }),
+                }
+                continue;
+            }
             if part == 0 {
                 report.blobs += 1;
                 declared_parts.insert(digest, blob::parts(&value).unwrap_or(1));

@@ -3,6 +3,7 @@
 mod golden;
 mod log;
 mod properties;
+mod segments;
 mod verl;
 
 use fathom_store::{Options, Store};

@@ -1,0 +1,285 @@
+//! The segment layout: crash images, torn tails, rolling, group commit,
+//! and directories written before segments.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fathom_core::event::{RunFinished, RunStatus};
+use fathom_core::{Event, IdKind, RunId, Seq, Timestamp};
+use fathom_store::workload::{self, Workload, WorkloadSpec};
+use fathom_store::{Durability, Options, Store};
+
+fn finished(run: u64, n: u64) -> Event {
+    Event::new(
+        RunId(run),
+        Timestamp(n as i64),
+        RunFinished {
+            status: RunStatus::Completed,
+            steps_completed: n,
+            message: format!("event {n} ").repeat(40),
+        },
+    )
+}
+
+/// Options whose background flush never runs during a test: sled's index
+/// stays unflushed, as after a crash between flushes.
+fn no_flush() -> Options {
+    Options {
+        relaxed_flush_ms: 3_600_000,
+        ..Options::default()
+    }
+}
+
+/// Copies a data directory's files as they are on disk now (without the
+/// lock): what a machine would find after a crash at this moment, the page
+/// cache included.
+fn crash_image(from: &Path, to: &Path) {
+    for sub in ["log", "segments"] {
+        let src = from.join(sub);
+        if !src.exists() {
+            continue;
+        }
+        copy_dir(&src, &to.join(sub));
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &dst.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, dst.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn segment_files(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(data.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn acknowledged_appends_survive_a_crash_before_sleds_index_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let mut w = Workload::new(5, RunId(1), WorkloadSpec::default());
+    let store = Store::open(dir.path(), no_flush()).unwrap();
+    // sled's files as the open left them (flushed): with no flush after
+    // this, a crash may find exactly these, whatever sled wrote since.
+    copy_dir(&dir.path().join("log"), &image.path().join("log"));
+    let episode = store.next_id(IdKind::Episode).unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let items = w.batch(16);
+        let range = workload::append(&store, &items, Durability::Durable).unwrap().unwrap();
+        acked.extend(range.iter());
+    }
+    let expected: Vec<_> = store.iter().map(|r| r.unwrap()).collect();
+    copy_dir(&dir.path().join("segments"), &image.path().join("segments"));
+    drop(store);
+
+    let store = Store::open(image.path(), Options::default()).unwrap();
+    let report = store.recovery();
+    // Five chunks, 80 blobs and the counter, none of them in sled's files.
+    assert_eq!(report.reindexed, 5 + 80 + 1, "{report:?}");
+    assert!(report.cut.is_empty() && report.segment_cut.is_none(), "{report:?}");
+    assert_eq!(store.last_seq(), *acked.last().unwrap());
+    let got: Vec<_> = store.iter().map(|r| r.unwrap()).collect();
+    assert_eq!(got, expected, "every acknowledged event, byte for byte");
+    assert!(store.verify(&mut |_, _, _| {}).unwrap().is_ok());
+    // The id counter came back from the segments too: no id twice.
+    assert_eq!(store.next_id(IdKind::Episode).unwrap(), episode + 1);
+    assert_eq!(store.run_events(RunId(1)).count(), acked.len());
+}
+
+#[test]
+fn a_torn_segment_tail_is_cut_to_a_prefix_and_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), no_flush()).unwrap();
+    for n in 1..=30 {
+        store.append_with(&[finished(1, n)], Durability::Relaxed).unwrap();
+    }
+    crash_image(dir.path(), image.path());
+    drop(store);
+    // The machine died mid-write: the last segment ends inside a record.
+    let seg = segment_files(image.path()).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 100).unwrap();
+
+    let store = Store::open(image.path(), Options::default()).unwrap();
+    let (at, why) = store.recovery().segment_cut.clone().expect("a cut");
+    assert!(why.contains("the file holds"), "{why}");
+    assert_eq!(store.last_seq(), Seq(29), "one event lost, the rest a prefix");
+    let seqs: Vec<u64> = store.iter().map(|r| r.unwrap().seq.0).collect();
+    assert_eq!(seqs, (1..=29).collect::<Vec<_>>());
+    assert!(store.verify(&mut |_, _, _| {}).unwrap().is_ok());
+    let quarantined: Vec<_> = std::fs::read_dir(image.path().join("segments/quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert!(quarantined[0].contains(&format!(".{}.", at.offset)), "{quarantined:?}");
+    // Writing continues where the valid data ends.
+    assert_eq!(store.append(&[finished(1, 99)]).unwrap().unwrap().first, Seq(30));
+    drop(store);
+    let store = Store::open(image.path(), Options::default()).unwrap();
+    assert_eq!(store.get(Seq(30)).unwrap().unwrap().event, finished(1, 99));
+}
+
+#[test]
+fn an_index_that_points_past_the_segments_end_is_named_and_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        for n in 1..=10 {
+            store.append(&[finished(1, n)]).unwrap();
+        }
+        store.close().unwrap();
+    }
+    // Something outside fathom shortened the segment after it was synced.
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let report = store.recovery();
+    let (_, why) = report.segment_cut.clone().expect("the short segment is named");
+    assert!(why.contains("shorter than the mark"), "{why}");
+    assert_eq!(report.cut.len(), 1, "{report:?}");
+    assert!(report.cut[0].1.contains("past the end"), "{report:?}");
+    assert_eq!(store.last_seq(), Seq(9));
+    assert!(store.verify(&mut |_, _, _| {}).unwrap().is_ok());
+}
+
+#[test]
+fn segments_roll_at_the_chosen_size_and_everything_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 64 << 10,
+        ..Options::default()
+    };
+    let mut w = Workload::new(9, RunId(2), WorkloadSpec::default());
+    let items = w.batch(200);
+    let expected_blobs: Vec<Vec<u8>> = items.iter().map(|i| i.blob_bytes().to_vec()).collect();
+    {
+        let store = Store::open(dir.path(), opts.clone()).unwrap();
+        for chunk in items.chunks(10) {
+            workload::append(&store, chunk, Durability::Durable).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() > 5, "{} segments", files.len());
+    let store = Store::open(dir.path(), opts).unwrap();
+    assert_eq!(store.last_seq(), Seq(200));
+    let records: Vec<_> = store.iter().map(|r| r.unwrap()).collect();
+    for (rec, body) in records.iter().zip(&expected_blobs) {
+        let blob = rec.event.payload.blob_refs()[0];
+        assert_eq!(&store.get_blob(&blob.digest).unwrap().unwrap(), body);
+    }
+    let report = store.verify(&mut |_, _, _| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
+fn concurrent_durable_appenders_share_fsyncs_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|n| store.append(&[finished(t, n)]).unwrap().unwrap().first)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .map(|s| s.0)
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    let store = Arc::into_inner(store).unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(store.iter().count(), 200);
+    for t in 0..8 {
+        assert_eq!(store.run_events(RunId(t)).count(), 25);
+    }
+}
+
+#[test]
+fn an_event_over_the_old_192_kib_limit_is_stored() {
+    let (_dir, store) = crate::temp_store();
+    let mut big = finished(1, 1);
+    if let fathom_core::Payload::RunFinished(p) = &mut big.payload {
+        p.message = "y".repeat(3 << 20);
+    }
+    store.append(&[finished(1, 0), big.clone(), finished(1, 2)]).unwrap();
+    assert_eq!(store.get(Seq(2)).unwrap().unwrap().event, big);
+    assert_eq!(store.iter().count(), 3);
+}
+
+/// A data directory written by fathom before segments existed (frames and
+/// blobs inline in sled), committed as a fixture: 62 events, 48 blobs.
+fn v1_directory() -> tempfile::TempDir {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-data");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(log.join("blobs")).unwrap();
+    std::fs::copy(fixture.join("conf"), log.join("conf")).unwrap();
+    let db = zstd::decode_all(std::fs::File::open(fixture.join("db.zst")).unwrap()).unwrap();
+    std::fs::write(log.join("db"), db).unwrap();
+    dir
+}
+
+#[test]
+fn a_directory_from_before_segments_reads_verifies_and_takes_new_appends() {
+    let dir = v1_directory();
+    let before: Vec<_>;
+    {
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(store.last_seq(), Seq(62));
+        let report = store.verify(&mut |_, _, _| {}).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.events, report.blobs), (62, 48));
+        before = store.iter().map(|r| r.unwrap()).collect();
+        for rec in &before {
+            for blob in rec.event.payload.blob_refs() {
+                assert_eq!(store.get_blob(&blob.digest).unwrap().unwrap().len() as u64, blob.len);
+            }
+        }
+        // New appends go to segments, beside the old inline chunks.
+        let mut w = Workload::new(11, RunId(1), WorkloadSpec::default()).ids_after(100, 100);
+        workload::append(&store, &w.batch(20), Durability::Durable).unwrap();
+        store.close().unwrap();
+    }
+    assert!(!segment_files(dir.path()).is_empty());
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(store.last_seq(), Seq(82));
+    let all: Vec<_> = store.iter().map(|r| r.unwrap()).collect();
+    assert_eq!(&all[..62], &before[..]);
+    let report = store.verify(&mut |_, _, _| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 82);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.events, 82);
+    assert!(stats.blobs > 48, "{stats:?}");
+}

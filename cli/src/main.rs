@@ -268,7 +268,19 @@ pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 /// Opens the store for a command, adding what to do when it is in use.
 pub(crate) fn open_store(data: &std::path::Path, opts: fathom_store::Options) -> anyhow::Result<fathom_store::Store> {
     let store = fathom_store::Store::open(data, opts)?;
+    report_recovery(&store);
+    Ok(store)
+}
+
+/// Tells the user what recovery cut or re-indexed, on stderr.
+pub(crate) fn report_recovery(store: &fathom_store::Store) {
     let rec = store.recovery();
+    if let Some((at, why)) = &rec.segment_cut {
+        eprintln!(
+            "warning: recovery cut the segments at {at} ({why}); the bytes from there on are kept in {}",
+            store.dir().segments_dir().join("quarantine").display()
+        );
+    }
     if !rec.cut.is_empty() {
         eprintln!(
             "warning: recovery cut {} corrupt event(s) from the end of the log (kept in quarantine); the log now ends at {}",
@@ -279,7 +291,6 @@ pub(crate) fn open_store(data: &std::path::Path, opts: fathom_store::Options) ->
             eprintln!("  event {seq}: {why}");
         }
     }
-    Ok(store)
 }
 
 /// What a command that writes the log runs beside it: background

@@ -12,16 +12,44 @@ pub struct VerifyArgs {
     /// Print at most this many problems (all are counted).
     #[arg(long, default_value_t = 20)]
     pub max_problems: usize,
+    /// First rebuild the log's index (sled's files) from the segment files,
+    /// for when sled's files are damaged or lost: the old index is kept
+    /// beside it as log.damaged-<time>, every intact event and blob is
+    /// indexed again, and damaged records are listed. Then verify as usual.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 pub fn run(data: &Path, args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    if !data.join("log").exists() {
+    if !data.join("log").exists() && !(args.repair && data.join("segments").exists()) {
         anyhow::bail!(
             "{} holds no fathom log; pass --data (or FATHOM_DATA) with the data directory to check",
             data.display()
         );
     }
-    let store = crate::open_store(data, Options::default())?;
+    let store = if args.repair {
+        let (store, aside) = fathom_store::Store::repair(data, Options::default())?;
+        crate::report_recovery(&store);
+        let rec = store.recovery();
+        println!(
+            "repaired: rebuilt the index from the segments ({} record(s) indexed); the log ends at event {}; the old index is kept in {}",
+            rec.reindexed,
+            rec.last_seq,
+            aside.display()
+        );
+        for (at, why) in rec.damaged.iter().take(args.max_problems) {
+            println!("  damaged record at {at}: {why}");
+        }
+        if rec.damaged.len() > args.max_problems {
+            println!(
+                "  … and {} more damaged record(s)",
+                rec.damaged.len() - args.max_problems
+            );
+        }
+        store
+    } else {
+        crate::open_store(data, Options::default())?
+    };
     let events_bar = crate::progress_bar(store.last_seq().0, "events");
     let mut blobs_bar: Option<indicatif::ProgressBar> = None;
     let report = store.verify(&mut |phase, done, total| match phase {

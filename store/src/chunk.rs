@@ -74,6 +74,15 @@ fn write_header(out: &mut Vec<u8>, first: Seq, count: u32) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
+/// The first sequence number a chunk's header names, if the header is
+/// intact (magic, checksum and version).
+pub fn header_first(chunk: &[u8]) -> Option<Seq> {
+    let h = chunk.get(..HEADER_LEN)?;
+    let crc = u32::from_le_bytes(h[20..24].try_into().expect("4 bytes"));
+    (h[..4] == MAGIC && crc32fast::hash(&h[..20]) == crc && u16::from_le_bytes([h[4], h[5]]) == VERSION)
+        .then(|| Seq(u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"))))
+}
+
 /// One frame position in a chunk: where its bytes are, or why they are bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {

@@ -29,14 +29,26 @@ use crate::{Error, Result, sled_err};
 /// cut more.
 const MAX_TAIL_CUT: usize = 1024;
 
+/// How recovery treats a damaged record after the mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// At open: the first damaged record ends the log (what was written
+    /// after it cannot have been acknowledged before it was: a prefix).
+    Open,
+    /// Rebuilding the index from the segments (`fathom verify --repair`):
+    /// every intact record is kept, damaged ones are skipped and reported.
+    Repair,
+}
+
 pub(crate) fn recover(
     dir: &DataDir,
     segments: &Segments,
     events: &sled::Tree,
     blobs: &sled::Tree,
+    mode: Mode,
 ) -> Result<RecoveryReport> {
     let mut report = RecoveryReport::default();
-    let mut end = segment_tail(segments, events, blobs, &mut report)?;
+    let mut end = segment_tail(segments, events, blobs, mode, &mut report)?;
     frame_tail(dir, segments, events, &mut end, &mut report)?;
     if let Some(end) = end {
         segments.resume_at(end);
@@ -57,6 +69,7 @@ fn segment_tail(
     segments: &Segments,
     events: &sled::Tree,
     blobs: &sled::Tree,
+    mode: Mode,
     report: &mut RecoveryReport,
 ) -> Result<Option<Pos>> {
     let numbers = segments
@@ -93,9 +106,18 @@ fn segment_tail(
                 continue;
             }
         };
+        scan.lenient = mode == Mode::Repair;
         loop {
             match scan.next_record() {
                 Ok(Some(found)) => reindex(found, events, blobs, report)?,
+                Err((offset, why))
+                    if mode == Mode::Repair
+                        && scan
+                            .resync(offset)
+                            .map_err(io_err("read the segment file", path.clone()))? =>
+                {
+                    report.damaged.push((Pos { segment: n, offset }, why));
+                }
                 Ok(None) => {
                     scan.sync().map_err(io_err("sync the segment file", path.clone()))?;
                     end = Some(Pos {
@@ -135,13 +157,20 @@ fn segment_tail(
 /// Indexes one record found after the mark, unless it already is.
 fn reindex(found: Found, events: &sled::Tree, blobs: &sled::Tree, report: &mut RecoveryReport) -> Result<()> {
     let value = found.loc.encode();
+    let pos = found.loc.pos();
+    if let Some(why) = &found.damaged {
+        report.damaged.push((pos, why.clone()));
+    }
     match found.kind {
         RecordKind::Chunk => {
             let body = &found.body;
-            if body.len() < chunk::HEADER_LEN {
+            let Some(first) = chunk::header_first(body) else {
+                // Its first sequence number cannot be trusted.
+                report
+                    .damaged
+                    .push((pos, "the chunk header is damaged; the chunk was not indexed".into()));
                 return Ok(());
-            }
-            let first = Seq(u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")));
+            };
             if events
                 .get(keys::event(first))
                 .map_err(sled_err("read the log"))?
@@ -165,6 +194,14 @@ fn reindex(found: Found, events: &sled::Tree, blobs: &sled::Tree, report: &mut R
                 return Ok(());
             };
             let digest = fathom_core::Digest(digest.try_into().expect("32 bytes"));
+            if found.damaged.is_some()
+                && let Err(why) = crate::blob::decode(&digest, &found.body[32..])
+            {
+                report
+                    .damaged
+                    .push((pos, format!("blob {digest}: {why}; the blob was not indexed")));
+                return Ok(());
+            }
             let key = keys::blob_part(&digest, 0);
             if !blobs.contains_key(key).map_err(sled_err("look up a blob"))? {
                 let mut batch = sled::Batch::default();
@@ -175,7 +212,7 @@ fn reindex(found: Found, events: &sled::Tree, blobs: &sled::Tree, report: &mut R
             }
         }
         RecordKind::Counter => {
-            if found.body.len() == 9 {
+            if found.body.len() == 9 && found.damaged.is_none() {
                 let tag = found.body[0];
                 let value = u64::from_le_bytes(found.body[1..9].try_into().expect("8 bytes"));
                 let key = [keys::COUNTER, tag];
@@ -446,4 +483,41 @@ fn append_at_end(segments: &Segments, end: &mut Option<Pos>, chunk_bytes: &[u8])
         offset: at.offset,
         len,
     })
+}
+
+/// The lowest first sequence number of any chunk record in the segments
+/// (`None` when they hold no chunk), found with a lenient scan.
+pub(crate) fn first_seq_in_segments(segments: &Segments) -> Result<Option<Seq>> {
+    let numbers = segments
+        .list()
+        .map_err(io_err("list the segment files in", segments.dir().to_path_buf()))?;
+    let mut lowest: Option<Seq> = None;
+    for n in numbers {
+        let path = segments.path(n);
+        let Ok(mut scan) = Scan::open(&path, n, 0) else {
+            continue;
+        };
+        scan.lenient = true;
+        loop {
+            match scan.next_record() {
+                Ok(Some(found)) => {
+                    if found.kind == RecordKind::Chunk
+                        && let Some(first) = chunk::header_first(&found.body)
+                    {
+                        lowest = Some(lowest.map_or(first, |l| l.min(first)));
+                    }
+                }
+                Ok(None) => break,
+                Err((offset, _)) => {
+                    if !scan
+                        .resync(offset)
+                        .map_err(io_err("read the segment file", path.clone()))?
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(lowest)
 }

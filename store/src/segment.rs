@@ -603,6 +603,8 @@ pub(crate) struct Scan {
     number: u64,
     file_len: u64,
     offset: u64,
+    /// Keep records whose checksum fails (repair), instead of stopping.
+    pub(crate) lenient: bool,
 }
 
 /// One record found by a [`Scan`].
@@ -610,6 +612,9 @@ pub(crate) struct Found {
     pub loc: Loc,
     pub kind: RecordKind,
     pub body: Vec<u8>,
+    /// In a lenient scan: the record's checksum failed (its header held,
+    /// so its body is still located; frames and blobs check themselves).
+    pub damaged: Option<String>,
 }
 
 impl Scan {
@@ -635,6 +640,7 @@ impl Scan {
             number,
             file_len,
             offset: from.max(HEADER_LEN),
+            lenient: false,
         })
     }
 
@@ -678,7 +684,11 @@ impl Scan {
         self.file
             .read_exact_at(&mut body, at + RECORD_HEADER_LEN as u64)
             .map_err(|e| (at, format!("cannot read: {e}")))?;
-        check_record(&header, &body).map_err(|e| (at, e))?;
+        let damaged = match check_record(&header, &body) {
+            Ok(()) => None,
+            Err(e) if self.lenient => Some(e),
+            Err(e) => return Err((at, e)),
+        };
         self.offset = at + RECORD_HEADER_LEN as u64 + u64::from(len);
         Ok(Some(Found {
             loc: Loc {
@@ -688,7 +698,34 @@ impl Scan {
             },
             kind,
             body,
+            damaged,
         }))
+    }
+
+    /// After a record whose header is damaged at `from`: moves to the next
+    /// offset where an intact record starts, if any.
+    pub(crate) fn resync(&mut self, from: u64) -> std::io::Result<bool> {
+        let start = from + 1;
+        if start >= self.file_len {
+            return Ok(false);
+        }
+        let mut rest = vec![0u8; (self.file_len - start) as usize];
+        self.file.read_exact_at(&mut rest, start)?;
+        let found = (0..rest.len().saturating_sub(RECORD_HEADER_LEN - 1))
+            .filter(|&i| rest[i..i + 4] == RECORD_MAGIC)
+            .find(|&i| {
+                parse_record_header(&rest[i..]).is_ok_and(|(_, len)| {
+                    let end = i + RECORD_HEADER_LEN + len as usize;
+                    end <= rest.len() && check_record(&rest[i..i + 16], &rest[i + 16..end]).is_ok()
+                })
+            });
+        match found {
+            Some(i) => {
+                self.offset = start + i as u64;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fathom_core::{BlobRef, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq};
+use fathom_core::{BlobRef, Clock, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq};
 
 use crate::blob::{self, Prepared};
 use crate::chunk::{self, MAX_CHUNK_BYTES};
@@ -121,6 +121,8 @@ pub struct RecoveryReport {
     pub reindexed: u64,
     /// Where a torn or damaged segment tail was cut, and why.
     pub segment_cut: Option<(Pos, String)>,
+    /// Damaged records that a repair kept (its header held) or skipped.
+    pub damaged: Vec<(Pos, String)>,
 }
 
 /// sled's segment size. sled now holds only small items.
@@ -203,6 +205,50 @@ impl Store {
             source,
         })?;
         let lock = DirLock::acquire(dir.root(), &dir.lock_file(), opts.reading)?;
+        Store::open_locked(dir, lock, opts, crate::recover::Mode::Open)
+    }
+
+    /// Rebuilds sled's index from the segment files, for when sled's own
+    /// files are damaged (`fathom verify --repair`). The old `log/` is kept
+    /// beside it as `log.damaged-<time>`; every event and blob whose segment
+    /// record is intact is indexed again (a record whose checksum fails but
+    /// whose header holds is indexed too, and its frames are checked one by
+    /// one), and damaged records are listed in the recovery report. Refused
+    /// for a directory whose first events predate segments: those live only
+    /// in sled's files.
+    pub fn repair(dir: impl Into<DataDir>, opts: Options) -> Result<(Store, PathBuf)> {
+        let dir: DataDir = dir.into();
+        let lock = DirLock::acquire(dir.root(), &dir.lock_file(), false)?;
+        let segments = Segments::new(dir.segments_dir(), opts.segment_bytes.max(MIN_SEGMENT_BYTES));
+        let first = crate::recover::first_seq_in_segments(&segments)?;
+        if let Some(first) = first.filter(|s| s.0 > 1) {
+            return Err(Error::Segment(format!(
+                "{} holds events written before segment files existed (events 1 to {}): they are only in sled's files, so the index cannot be rebuilt from the segments. Restore log/ from a backup, or keep the directory as it is and read what verify reports",
+                dir.root().display(),
+                first.0 - 1,
+            )));
+        }
+        if first.is_none() {
+            return Err(Error::Segment(format!(
+                "{} has no segment record of any event to rebuild the index from; nothing was changed",
+                dir.root().display(),
+            )));
+        }
+        let aside = dir
+            .root()
+            .join(format!("log.damaged-{}", fathom_core::SystemClock.now().0));
+        if dir.log_dir().exists() {
+            std::fs::rename(dir.log_dir(), &aside).map_err(|source| Error::Io {
+                action: "move the damaged index aside to",
+                path: aside.clone(),
+                source,
+            })?;
+        }
+        let store = Store::open_locked(dir, lock, opts, crate::recover::Mode::Repair)?;
+        Ok((store, aside))
+    }
+
+    fn open_locked(dir: DataDir, lock: DirLock, opts: Options, mode: crate::recover::Mode) -> Result<Store> {
         let db = sled::Config::new()
             .path(dir.log_dir())
             .mode(sled::Mode::HighThroughput)
@@ -219,7 +265,7 @@ impl Store {
             dir.segments_dir(),
             opts.segment_bytes.max(MIN_SEGMENT_BYTES),
         ));
-        let recovery = crate::recover::recover(&dir, &segments, &events, &blobs)?;
+        let recovery = crate::recover::recover(&dir, &segments, &events, &blobs, mode)?;
         db.flush().map_err(sled_err("flush after recovery"))?;
         let last = recovery.last_seq;
         let (watch, _) = tokio::sync::watch::channel(last);

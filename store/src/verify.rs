@@ -216,16 +216,16 @@ impl Store {
                     next: first,
                 });
             }
+            let problems_before = report.problems.len();
+            // A record checksum failure is reported only when the frames
+            // themselves do not show the damage (it is then in the record
+            // header): one flipped byte is one problem.
+            let mut record_crc = None;
             let value = match Loc::decode(&value) {
                 None => Stored::Inline(value),
                 Some(loc) => match self.segments().read_checked(loc) {
                     Ok((RecordKind::Chunk, body, crc)) => {
-                        if let Some(reason) = crc {
-                            report.problems.push(Problem::CorruptRecord {
-                                what: format!("the chunk starting at event {first}"),
-                                reason,
-                            });
-                        }
+                        record_crc = crc;
                         Stored::Read(body)
                     }
                     Ok((kind, _, _)) => {
@@ -264,6 +264,14 @@ impl Store {
                         }
                     }
                 }
+            }
+            if let Some(reason) = record_crc
+                && report.problems.len() == problems_before
+            {
+                report.problems.push(Problem::CorruptRecord {
+                    what: format!("the chunk starting at event {first}"),
+                    reason,
+                });
             }
             if report.events - last_report >= 4096 {
                 last_report = report.events;
@@ -311,12 +319,6 @@ impl Store {
                 }
                 match self.segments().read_checked(loc) {
                     Ok((RecordKind::Blob, body, crc)) => {
-                        if let Some(reason) = crc {
-                            report.problems.push(Problem::CorruptRecord {
-                                what: format!("blob {digest}"),
-                                reason,
-                            });
-                        }
                         if body.get(..32) != Some(&digest.0[..]) {
                             report.problems.push(Problem::UnreadableBlob {
                                 digest,
@@ -324,6 +326,11 @@ impl Store {
                             });
                         } else if let Err(reason) = blob::decode(&digest, &body[32..]) {
                             report.problems.push(Problem::CorruptBlob { digest, reason });
+                        } else if let Some(reason) = crc {
+                            report.problems.push(Problem::CorruptRecord {
+                                what: format!("blob {digest}"),
+                                reason,
+                            });
                         }
                     }
                     Ok((kind, _, _)) => report.problems.push(Problem::UnreadableBlob {

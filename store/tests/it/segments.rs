@@ -283,3 +283,133 @@ fn a_directory_from_before_segments_reads_verifies_and_takes_new_appends() {
     assert_eq!(stats.events, 82);
     assert!(stats.blobs > 48, "{stats:?}");
 }
+
+#[test]
+fn verify_names_a_record_whose_only_damage_is_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        store.append(&[finished(1, 1), finished(1, 2)]).unwrap();
+        store.close().unwrap();
+    }
+    // The first record starts right after the 32-byte segment header; its
+    // checksum is bytes 12..16 of the record.
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[32 + 12] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(store.iter().count(), 2, "the frames are intact and read");
+    let report = store.verify(&mut |_, _, _| {}).unwrap();
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("the chunk starting at event 1") && problems[0].contains("record checksum mismatch"),
+        "{problems:?}"
+    );
+}
+
+/// A closed data directory with 6 batches of turns and pages (96 events).
+fn written_directory() -> (tempfile::TempDir, Vec<fathom_core::Record>, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Workload::new(21, RunId(4), WorkloadSpec::default());
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let episode = store.reserve_ids(IdKind::Episode, 7).unwrap();
+    for _ in 0..6 {
+        workload::append(&store, &w.batch(16), Durability::Durable).unwrap();
+    }
+    let all = store.iter().map(|r| r.unwrap()).collect();
+    store.close().unwrap();
+    (dir, all, episode)
+}
+
+#[test]
+fn repair_rebuilds_a_lost_index_from_the_segments() {
+    let (dir, before, episode) = written_directory();
+    // sled's files are gone (or too damaged for sled to open).
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+    let (store, aside) = Store::repair(dir.path(), Options::default()).unwrap();
+    assert!(!aside.exists(), "there was no old index to keep");
+    assert!(store.recovery().damaged.is_empty());
+    let after: Vec<_> = store.iter().map(|r| r.unwrap()).collect();
+    assert_eq!(after, before, "every event, byte for byte");
+    for rec in &after {
+        for blob in rec.event.payload.blob_refs() {
+            assert_eq!(store.get_blob(&blob.digest).unwrap().unwrap().len() as u64, blob.len);
+        }
+    }
+    assert_eq!(store.run_events(RunId(4)).count(), 96);
+    let report = store.verify(&mut |_, _, _| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(
+        store.next_id(IdKind::Episode).unwrap(),
+        episode + 1,
+        "counters come back"
+    );
+}
+
+#[test]
+fn repair_keeps_every_intact_record_around_damaged_ones() {
+    let (dir, before, _) = written_directory();
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Find the record headers, then damage two chunk records in the middle:
+    // one in its body (a frame), one in its header's magic.
+    let mut records = Vec::new();
+    let mut at = 32usize;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        records.push((at, bytes[at + 4], len));
+        at += 16 + len;
+    }
+    let chunks: Vec<_> = records.iter().filter(|r| r.1 == 1).collect();
+    assert_eq!(chunks.len(), 6);
+    let (body_hit, _, len) = *chunks[1];
+    bytes[body_hit + 16 + len - 20] ^= 0x40;
+    let (header_hit, _, _) = *chunks[3];
+    bytes[header_hit] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+
+    let (store, _) = Store::repair(dir.path(), Options::default()).unwrap();
+    let damaged = &store.recovery().damaged;
+    assert_eq!(damaged.len(), 2, "{damaged:?}");
+    assert!(
+        damaged.iter().any(|(_, why)| why.contains("bad record magic")),
+        "{damaged:?}"
+    );
+    // Events of the chunk with a bad header are lost (49..=64); the chunk
+    // with a damaged frame is indexed, and only that frame is unreadable.
+    let readable: Vec<u64> = store.iter().filter_map(Result::ok).map(|r| r.seq.0).collect();
+    let expected: Vec<u64> = (1..=96).filter(|s| !(49..=64).contains(s) && *s != 32).collect();
+    assert_eq!(readable, expected);
+    for rec in store.iter().filter_map(Result::ok) {
+        assert_eq!(rec, before[rec.seq.0 as usize - 1]);
+    }
+    let report = store.verify(&mut |_, _, _| {}).unwrap();
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        problems.iter().any(|p| p.starts_with("event 32 is corrupt")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("jump from 48 to 65")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn repair_refuses_a_directory_whose_first_events_predate_segments() {
+    let dir = v1_directory();
+    {
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        store.append(&[finished(1, 1)]).unwrap();
+        store.close().unwrap();
+    }
+    let err = Store::repair(dir.path(), Options::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("events 1 to 62") && err.contains("only in sled's files"),
+        "{err}"
+    );
+    assert!(dir.path().join("log").exists(), "nothing moved");
+}

@@ -19,6 +19,7 @@
 
 pub mod blob;
 pub mod chunk;
+pub mod disk;
 pub mod frame;
 mod keys;
 pub mod lock;

@@ -18,6 +18,7 @@
 use fathom_core::{Clock, Event, Seq, SystemClock};
 
 use crate::chunk;
+use crate::disk::OpenMode;
 use crate::frame;
 use crate::keys;
 use crate::paths::DataDir;
@@ -96,7 +97,7 @@ fn segment_tail(
         }
         let from = if n == mark.segment { mark.offset } else { 0 };
         let path = segments.path(n);
-        let mut scan = match Scan::open(&path, n, from) {
+        let mut scan = match Scan::open(segments, n, from) {
             Ok(s) => s,
             Err((offset, why)) => {
                 if offset >= segment::HEADER_LEN {
@@ -139,18 +140,32 @@ fn segment_tail(
     if end.is_none()
         && let Some(&before) = numbers.iter().rev().find(|&&n| n < mark.segment)
     {
-        let len = std::fs::metadata(segments.path(before))
-            .map_err(io_err("read the size of", segments.path(before)))?
-            .len();
+        let len = segments
+            .disk()
+            .open(&segments.path(before), OpenMode::Read)
+            .and_then(|f| f.len())
+            .map_err(io_err("read the size of", segments.path(before)))?;
         end = Some(Pos {
             segment: before,
             offset: len,
         });
     }
-    if let Some((at, why)) = cut {
-        cut_segments(segments, events, blobs, at, &why, &after_cut, report)?;
-        report.segment_cut = Some((at, why));
+    if let Some((at, _)) = &cut {
+        quarantine_from(segments, *at, &after_cut)?;
     }
+    // Index entries that sled persisted for records that are not (or no
+    // longer) in the segments: at or past the end of the valid data.
+    let valid_end = end.unwrap_or(Pos {
+        segment: oldest,
+        offset: 0,
+    });
+    let why = cut
+        .as_ref()
+        .map_or("it lies past the end of the segment data".to_string(), |(_, why)| {
+            why.clone()
+        });
+    drop_index_from(events, blobs, valid_end, &why, report)?;
+    report.segment_cut = cut;
     Ok(end)
 }
 
@@ -234,32 +249,32 @@ fn reindex(found: Found, events: &sled::Tree, blobs: &sled::Tree, report: &mut R
 }
 
 /// Moves the segment bytes from `at` on (and the segments after it) to the
-/// quarantine directory, and removes every index entry that points there.
-fn cut_segments(
-    segments: &Segments,
-    events: &sled::Tree,
-    blobs: &sled::Tree,
-    at: Pos,
-    why: &str,
-    after: &[u64],
-    report: &mut RecoveryReport,
-) -> Result<()> {
+/// quarantine directory.
+fn quarantine_from(segments: &Segments, at: Pos, after: &[u64]) -> Result<()> {
     let quarantine = segments.dir().join("quarantine");
-    std::fs::create_dir_all(&quarantine).map_err(io_err("create", quarantine.clone()))?;
+    let disk = segments.disk();
+    disk.create_dir_all(&quarantine)
+        .map_err(io_err("create", quarantine.clone()))?;
     let found_at = SystemClock.now().0;
     let path = segments.path(at.segment);
     let kept_header = at.offset >= segment::HEADER_LEN;
     if kept_header {
-        let bytes = std::fs::read(&path).map_err(io_err("read", path.clone()))?;
-        let tail = &bytes[(at.offset as usize).min(bytes.len())..];
-        let saved = quarantine.join(format!("{}.{}.{found_at}", segment::file_name(at.segment), at.offset));
-        std::fs::write(&saved, tail).map_err(io_err("write", saved.clone()))?;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
+        let f = disk
+            .open(&path, OpenMode::ReadWrite)
             .map_err(io_err("open", path.clone()))?;
+        let len = f.len().map_err(io_err("read the size of", path.clone()))?;
+        let mut tail = vec![0u8; len.saturating_sub(at.offset) as usize];
+        f.read_exact_at(&mut tail, at.offset)
+            .map_err(io_err("read", path.clone()))?;
+        let saved = quarantine.join(format!("{}.{}.{found_at}", segment::file_name(at.segment), at.offset));
+        let q = disk
+            .open(&saved, OpenMode::CreateNew)
+            .map_err(io_err("create", saved.clone()))?;
+        q.write_all_at(&tail, 0).map_err(io_err("write", saved.clone()))?;
+        q.sync_data().map_err(io_err("sync", saved.clone()))?;
+        disk.sync_dir(&quarantine).map_err(io_err("sync", quarantine.clone()))?;
         f.set_len(at.offset).map_err(io_err("truncate", path.clone()))?;
-        f.sync_all().map_err(io_err("sync", path.clone()))?;
+        f.sync_data().map_err(io_err("sync", path.clone()))?;
     }
     let whole: Vec<u64> = (!kept_header)
         .then_some(at.segment)
@@ -269,15 +284,27 @@ fn cut_segments(
     for n in whole {
         let from = segments.path(n);
         let to = quarantine.join(format!("{}.{found_at}", segment::file_name(n)));
-        std::fs::rename(&from, &to).map_err(io_err("move to quarantine", from.clone()))?;
+        disk.rename(&from, &to)
+            .map_err(io_err("move to quarantine", from.clone()))?;
         segments.forget(n);
     }
     segments.forget(at.segment);
-    if let Ok(d) = std::fs::File::open(segments.dir()) {
-        let _ = d.sync_all();
-    }
+    disk.sync_dir(segments.dir())
+        .map_err(io_err("sync", segments.dir().to_path_buf()))?;
+    disk.sync_dir(&quarantine).map_err(io_err("sync", quarantine.clone()))?;
+    Ok(())
+}
 
-    // Chunks whose records were cut: a suffix of the `e` keys.
+/// Removes every index entry that points at or past `at`, reporting the
+/// chunks by their first sequence number.
+fn drop_index_from(
+    events: &sled::Tree,
+    blobs: &sled::Tree,
+    at: Pos,
+    why: &str,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    // Chunks: a suffix of the `e` keys.
     let mut firsts = std::collections::HashSet::new();
     loop {
         let last = events
@@ -287,7 +314,7 @@ fn cut_segments(
             .map_err(sled_err("read the log tail"))?;
         let Some((key, value)) = last else { break };
         let Some(loc) = Loc::decode(&value) else { break };
-        if loc.pos() < at {
+        if loc.end() <= at {
             break;
         }
         let first = keys::seq_of_event_key(&key)
@@ -296,20 +323,23 @@ fn cut_segments(
         firsts.insert(first);
         report.cut.push((
             first,
-            format!("its chunk's record at {loc} was cut from the segments: {why}"),
+            format!("its chunk's record at {loc} is gone from the segments: {why}"),
         ));
     }
     if !firsts.is_empty() {
         remove_index_entries(events, &firsts)?;
     }
-    // Blobs whose records were cut.
+    // Blobs: their locations by position.
+    let lo = keys::blob_at(Pos {
+        segment: at.segment,
+        offset: 0,
+    });
+    let hi = keys::blob_at(Pos {
+        segment: u64::MAX,
+        offset: u64::MAX,
+    });
     let stale: Vec<(sled::IVec, sled::IVec)> = blobs
-        .range(
-            keys::blob_at(at)..=keys::blob_at(Pos {
-                segment: u64::MAX,
-                offset: u64::MAX,
-            }),
-        )
+        .range(lo..=hi)
         .collect::<std::result::Result<_, _>>()
         .map_err(sled_err("scan the blob locations"))?;
     for (key, digest) in stale {
@@ -317,15 +347,18 @@ fn cut_segments(
             continue;
         };
         let part0 = keys::blob_part(&fathom_core::Digest(digest), 0);
-        let points_here = blobs
+        let Some(loc) = blobs
             .get(part0)
             .map_err(sled_err("read a blob"))?
             .and_then(|v| Loc::decode(&v))
-            .is_some_and(|l| l.pos() == pos);
-        if points_here {
+            .filter(|l| l.pos() == pos)
+        else {
+            continue;
+        };
+        if loc.end() > at {
             blobs.remove(&part0[..]).map_err(sled_err("cut a torn blob"))?;
+            blobs.remove(key).map_err(sled_err("cut a torn blob"))?;
         }
-        blobs.remove(key).map_err(sled_err("cut a torn blob"))?;
     }
     Ok(())
 }
@@ -467,11 +500,10 @@ fn append_at_end(segments: &Segments, end: &mut Option<Pos>, chunk_bytes: &[u8])
     let mut buf = Vec::with_capacity(chunk_bytes.len() + segment::RECORD_HEADER_LEN);
     let len = segment::push_record(&mut buf, RecordKind::Chunk, &[chunk_bytes]);
     let path = segments.path(at.segment);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
+    let f = segments
+        .disk()
+        .open(&path, OpenMode::ReadWrite)
         .map_err(io_err("open", path.clone()))?;
-    use std::os::unix::fs::FileExt;
     f.write_all_at(&buf, at.offset).map_err(io_err("write", path.clone()))?;
     f.sync_data().map_err(io_err("sync", path.clone()))?;
     *end = Some(Pos {
@@ -494,7 +526,7 @@ pub(crate) fn first_seq_in_segments(segments: &Segments) -> Result<Option<Seq>> 
     let mut lowest: Option<Seq> = None;
     for n in numbers {
         let path = segments.path(n);
-        let Ok(mut scan) = Scan::open(&path, n, 0) else {
+        let Ok(mut scan) = Scan::open(segments, n, 0) else {
             continue;
         };
         scan.lenient = true;

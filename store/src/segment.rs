@@ -30,9 +30,9 @@
 //! length) is what sled stores in place of the bytes.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use crate::disk::{Disk, DiskFile, OpenMode};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// The four bytes every segment file starts with.
@@ -305,7 +305,7 @@ pub fn check_record(header: &[u8], body: &[u8]) -> Result<(), String> {
 #[derive(Debug)]
 pub(crate) struct Active {
     number: u64,
-    file: Arc<File>,
+    file: Arc<dyn DiskFile>,
     len: u64,
 }
 
@@ -314,7 +314,7 @@ pub(crate) struct Active {
 #[derive(Debug, Default)]
 struct SyncState {
     /// The segment written last, whose fdatasync covers everything written.
-    file: Option<Arc<File>>,
+    file: Option<Arc<dyn DiskFile>>,
     written: Pos,
     synced: Pos,
     syncing: bool,
@@ -328,8 +328,9 @@ struct SyncState {
 #[derive(Debug)]
 pub(crate) struct Segments {
     dir: PathBuf,
+    disk: Arc<dyn Disk>,
     roll_bytes: u64,
-    readers: Mutex<HashMap<u64, Arc<File>>>,
+    readers: Mutex<HashMap<u64, Arc<dyn DiskFile>>>,
     sync: Mutex<SyncState>,
     synced_changed: Condvar,
 }
@@ -339,9 +340,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Segments {
-    pub(crate) fn new(dir: PathBuf, roll_bytes: u64) -> Segments {
+    pub(crate) fn new(dir: PathBuf, disk: Arc<dyn Disk>, roll_bytes: u64) -> Segments {
         Segments {
             dir,
+            disk,
             roll_bytes,
             readers: Mutex::default(),
             sync: Mutex::default(),
@@ -353,24 +355,17 @@ impl Segments {
         &self.dir
     }
 
+    pub(crate) fn disk(&self) -> &dyn Disk {
+        &*self.disk
+    }
+
     pub(crate) fn path(&self, number: u64) -> PathBuf {
         self.dir.join(file_name(number))
     }
 
     /// The segment numbers present, in order.
     pub(crate) fn list(&self) -> std::io::Result<Vec<u64>> {
-        let mut out = Vec::new();
-        match std::fs::read_dir(&self.dir) {
-            Ok(entries) => {
-                for entry in entries {
-                    if let Some(n) = entry?.file_name().to_str().and_then(number_of) {
-                        out.push(n);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let mut out: Vec<u64> = self.disk.list(&self.dir)?.iter().filter_map(|n| number_of(n)).collect();
         out.sort_unstable();
         Ok(out)
     }
@@ -383,12 +378,12 @@ impl Segments {
         s.synced = end;
     }
 
-    fn reader(&self, number: u64) -> std::io::Result<Arc<File>> {
+    fn reader(&self, number: u64) -> std::io::Result<Arc<dyn DiskFile>> {
         let mut readers = lock(&self.readers);
         if let Some(f) = readers.get(&number) {
             return Ok(f.clone());
         }
-        let f = Arc::new(File::open(self.path(number))?);
+        let f = self.disk.open(&self.path(number), OpenMode::Read)?;
         readers.insert(number, f.clone());
         Ok(f)
     }
@@ -407,7 +402,7 @@ impl Segments {
             .map_err(|e| format!("cannot open segment {}: {e}", loc.segment))?;
         let mut buf = vec![0u8; RECORD_HEADER_LEN + loc.len as usize];
         if let Err(e) = file.read_exact_at(&mut buf, loc.offset) {
-            let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let file_len = file.len().unwrap_or(0);
             return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 format!("the record at {loc} lies past the end of its segment file ({file_len} bytes)")
             } else {
@@ -469,7 +464,15 @@ impl Segments {
             self.roll(active)?;
         }
         let a = active.as_mut().expect("rolled above");
-        a.file.write_all_at(bytes, a.len)?;
+        if let Err(e) = a.file.write_all_at(bytes, a.len) {
+            // A short write (a full disk) leaves part of the batch behind
+            // the end; cut it, so that no part of a failed batch can be
+            // found by recovery. If even that fails, stop writing.
+            if let Err(cut) = a.file.set_len(a.len) {
+                self.fail(&cut);
+            }
+            return Err(e);
+        }
         let start = Pos {
             segment: a.number,
             offset: a.len,
@@ -478,36 +481,57 @@ impl Segments {
         Ok(start)
     }
 
+    /// Marks the segments failed: no later write or sync is trusted.
+    fn fail(&self, e: &std::io::Error) {
+        let mut s = lock(&self.sync);
+        if s.failed.is_none() {
+            s.failed = Some(e.to_string());
+        }
+    }
+
     /// Opens the segment to continue at the end position recovery found,
     /// or starts the next one. The old segment is synced first, so that
     /// syncing the active segment covers everything written.
     fn roll(&self, active: &mut Option<Active>) -> std::io::Result<()> {
         let end = lock(&self.sync).written;
         if active.is_none() && end.segment > 0 && end.offset < self.roll_bytes {
-            let file = OpenOptions::new().read(true).write(true).open(self.path(end.segment))?;
+            let file = self.disk.open(&self.path(end.segment), OpenMode::ReadWrite)?;
             *active = Some(Active {
                 number: end.segment,
-                file: Arc::new(file),
+                file,
                 len: end.offset,
             });
             return Ok(());
         }
+        // A failed sync is never retried as if nothing happened.
+        let synced = |r: std::io::Result<()>| {
+            if let Err(e) = &r {
+                self.fail(e);
+            }
+            r
+        };
         if let Some(old) = active.as_ref() {
-            old.file.sync_data()?;
+            synced(old.file.sync_data())?;
         }
         let number = active.as_ref().map_or(end.segment, |a| a.number) + 1;
-        std::fs::create_dir_all(&self.dir)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(self.path(number))?;
+        self.disk.create_dir_all(&self.dir)?;
+        let path = self.path(number);
+        let file = match self.disk.open(&path, OpenMode::CreateNew) {
+            // Left by a roll that failed (a full disk) before anything was
+            // written to it: start it again.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let f = self.disk.open(&path, OpenMode::ReadWrite)?;
+                f.set_len(0)?;
+                f
+            }
+            other => other?,
+        };
         file.write_all_at(&header(number), 0)?;
-        file.sync_all()?;
-        File::open(&self.dir)?.sync_all()?;
+        synced(file.sync_data())?;
+        synced(self.disk.sync_dir(&self.dir))?;
         *active = Some(Active {
             number,
-            file: Arc::new(file),
+            file,
             len: HEADER_LEN,
         });
         Ok(())
@@ -583,14 +607,14 @@ impl Segments {
     pub(crate) fn size_on_disk(&self) -> std::io::Result<u64> {
         let mut total = 0;
         for n in self.list()? {
-            total += std::fs::metadata(self.path(n))?.len();
+            total += self.disk.open(&self.path(n), OpenMode::Read)?.len()?;
         }
         Ok(total)
     }
 
     /// Overwrites bytes of a segment in place (fault injection).
     pub(crate) fn overwrite(&self, pos: Pos, bytes: &[u8]) -> std::io::Result<()> {
-        let f = OpenOptions::new().write(true).open(self.path(pos.segment))?;
+        let f = self.disk.open(&self.path(pos.segment), OpenMode::ReadWrite)?;
         f.write_all_at(bytes, pos.offset)?;
         f.sync_data()
     }
@@ -599,7 +623,7 @@ impl Segments {
 /// Reads the records of one segment file in order, from `from`, stopping at
 /// the first that is torn or damaged.
 pub(crate) struct Scan {
-    file: File,
+    file: Arc<dyn DiskFile>,
     number: u64,
     file_len: u64,
     offset: u64,
@@ -620,9 +644,12 @@ pub(crate) struct Found {
 impl Scan {
     /// Opens segment `number` to scan from offset `from` (at least past the
     /// header, which is checked when `from` is 0 or the header offset).
-    pub(crate) fn open(path: &Path, number: u64, from: u64) -> Result<Scan, (u64, String)> {
-        let file = File::open(path).map_err(|e| (0, format!("cannot open: {e}")))?;
-        let file_len = file.metadata().map_err(|e| (0, format!("cannot stat: {e}")))?.len();
+    pub(crate) fn open(segments: &Segments, number: u64, from: u64) -> Result<Scan, (u64, String)> {
+        let file = segments
+            .disk
+            .open(&segments.path(number), OpenMode::Read)
+            .map_err(|e| (0, format!("cannot open: {e}")))?;
+        let file_len = file.len().map_err(|e| (0, format!("cannot stat: {e}")))?;
         let mut h = vec![0u8; HEADER_LEN.min(file_len) as usize];
         file.read_exact_at(&mut h, 0)
             .map_err(|e| (0, format!("cannot read: {e}")))?;

@@ -57,6 +57,10 @@ pub struct Options {
     pub blob_level: i32,
     /// sled page-cache size in bytes.
     pub cache_bytes: u64,
+    /// The file system under the segment files: the real one, or a
+    /// simulated one for the storage simulation tests.
+    #[doc(hidden)]
+    pub disk: Arc<dyn crate::disk::Disk>,
     /// Opened only to read (a query's tail, a blob, a replay check): the
     /// lock file says so, and a writer that finds it waits for it to close
     /// instead of failing. See [`Store::open_shared`].
@@ -71,6 +75,7 @@ impl Default for Options {
             segment_bytes: segment::DEFAULT_SEGMENT_BYTES,
             blob_level: 1,
             cache_bytes: 256 << 20,
+            disk: Arc::new(crate::disk::RealDisk),
             reading: false,
         }
     }
@@ -125,8 +130,41 @@ pub struct RecoveryReport {
     pub damaged: Vec<(Pos, String)>,
 }
 
-/// sled's segment size. sled now holds only small items.
-const SLED_SEGMENT_BYTES: usize = 16 << 20;
+/// sled's segment size for a new database: sled holds only small items
+/// now. (Directories written before segments used 16 MiB, which sled
+/// persists in its `conf` file and insists on; see [`sled_segment_bytes`].)
+const SLED_SEGMENT_BYTES: usize = 1 << 20;
+
+/// Opens sled. We hold the directory's lock, so a lock sled cannot take on
+/// its own file is held by this process: a store closed a moment ago whose
+/// sled I/O threads are still finishing a write. Wait for them (at most
+/// 5 s).
+fn open_sled(config: &sled::Config) -> Result<sled::Db> {
+    let mut tries = 0;
+    loop {
+        match config.open() {
+            // sled reports it as an error of kind Other with this text.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 500 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map_err(sled_err("open the log")),
+        }
+    }
+}
+
+/// The segment size sled's existing database was created with, or ours for
+/// a new one: sled refuses to open a database with another.
+fn sled_segment_bytes(log_dir: &Path) -> usize {
+    std::fs::read_to_string(log_dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(SLED_SEGMENT_BYTES)
+}
 
 /// State only the appender touches.
 #[derive(Debug)]
@@ -161,6 +199,9 @@ pub struct Store {
     segments: Arc<Segments>,
     /// The background flush, for a writer.
     flusher: Option<Flusher>,
+    /// Whether dropping the store flushes it (not when a test abandons it
+    /// to simulate a crash).
+    flush_on_drop: bool,
     opts: Options,
     writer: Mutex<Writer>,
     visible: Visible,
@@ -219,7 +260,11 @@ impl Store {
     pub fn repair(dir: impl Into<DataDir>, opts: Options) -> Result<(Store, PathBuf)> {
         let dir: DataDir = dir.into();
         let lock = DirLock::acquire(dir.root(), &dir.lock_file(), false)?;
-        let segments = Segments::new(dir.segments_dir(), opts.segment_bytes.max(MIN_SEGMENT_BYTES));
+        let segments = Segments::new(
+            dir.segments_dir(),
+            opts.disk.clone(),
+            opts.segment_bytes.max(MIN_SEGMENT_BYTES),
+        );
         let first = crate::recover::first_seq_in_segments(&segments)?;
         if let Some(first) = first.filter(|s| s.0 > 1) {
             return Err(Error::Segment(format!(
@@ -249,20 +294,20 @@ impl Store {
     }
 
     fn open_locked(dir: DataDir, lock: DirLock, opts: Options, mode: crate::recover::Mode) -> Result<Store> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.log_dir())
             .mode(sled::Mode::HighThroughput)
-            .segment_size(SLED_SEGMENT_BYTES)
+            .segment_size(sled_segment_bytes(&dir.log_dir()))
             .cache_capacity(opts.cache_bytes)
             // fathom's flusher flushes sled after syncing the segments, so
             // that the mark sled persists never runs ahead of them.
-            .flush_every_ms(None)
-            .open()
-            .map_err(sled_err("open the log"))?;
+            .flush_every_ms(None);
+        let db = open_sled(&config)?;
         let events = db.open_tree("events").map_err(sled_err("open the events tree"))?;
         let blobs = db.open_tree("blobs").map_err(sled_err("open the blob tree"))?;
         let segments = Arc::new(Segments::new(
             dir.segments_dir(),
+            opts.disk.clone(),
             opts.segment_bytes.max(MIN_SEGMENT_BYTES),
         ));
         let recovery = crate::recover::recover(&dir, &segments, &events, &blobs, mode)?;
@@ -284,6 +329,7 @@ impl Store {
             blobs,
             segments,
             flusher,
+            flush_on_drop: !opts.reading,
             opts,
             writer: Mutex::new(Writer {
                 next_seq: last.0 + 1,
@@ -873,6 +919,14 @@ impl Store {
         }
     }
 
+    /// Crash simulation: closes the store without syncing or flushing
+    /// anything (sled still writes what it holds when it closes; the
+    /// simulation restores sled's files itself). Only tests should call this.
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        self.flush_on_drop = false;
+    }
+
     /// Fault injection: replaces a stored frame's bytes inside its chunk,
     /// as bit rot or a buggy writer would. Only tests should call this.
     #[doc(hidden)]
@@ -949,7 +1003,7 @@ impl Drop for Store {
             f.stop();
         }
         // Best effort: an explicit close reports errors; a drop cannot.
-        if !self.opts.reading {
+        if self.flush_on_drop {
             let _ = flush_all(&self.segments, &self.db, &self.events);
         }
     }

@@ -4,6 +4,7 @@ mod golden;
 mod log;
 mod properties;
 mod segments;
+mod simulation;
 mod verl;
 
 use fathom_store::{Options, Store};

@@ -51,6 +51,10 @@ pub trait DiskFile: Send + Sync + std::fmt::Debug {
     fn sync_data(&self) -> Result<()>;
     /// The file's length.
     fn len(&self) -> Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Cuts (or extends) the file to `len` bytes.
     fn set_len(&self, len: u64) -> Result<()>;
 }

@@ -20,8 +20,9 @@
 //! sequence number holds events of this run". The blob tree's keys are the
 //! 32-byte digest followed by a part number (u32 BE); part 0 holds a
 //! location (or, in older directories, the value, split into parts). The
-//! blob tree also holds `b` segment:u64 offset:u64 → digest for each blob
-//! record, so that recovery can drop the locations of records it cuts.
+//! blob tree also holds `b` segment:u64 offset:u64 → the digests (32 bytes
+//! each) of the blob records one put wrote from there on, so that recovery
+//! can drop the locations of records it cuts.
 
 use fathom_core::{EpisodeId, IdKind, RunId, Seq};
 
@@ -77,7 +78,7 @@ pub fn quarantine(seq: Seq, found_at: i64) -> [u8; 17] {
     tagged_u64_u64(QUARANTINE, seq.0, found_at as u64)
 }
 
-/// The key, in the blob tree, of the blob record at `pos`.
+/// The key, in the blob tree, of the blob records written from `pos` on.
 pub fn blob_at(pos: crate::segment::Pos) -> [u8; 17] {
     tagged_u64_u64(BLOB_AT, pos.segment, pos.offset)
 }

@@ -342,21 +342,23 @@ fn drop_index_from(
         .range(lo..=hi)
         .collect::<std::result::Result<_, _>>()
         .map_err(sled_err("scan the blob locations"))?;
-    for (key, digest) in stale {
-        let (Some(pos), Ok(digest)) = (keys::pos_of_blob_at(&key), <[u8; 32]>::try_from(digest.as_ref())) else {
+    for (key, digests) in stale {
+        let Some(first) = keys::pos_of_blob_at(&key) else {
             continue;
         };
-        let part0 = keys::blob_part(&fathom_core::Digest(digest), 0);
-        let Some(loc) = blobs
-            .get(part0)
-            .map_err(sled_err("read a blob"))?
-            .and_then(|v| Loc::decode(&v))
-            .filter(|l| l.pos() == pos)
-        else {
-            continue;
-        };
-        if loc.end() > at {
-            blobs.remove(&part0[..]).map_err(sled_err("cut a torn blob"))?;
+        for digest in digests.chunks_exact(32) {
+            let digest = fathom_core::Digest(digest.try_into().expect("32 bytes"));
+            let part0 = keys::blob_part(&digest, 0);
+            let points_past = blobs
+                .get(part0)
+                .map_err(sled_err("read a blob"))?
+                .and_then(|v| Loc::decode(&v))
+                .is_some_and(|l| l.pos() >= first && l.end() > at);
+            if points_past {
+                blobs.remove(&part0[..]).map_err(sled_err("cut a torn blob"))?;
+            }
+        }
+        if first >= at {
             blobs.remove(key).map_err(sled_err("cut a torn blob"))?;
         }
     }

@@ -609,6 +609,9 @@ impl Store {
         if !buf.is_empty() {
             let at = self.write_records(&mut writer, &buf)?;
             let mut batch = sled::Batch::default();
+            // One `b` entry per call lists its digests: recovery finds the
+            // blobs written from a position on without an item per blob.
+            let mut digests = Vec::with_capacity(placed.len() * 32);
             for (digest, offset, len) in placed {
                 let loc = Loc {
                     segment: at.segment,
@@ -616,8 +619,9 @@ impl Store {
                     len,
                 };
                 batch.insert(&keys::blob_part(&digest, 0)[..], &loc.encode()[..]);
-                batch.insert(&keys::blob_at(loc.pos())[..], &digest.0[..]);
+                digests.extend_from_slice(&digest.0);
             }
+            batch.insert(&keys::blob_at(at)[..], digests);
             self.blobs.apply_batch(batch).map_err(sled_err("index blobs"))?;
             self.segments.advance(
                 &writer.active,

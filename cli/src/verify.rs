@@ -21,7 +21,8 @@ pub struct VerifyArgs {
 }
 
 pub fn run(data: &Path, args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    if !data.join("log").exists() && !(args.repair && data.join("segments").exists()) {
+    let has_log = data.join("log").exists() || (args.repair && data.join("segments").exists());
+    if !has_log {
         anyhow::bail!(
             "{} holds no fathom log; pass --data (or FATHOM_DATA) with the data directory to check",
             data.display()

@@ -13,7 +13,7 @@
 //! (a copy taken then), or with everything it held written (its files as
 //! it closes).
 //!
-//! `FATHOM_SIM_SECONDS` bounds the run (default 30), `FATHOM_SIM_SEED`
+//! `FATHOM_SIM_SECONDS` bounds the run (default 60), `FATHOM_SIM_SEED`
 //! runs one seed. A failure prints the command that reproduces it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -386,7 +386,7 @@ fn the_log_survives_simulated_crashes_torn_writes_bit_flips_full_disks_and_faile
     let budget_s: u64 = std::env::var("FATHOM_SIM_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(60);
     let start = SystemClock.now();
     let base = std::env::var("FATHOM_SIM_BASE")
         .ok()

@@ -156,12 +156,13 @@ fn open_sled(config: &sled::Config) -> Result<sled::Db> {
 /// The segment size sled's existing database was created with, or ours for
 /// a new one: sled refuses to open a database with another.
 fn sled_segment_bytes(log_dir: &Path) -> usize {
-    std::fs::read_to_string(log_dir.join("conf"))
+    // The file is text lines followed by a binary checksum.
+    std::fs::read(log_dir.join("conf"))
         .ok()
         .and_then(|conf| {
-            conf.lines()
-                .find_map(|l| l.strip_prefix("segment_size:"))
-                .and_then(|v| v.trim().parse().ok())
+            String::from_utf8_lossy(&conf)
+                .lines()
+                .find_map(|l| l.strip_prefix("segment_size:").and_then(|v| v.trim().parse().ok()))
         })
         .unwrap_or(SLED_SEGMENT_BYTES)
 }

@@ -186,13 +186,12 @@ fn reindex(found: Found, events: &sled::Tree, blobs: &sled::Tree, report: &mut R
                     .push((pos, "the chunk header is damaged; the chunk was not indexed".into()));
                 return Ok(());
             };
-            if events
+            // Written whether or not sled has the location: sled may have
+            // kept it without the index entries inserted after it.
+            let known = events
                 .get(keys::event(first))
                 .map_err(sled_err("read the log"))?
-                .is_some_and(|v| v.as_ref() == value)
-            {
-                return Ok(());
-            }
+                .is_some_and(|v| v.as_ref() == value);
             let mut pending = PendingChunk::new(first);
             for slot in chunk::layout(first, body).slots {
                 if let Ok((_, event)) = slot.frame.and_then(|r| frame::decode(slot.seq, &body[r])) {
@@ -202,7 +201,9 @@ fn reindex(found: Found, events: &sled::Tree, blobs: &sled::Tree, report: &mut R
             let mut batch = sled::Batch::default();
             pending.write_index(&mut batch, &value);
             events.apply_batch(batch).map_err(sled_err("re-index the log"))?;
-            report.reindexed += 1;
+            if !known {
+                report.reindexed += 1;
+            }
         }
         RecordKind::Blob => {
             let Some(digest) = found.body.get(..32) else {

@@ -409,16 +409,20 @@ impl Store {
                 placed.push((c, start as u64, len));
             }
             let at = self.write_records(&mut writer, &buf)?;
-            let mut batch = sled::Batch::default();
+            // Plain inserts, not a sled batch: sled writes out its buffer
+            // for every batch (two small writes each), and atomicity is not
+            // needed here. Readers see the batch only once it is published,
+            // and after a crash recovery re-derives every index item past
+            // the mark from the segments. The order (location first) means
+            // an index entry sled kept always has its location kept too.
             for (c, offset, len) in placed {
                 let loc = Loc {
                     segment: at.segment,
                     offset: at.offset + offset,
                     len,
                 };
-                c.write_index(&mut batch, &loc.encode());
+                c.insert_index(&self.events, &loc.encode())?;
             }
-            self.events.apply_batch(batch).map_err(sled_err("index a batch"))?;
             let end = Pos {
                 segment: at.segment,
                 offset: at.offset + buf.len() as u64,
@@ -609,21 +613,25 @@ impl Store {
         }
         if !buf.is_empty() {
             let at = self.write_records(&mut writer, &buf)?;
-            let mut batch = sled::Batch::default();
-            // One `b` entry per call lists its digests: recovery finds the
-            // blobs written from a position on without an item per blob.
-            let mut digests = Vec::with_capacity(placed.len() * 32);
+            // One `b` entry per call lists its digests, so that recovery
+            // finds the blobs written from a position on without an item
+            // per blob. It goes first: a location sled kept always has its
+            // `b` entry kept too (sled keeps a prefix of its writes). Plain
+            // inserts, as for events (see `append_with`).
+            let digests: Vec<u8> = placed.iter().flat_map(|(d, _, _)| d.0).collect();
+            self.blobs
+                .insert(keys::blob_at(at), digests)
+                .map_err(sled_err("index blobs"))?;
             for (digest, offset, len) in placed {
                 let loc = Loc {
                     segment: at.segment,
                     offset: at.offset + offset,
                     len,
                 };
-                batch.insert(&keys::blob_part(&digest, 0)[..], &loc.encode()[..]);
-                digests.extend_from_slice(&digest.0);
+                self.blobs
+                    .insert(keys::blob_part(&digest, 0), &loc.encode()[..])
+                    .map_err(sled_err("index blobs"))?;
             }
-            batch.insert(&keys::blob_at(at)[..], digests);
-            self.blobs.apply_batch(batch).map_err(sled_err("index blobs"))?;
             self.segments.advance(
                 &writer.active,
                 Pos {
@@ -1131,6 +1139,24 @@ impl PendingChunk {
         self.note(event);
         self.bytes += frame.len();
         self.frames.push(frame);
+    }
+
+    /// Inserts the chunk's `e` entry and then its index entries, one by one
+    /// (see `Store::append_with`).
+    fn insert_index(self, events: &sled::Tree, value: &[u8]) -> Result<()> {
+        let err = sled_err("index a batch");
+        events.insert(keys::event(self.first), value).map_err(err)?;
+        for run in self.runs {
+            events
+                .insert(keys::run_index(run, self.first), &[][..])
+                .map_err(sled_err("index a batch"))?;
+        }
+        for episode in self.episodes {
+            events
+                .insert(keys::episode_index(episode, self.first), &[][..])
+                .map_err(sled_err("index a batch"))?;
+        }
+        Ok(())
     }
 
     /// Writes the chunk's `e` entry (its location, or its bytes) and its

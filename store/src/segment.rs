@@ -102,6 +102,14 @@ impl Pos {
         out
     }
 
+    /// The position `n` bytes further in the same segment.
+    pub fn plus(self, n: u64) -> Pos {
+        Pos {
+            segment: self.segment,
+            offset: self.offset + n,
+        }
+    }
+
     /// The inverse of [`Pos::encode`].
     pub fn decode(bytes: &[u8]) -> Option<Pos> {
         (bytes.len() == 16).then(|| Pos {

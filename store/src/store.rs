@@ -423,10 +423,7 @@ impl Store {
                 };
                 c.insert_index(&self.events, &loc.encode())?;
             }
-            let end = Pos {
-                segment: at.segment,
-                offset: at.offset + buf.len() as u64,
-            };
+            let end = at.plus(buf.len() as u64);
             self.segments.advance(&writer.active, end);
             writer.next_seq = first + events.len() as u64;
             let range = SeqRange {
@@ -539,13 +536,7 @@ impl Store {
         self.events
             .insert(key, &value.to_be_bytes())
             .map_err(sled_err("allocate an id"))?;
-        self.segments.advance(
-            &writer.active,
-            Pos {
-                segment: at.segment,
-                offset: at.offset + buf.len() as u64,
-            },
-        );
+        self.segments.advance(&writer.active, at.plus(buf.len() as u64));
         Ok(value)
     }
 
@@ -632,13 +623,7 @@ impl Store {
                     .insert(keys::blob_part(&digest, 0), &loc.encode()[..])
                     .map_err(sled_err("index blobs"))?;
             }
-            self.segments.advance(
-                &writer.active,
-                Pos {
-                    segment: at.segment,
-                    offset: at.offset + buf.len() as u64,
-                },
-            );
+            self.segments.advance(&writer.active, at.plus(buf.len() as u64));
         }
         drop(writer);
         Ok(prepared.into_iter().map(|p| p.blob).collect())

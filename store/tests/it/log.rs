@@ -9,7 +9,7 @@ use fathom_store::{Durability, Error, Options, Store};
 
 use crate::{events_without_blobs, temp_store};
 
-fn finished(run: u64, n: u64) -> Event {
+pub(crate) fn finished(run: u64, n: u64) -> Event {
     Event::new(
         RunId(run),
         Timestamp(n as i64),

@@ -35,3 +35,17 @@ pub fn events_without_blobs() -> Vec<fathom_core::Event> {
 }
 mod snapshot;
 mod tables;
+
+/// Copies a directory tree (sled's files, for crash images).
+pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &dst.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, dst.join(entry.file_name())).unwrap();
+        }
+    }
+}

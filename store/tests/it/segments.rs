@@ -4,21 +4,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use fathom_core::event::{RunFinished, RunStatus};
-use fathom_core::{Event, IdKind, RunId, Seq, Timestamp};
+use fathom_core::{Event, IdKind, RunId, Seq};
 use fathom_store::workload::{self, Workload, WorkloadSpec};
 use fathom_store::{Durability, Options, Store};
 
+use crate::copy_dir;
+
+/// `log`'s event, with a message long enough that a record is hundreds
+/// of bytes (the torn-tail tests cut 100).
 fn finished(run: u64, n: u64) -> Event {
-    Event::new(
-        RunId(run),
-        Timestamp(n as i64),
-        RunFinished {
-            status: RunStatus::Completed,
-            steps_completed: n,
-            message: format!("event {n} ").repeat(40),
-        },
-    )
+    let mut e = crate::log::finished(run, n);
+    if let fathom_core::Payload::RunFinished(p) = &mut e.payload {
+        p.message = format!("{} ", p.message).repeat(40);
+    }
+    e
 }
 
 /// Options whose background flush never runs during a test: sled's index
@@ -40,19 +39,6 @@ fn crash_image(from: &Path, to: &Path) {
             continue;
         }
         copy_dir(&src, &to.join(sub));
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &dst.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, dst.join(entry.file_name())).unwrap();
-        }
     }
 }
 

@@ -25,6 +25,8 @@ use fathom_core::{Clock, Digest, Event, IdKind, Payload, RunId, SeededRng, Syste
 use fathom_store::disk::{CrashMode, Fault, SimDisk};
 use fathom_store::{Durability, Error, Options, Store};
 
+use crate::copy_dir;
+
 /// What the workload believes the log holds.
 #[derive(Default)]
 struct Model {
@@ -69,19 +71,6 @@ fn event(rng: &mut SeededRng, blob: Option<fathom_core::BlobRef>, n: u64) -> Eve
                 message: "m".repeat(rng.below(3000) as usize),
             },
         ),
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        if path.is_dir() {
-            copy_dir(&path, &dst.join(entry.file_name()));
-        } else {
-            std::fs::copy(&path, dst.join(entry.file_name())).unwrap();
-        }
     }
 }
 

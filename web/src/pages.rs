@@ -60,6 +60,21 @@ fn text_of(r: &Row, k: &str) -> String {
     }
 }
 
+/// A list column (the ground truths) as text: its items joined by " | ".
+fn list_text(r: &Row, k: &str) -> String {
+    match r.get(k) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" | "),
+        _ => text_of(r, k),
+    }
+}
+
 fn series(rows: &[Row], x: &str, y: &str, name: &str) -> Series {
     Series {
         name: name.into(),
@@ -874,7 +889,7 @@ pub(crate) async fn episode_page(State(state): State<AppState>, Path(eid): Path<
         ],
         &[vec![
             td(s(&ep, "answer")),
-            td(s(&ep, "ground_truth")),
+            td(&list_text(&ep, "ground_truth")),
             num(f(&ep, "reward"), 3),
             num(f(&ep, "f1"), 3),
             num(f(&ep, "em"), 3),

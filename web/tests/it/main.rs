@@ -450,6 +450,17 @@ async fn pages_show_the_log_and_render_recorded_content_inert() {
     let (_, _, ep2) = get(&app, "/episodes/e-40").await;
     assert!(ep2.contains("born in 1950") && ep2.contains("1904"), "{ep2}");
     assert!(ep2.contains("<span class=\"answer\">&lt;answer&gt;1904"), "{ep2}");
+    // The ground truth the answer is judged against is in the episode's row
+    // (it is a list in the table; it used to print as an empty cell).
+    let row = ep2
+        .split("<th>ground truth</th>")
+        .nth(1)
+        .and_then(|t| t.split("</tr>").nth(1))
+        .unwrap_or_default();
+    assert!(
+        row.starts_with("</thead><tbody><tr><td>1904</td><td>1904</td><td class=\"num\">"),
+        "answer, then the ground-truth cell: {row}"
+    );
 
     let (_, _, beh) = get(&app, "/behaviours").await;
     assert!(beh.contains("planning") && beh.contains("href=\"/episodes/e-"), "{beh}");

@@ -264,14 +264,21 @@ fn quarantine_from(segments: &Segments, at: Pos, after: &[u64]) -> Result<()> {
             .open(&path, OpenMode::ReadWrite)
             .map_err(io_err("open", path.clone()))?;
         let len = f.len().map_err(io_err("read the size of", path.clone()))?;
-        let mut tail = vec![0u8; len.saturating_sub(at.offset) as usize];
-        f.read_exact_at(&mut tail, at.offset)
-            .map_err(io_err("read", path.clone()))?;
         let saved = quarantine.join(format!("{}.{}.{found_at}", segment::file_name(at.segment), at.offset));
         let q = disk
             .open(&saved, OpenMode::CreateNew)
             .map_err(io_err("create", saved.clone()))?;
-        q.write_all_at(&tail, 0).map_err(io_err("write", saved.clone()))?;
+        // Copied in bounded pieces, whatever the segment size.
+        let mut from = at.offset;
+        while from < len {
+            let n = (len - from).min(4 << 20) as usize;
+            let mut piece = vec![0u8; n];
+            f.read_exact_at(&mut piece, from)
+                .map_err(io_err("read", path.clone()))?;
+            q.write_all_at(&piece, from - at.offset)
+                .map_err(io_err("write", saved.clone()))?;
+            from += n as u64;
+        }
         q.sync_data().map_err(io_err("sync", saved.clone()))?;
         disk.sync_dir(&quarantine).map_err(io_err("sync", quarantine.clone()))?;
         f.set_len(at.offset).map_err(io_err("truncate", path.clone()))?;

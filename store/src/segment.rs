@@ -348,6 +348,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Segments {
+    /// Read handles kept open at most; more are closed and reopened as
+    /// needed, so a log of thousands of segments never runs out of files.
+    const MAX_READERS: usize = 64;
+
     pub(crate) fn new(dir: PathBuf, disk: Arc<dyn Disk>, roll_bytes: u64) -> Segments {
         Segments {
             dir,
@@ -392,6 +396,9 @@ impl Segments {
             return Ok(f.clone());
         }
         let f = self.disk.open(&self.path(number), OpenMode::Read)?;
+        if readers.len() >= Self::MAX_READERS {
+            readers.clear();
+        }
         readers.insert(number, f.clone());
         Ok(f)
     }
@@ -405,6 +412,11 @@ impl Segments {
     /// Reads a record's header and body at `loc`, checking the header (not
     /// the body's checksum: frames and blobs carry their own).
     pub(crate) fn read(&self, loc: Loc) -> Result<(RecordKind, Vec<u8>), String> {
+        if loc.len as usize > MAX_RECORD_BYTES {
+            return Err(format!(
+                "the index gives the record at {loc} a length over the {MAX_RECORD_BYTES}-byte limit"
+            ));
+        }
         let file = self
             .reader(loc.segment)
             .map_err(|e| format!("cannot open segment {}: {e}", loc.segment))?;
@@ -740,27 +752,44 @@ impl Scan {
     /// After a record whose header is damaged at `from`: moves to the next
     /// offset where an intact record starts, if any.
     pub(crate) fn resync(&mut self, from: u64) -> std::io::Result<bool> {
-        let start = from + 1;
-        if start >= self.file_len {
+        // Windows of the file, overlapping by a header's length so that no
+        // magic is missed at a boundary; memory stays bounded whatever the
+        // segment size.
+        const WINDOW: u64 = 4 << 20;
+        let mut at = from + 1;
+        while at + RECORD_HEADER_LEN as u64 <= self.file_len {
+            let len = WINDOW.min(self.file_len - at) as usize;
+            let mut window = vec![0u8; len];
+            self.file.read_exact_at(&mut window, at)?;
+            for i in 0..len.saturating_sub(RECORD_HEADER_LEN - 1) {
+                if window[i..i + 4] != RECORD_MAGIC {
+                    continue;
+                }
+                let candidate = at + i as u64;
+                if self.intact_at(candidate)? {
+                    self.offset = candidate;
+                    return Ok(true);
+                }
+            }
+            at += (len as u64).saturating_sub(RECORD_HEADER_LEN as u64 - 1).max(1);
+        }
+        Ok(false)
+    }
+
+    /// Whether an intact record (header and checksum) starts at `offset`.
+    fn intact_at(&self, offset: u64) -> std::io::Result<bool> {
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        self.file.read_exact_at(&mut header, offset)?;
+        let Ok((_, len)) = parse_record_header(&header) else {
+            return Ok(false);
+        };
+        let body_at = offset + RECORD_HEADER_LEN as u64;
+        if body_at + u64::from(len) > self.file_len {
             return Ok(false);
         }
-        let mut rest = vec![0u8; (self.file_len - start) as usize];
-        self.file.read_exact_at(&mut rest, start)?;
-        let found = (0..rest.len().saturating_sub(RECORD_HEADER_LEN - 1))
-            .filter(|&i| rest[i..i + 4] == RECORD_MAGIC)
-            .find(|&i| {
-                parse_record_header(&rest[i..]).is_ok_and(|(_, len)| {
-                    let end = i + RECORD_HEADER_LEN + len as usize;
-                    end <= rest.len() && check_record(&rest[i..i + 16], &rest[i + 16..end]).is_ok()
-                })
-            });
-        match found {
-            Some(i) => {
-                self.offset = start + i as u64;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let mut body = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut body, body_at)?;
+        Ok(check_record(&header, &body).is_ok())
     }
 }
 
@@ -782,6 +811,29 @@ mod tests {
             let caught = parse_record_header(&bad).is_err() || check_record(&bad[..16], &bad[16..]).is_err();
             assert!(caught, "flip at {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn a_scan_resyncs_past_damage_longer_than_its_read_window() {
+        use crate::disk::{Disk, SimDisk};
+        let disk = SimDisk::new(1);
+        let segments = Segments::new(PathBuf::from("/d/segments"), Arc::new(disk.clone()), 1 << 30);
+        let mut bytes = header(1).to_vec();
+        // 5 MiB of damage with a stray magic inside, then one intact record.
+        let mut junk = vec![0xAAu8; 5 << 20];
+        junk[(4 << 20) - 2..(4 << 20) + 2].copy_from_slice(&RECORD_MAGIC);
+        bytes.extend_from_slice(&junk);
+        let good_at = bytes.len() as u64;
+        push_record(&mut bytes, RecordKind::Counter, &[&[b'e'], &7u64.to_le_bytes()]);
+        disk.write_file(&segments.path(1), bytes);
+        assert!(disk.list(segments.dir()).unwrap().len() == 1);
+        let mut scan = Scan::open(&segments, 1, 0).unwrap();
+        let (bad_at, why) = scan.next_record().err().expect("damage first");
+        assert_eq!((bad_at, why.as_str()), (HEADER_LEN, "bad record magic"));
+        assert!(scan.resync(bad_at).unwrap());
+        let found = scan.next_record().unwrap().expect("the intact record");
+        assert_eq!((found.loc.offset, found.kind), (good_at, RecordKind::Counter));
+        assert!(scan.next_record().unwrap().is_none());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub const MAX_BLOB_BYTES: usize = 1 << 30;
 /// The smallest segment size [`Options::segment_bytes`] may ask for.
 pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 
+/// The largest segment size [`Options::segment_bytes`] may ask for.
+pub const MAX_SEGMENT_BYTES: u64 = 4 << 30;
+
 /// When an append may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -50,8 +53,9 @@ pub struct Options {
     /// Interval of the background flush (segments fdatasynced, then sled's
     /// index flushed), which bounds relaxed mode's loss window.
     pub relaxed_flush_ms: u64,
-    /// Segment files roll once they reach this size (at least
-    /// [`MIN_SEGMENT_BYTES`]; one batch never spans two segments).
+    /// Segment files roll once they reach this size (clamped to
+    /// [`MIN_SEGMENT_BYTES`]..=[`MAX_SEGMENT_BYTES`]; one batch never spans
+    /// two segments).
     pub segment_bytes: u64,
     /// zstd level for blobs (negative: fastest, 1: fast, the default, 19: small).
     pub blob_level: i32,
@@ -264,7 +268,7 @@ impl Store {
         let segments = Segments::new(
             dir.segments_dir(),
             opts.disk.clone(),
-            opts.segment_bytes.max(MIN_SEGMENT_BYTES),
+            opts.segment_bytes.clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
         );
         let first = crate::recover::first_seq_in_segments(&segments)?;
         if let Some(first) = first.filter(|s| s.0 > 1) {
@@ -309,7 +313,7 @@ impl Store {
         let segments = Arc::new(Segments::new(
             dir.segments_dir(),
             opts.disk.clone(),
-            opts.segment_bytes.max(MIN_SEGMENT_BYTES),
+            opts.segment_bytes.clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
         ));
         let recovery = crate::recover::recover(&dir, &segments, &events, &blobs, mode)?;
         db.flush().map_err(sled_err("flush after recovery"))?;

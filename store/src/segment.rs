@@ -824,7 +824,7 @@ mod tests {
         junk[(4 << 20) - 2..(4 << 20) + 2].copy_from_slice(&RECORD_MAGIC);
         bytes.extend_from_slice(&junk);
         let good_at = bytes.len() as u64;
-        push_record(&mut bytes, RecordKind::Counter, &[&[b'e'], &7u64.to_le_bytes()]);
+        push_record(&mut bytes, RecordKind::Counter, &[b"e", &7u64.to_le_bytes()]);
         disk.write_file(&segments.path(1), bytes);
         assert!(disk.list(segments.dir()).unwrap().len() == 1);
         let mut scan = Scan::open(&segments, 1, 0).unwrap();

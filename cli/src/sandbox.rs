@@ -115,8 +115,35 @@ pub(crate) fn question_rows_seeded(
             style: "rule".into(),
             index: q.id,
             split: "sandbox".into(),
+            sandbox_world: Some((seed, entities as u64)),
         })
         .collect()
+}
+
+/// The sandbox world a question set was generated from: `None` when no
+/// question names one (DeepResearcher's sets), an error when they name
+/// several.
+pub(crate) fn world_of(
+    rows: &[fathom_store::verl::VerlRow],
+    file: &std::path::Path,
+) -> anyhow::Result<Option<(u64, u64)>> {
+    let worlds: std::collections::BTreeSet<(u64, u64)> = rows.iter().filter_map(|r| r.sandbox_world).collect();
+    match worlds.len() {
+        0 => Ok(None),
+        1 => Ok(worlds.into_iter().next()),
+        _ => {
+            let list: Vec<String> = worlds
+                .iter()
+                .map(|(s, n)| format!("seed {s} with {n} entities"))
+                .collect();
+            anyhow::bail!(
+                "{} holds questions of {} sandbox worlds ({}); a run sees one world, so split the file by world",
+                file.display(),
+                list.len(),
+                list.join(", ")
+            )
+        }
+    }
 }
 
 fn questions(args: QuestionsArgs) -> anyhow::Result<ExitCode> {

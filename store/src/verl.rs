@@ -3,8 +3,10 @@
 //! Columns: `data_source` (string), `prompt` (list of `{content, role}`),
 //! `ability` (string), `reward_model` (`{ground_truth, style}`, ground
 //! truths joined by `<|answer_split|>`), `extra_info` (`{index, split}`;
-//! `index` may be a string or an integer). The same reader serves the
-//! paper's `dev.parquet` / `test.parquet` and fathom's sandbox sets.
+//! `index` may be a string or an integer; fathom's sandbox sets add
+//! `sandbox_seed` and `sandbox_entities`, the world their answers hold in).
+//! The same reader serves the paper's `dev.parquet` / `test.parquet` and
+//! fathom's sandbox sets.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,9 @@ pub struct VerlRow {
     pub index: String,
     /// The split (`dev`, `test`, …).
     pub split: String,
+    /// For a sandbox question: the seed and size of the sandbox world it
+    /// was generated from (its answers hold only there).
+    pub sandbox_world: Option<(u64, u64)>,
 }
 
 impl VerlRow {
@@ -121,6 +126,8 @@ fn schema() -> Schema {
             DataType::Struct(Fields::from(vec![
                 Field::new("index", DataType::Utf8, true),
                 Field::new("split", DataType::Utf8, true),
+                Field::new("sandbox_seed", DataType::UInt64, true),
+                Field::new("sandbox_entities", DataType::UInt64, true),
             ])),
             true,
         ),
@@ -162,7 +169,31 @@ pub fn write(path: &Path, rows: &[VerlRow]) -> Result<(), VerlError> {
         Arc::new(prompts.finish()),
         strings(&|r| &r.ability),
         pair("ground_truth", &|r| &r.ground_truth, "style", &|r| &r.style),
-        pair("index", &|r| &r.index, "split", &|r| &r.split),
+        {
+            let world = |f: fn((u64, u64)) -> u64| -> ArrayRef {
+                Arc::new(arrow_array::UInt64Array::from(
+                    rows.iter().map(|r| r.sandbox_world.map(f)).collect::<Vec<_>>(),
+                ))
+            };
+            Arc::new(StructArray::from(vec![
+                (
+                    Arc::new(Field::new("index", DataType::Utf8, true)),
+                    strings(&|r| &r.index),
+                ),
+                (
+                    Arc::new(Field::new("split", DataType::Utf8, true)),
+                    strings(&|r| &r.split),
+                ),
+                (
+                    Arc::new(Field::new("sandbox_seed", DataType::UInt64, true)),
+                    world(|w| w.0),
+                ),
+                (
+                    Arc::new(Field::new("sandbox_entities", DataType::UInt64, true)),
+                    world(|w| w.1),
+                ),
+            ]))
+        },
     ];
     let batch =
         RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(path, format!("building the table: {e}")))?;
@@ -230,6 +261,22 @@ fn field_text(s: &StructArray, name: &str, i: usize) -> String {
         .unwrap_or_default()
 }
 
+/// An unsigned integer field of a struct column, if present and not null
+/// (written as text by other tools, it is parsed).
+fn field_u64(s: &StructArray, name: &str, i: usize) -> Option<u64> {
+    let c = s.column_by_name(name)?;
+    if c.is_null(i) {
+        return None;
+    }
+    match c.as_primitive_opt::<arrow_array::types::UInt64Type>() {
+        Some(a) => Some(a.value(i)),
+        None => match c.as_primitive_opt::<arrow_array::types::Int64Type>() {
+            Some(a) => u64::try_from(a.value(i)).ok(),
+            None => text_at(c.as_ref(), i).trim().parse().ok(),
+        },
+    }
+}
+
 fn rows_of(path: &Path, batch: &RecordBatch) -> Result<Vec<VerlRow>, VerlError> {
     let data_source = column(path, batch, "data_source")?;
     let prompt = column(path, batch, "prompt")?;
@@ -266,6 +313,8 @@ fn rows_of(path: &Path, batch: &RecordBatch) -> Result<Vec<VerlRow>, VerlError> 
             style: field_text(reward, "style", i),
             index: extra.map(|e| field_text(e, "index", i)).unwrap_or_default(),
             split: extra.map(|e| field_text(e, "split", i)).unwrap_or_default(),
+            sandbox_world: extra
+                .and_then(|e| Some((field_u64(e, "sandbox_seed", i)?, field_u64(e, "sandbox_entities", i)?))),
         });
     }
     Ok(out)

@@ -22,19 +22,24 @@ fn eval_prints_the_table_and_records_the_results() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // The file names its world (seed 4, 300 entities): asking for another
+    // is refused, naming both, before any episode runs.
+    let other = run(
+        dir.path(),
+        &["eval", "--questions", q.to_str().unwrap(), "--sandbox-seed", "5"],
+    );
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("the sandbox world with seed 4 and 300 entities")
+            && stderr(&other).contains("but --sandbox-seed 5 ask for another"),
+        "{}",
+        stderr(&other)
+    );
+    // Without flags the sandbox it starts is the file's world (the scores
+    // below hold only there).
     let out = run(
         dir.path(),
-        &[
-            "eval",
-            "--questions",
-            q.to_str().unwrap(),
-            "--sandbox",
-            "127.0.0.1:0",
-            "--sandbox-seed",
-            "4",
-            "--sandbox-entities",
-            "300",
-        ],
+        &["eval", "--questions", q.to_str().unwrap(), "--sandbox", "127.0.0.1:0"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);

@@ -15,6 +15,10 @@ fn the_papers_dev_set_reads_as_published() {
     let path = papers_dev_set();
     let rows = verl::read(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows.len(), 875);
+    assert!(
+        rows.iter().all(|r| r.sandbox_world.is_none()),
+        "the paper's sets name no sandbox world"
+    );
     let mut per_source: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &rows {
         *per_source.entry(&r.data_source).or_default() += 1;
@@ -51,6 +55,8 @@ fn written_files_read_back_identically() {
             style: "rule".into(),
             index: format!("sandbox-1-{i}"),
             split: "test".into(),
+            // Sandbox questions carry their world; others carry none.
+            sandbox_world: (i % 3 != 0).then_some((11, 300 + i as u64)),
         })
         .collect();
     verl::write(&path, &rows).unwrap();

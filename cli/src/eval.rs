@@ -229,28 +229,10 @@ pub fn run(data: &Path, args: EvalArgs, snapshots: crate::Snapshotting) -> anyho
             }
             // Sandbox questions name their world: use it (a sandbox started
             // here generates it; one already running must serve it).
-            if let Some((seed, entities)) = crate::sandbox::world_of(&rows, path)?
+            if let Some(world) = crate::sandbox::world_of(&rows, path)?
                 && args.web == "sandbox"
             {
-                let w = &mut args.web_args;
-                let given_seed = w.sandbox_seed.is_some_and(|s| s != seed);
-                let given_size = w.sandbox_entities.is_some_and(|n| n as u64 != entities);
-                if given_seed || given_size {
-                    let asked: Vec<String> = [
-                        w.sandbox_seed.map(|s| format!("--sandbox-seed {s}")),
-                        w.sandbox_entities.map(|n| format!("--sandbox-entities {n}")),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                    anyhow::bail!(
-                        "{} holds questions of the sandbox world with seed {seed} and {entities} entities, but {} ask for another; their answers hold only in their own world, so drop those flags or pass the file's",
-                        path.display(),
-                        asked.join(" and ")
-                    );
-                }
-                w.sandbox_seed = Some(seed);
-                w.sandbox_entities = Some(entities as usize);
+                crate::sandbox::adopt_world(&mut args.web_args, world, path)?;
             }
             rows
         }

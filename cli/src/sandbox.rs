@@ -120,6 +120,37 @@ pub(crate) fn question_rows_seeded(
         .collect()
 }
 
+/// Makes the command use the sandbox world `(seed, entities)` that the
+/// questions in `file` were generated from: an in-process sandbox generates
+/// it, and a running one must serve it (`WebArgs`' world check). A seed or
+/// size the command already asks for (flags, a training configuration)
+/// that differs is refused, naming both.
+pub(crate) fn adopt_world(
+    web: &mut crate::web::WebArgs,
+    (seed, entities): (u64, u64),
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let asked: Vec<String> = [
+        web.sandbox_seed.filter(|&s| s != seed).map(|s| format!("seed {s}")),
+        web.sandbox_entities
+            .filter(|&n| n as u64 != entities)
+            .map(|n| format!("{n} entities")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !asked.is_empty() {
+        anyhow::bail!(
+            "{} holds questions of the sandbox world with seed {seed} and {entities} entities, but the command asks for {} (--sandbox-seed/--sandbox-entities or the configuration); their answers hold only in their own world, so drop those settings or use the file's",
+            file.display(),
+            asked.join(" and ")
+        );
+    }
+    web.sandbox_seed = Some(seed);
+    web.sandbox_entities = Some(usize::try_from(entities).unwrap_or(usize::MAX));
+    Ok(())
+}
+
 /// The sandbox world a question set was generated from: `None` when no
 /// question names one (DeepResearcher's sets), an error when they name
 /// several.

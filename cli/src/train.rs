@@ -245,6 +245,37 @@ pub(crate) async fn setup(data_dir: &Path, config: &TrainConfig, web_args: &WebA
             "data.train or eval.questions is \"sandbox\", whose answers exist only in the sandbox web; drop --search-url/--searxng-url or name verl Parquet files"
         );
     }
+    // Question files generated from a sandbox name its world: the run uses
+    // it (both files must agree), and refuses settings that ask otherwise.
+    let mut web_args = web_args.clone();
+    if web_args.search_url.is_none() && web_args.searxng_url.is_none() {
+        let mut found: Option<((u64, u64), &str)> = None;
+        for spec in [config.data.train.as_str(), config.eval.questions.as_str()] {
+            if spec == "sandbox" {
+                continue;
+            }
+            let rows = fathom_store::verl::read(Path::new(spec))
+                .with_context(|| format!("reading the questions in {spec}"))?;
+            let Some(world) = crate::sandbox::world_of(&rows, Path::new(spec))? else {
+                continue;
+            };
+            match found {
+                Some((w, other)) if w != world => anyhow::bail!(
+                    "{other} and {spec} hold questions of different sandbox worlds (seed {} with {} entities, and seed {} with {} entities); a run sees one world",
+                    w.0,
+                    w.1,
+                    world.0,
+                    world.1
+                ),
+                Some(_) => {}
+                None => {
+                    crate::sandbox::adopt_world(&mut web_args, world, Path::new(spec))?;
+                    found = Some((world, spec));
+                }
+            }
+        }
+    }
+    let web_args = &web_args;
     // The sandbox keeps its fixed address (127.0.0.1:8930 unless told),
     // so that a resumed run, a replay and a second run see the same URLs.
     let data = questions(config, web_args)?;

@@ -31,7 +31,7 @@ fn eval_prints_the_table_and_records_the_results() {
     assert!(!other.status.success());
     assert!(
         stderr(&other).contains("the sandbox world with seed 4 and 300 entities")
-            && stderr(&other).contains("but --sandbox-seed 5 ask for another"),
+            && stderr(&other).contains("but the command asks for seed 5 ("),
         "{}",
         stderr(&other)
     );

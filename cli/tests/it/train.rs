@@ -539,6 +539,27 @@ guesses = 0.5
     )
     .unwrap();
     let sandbox = format!("127.0.0.1:{}", free_ports());
+    // The question file names its world (seed 1, 60 entities): a run that
+    // asks for another is refused before anything starts.
+    let refused = run(
+        &data,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sandbox",
+            &sandbox,
+            "--sandbox-seed",
+            "5",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("the sandbox world with seed 1 and 60 entities")
+            && stderr(&refused).contains("asks for seed 5"),
+        "{}",
+        stderr(&refused)
+    );
     let out = run(
         &data,
         &["train", "--config", cfg.to_str().unwrap(), "--sandbox", &sandbox],

@@ -18,15 +18,20 @@
 //! [`BlobRef`](fathom_core::BlobRef)s.
 
 pub mod blob;
+mod blobs;
 pub mod chunk;
 pub mod disk;
+mod flush;
 pub mod frame;
+mod index;
 mod keys;
 pub mod lock;
 pub mod paths;
 mod read;
+mod reads;
 mod recover;
 pub mod remote;
+mod scan;
 pub mod segment;
 pub mod snapshot;
 mod stats;

@@ -20,10 +20,12 @@ use fathom_core::{Clock, Event, Seq, SystemClock};
 use crate::chunk;
 use crate::disk::OpenMode;
 use crate::frame;
+use crate::index::PendingChunk;
 use crate::keys;
 use crate::paths::DataDir;
-use crate::segment::{self, Found, Loc, Pos, RecordKind, Scan, Segments};
-use crate::store::{PendingChunk, RecoveryReport};
+use crate::scan::{Found, Scan};
+use crate::segment::{self, Loc, Pos, RecordKind, Segments};
+use crate::store::RecoveryReport;
 use crate::{Error, Result, sled_err};
 
 /// How far back recovery walks a corrupt tail of frames before refusing to

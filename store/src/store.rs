@@ -1,17 +1,17 @@
 //! [`Store`]: open, append, read, tail, and recover the log.
 
 use std::collections::HashMap;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fathom_core::{BlobRef, Clock, Digest, EpisodeId, Event, IdKind, Record, RunId, Seq};
+use fathom_core::{Clock, EpisodeId, Event, IdKind, RunId, Seq};
 
-use crate::blob::{self, Prepared};
 use crate::chunk::{self, MAX_CHUNK_BYTES};
+use crate::flush::{FlushError, Flusher, flush_all};
 use crate::frame;
+use crate::index::PendingChunk;
 use crate::keys;
 use crate::lock::DirLock;
 use crate::paths::DataDir;
@@ -180,8 +180,8 @@ pub(crate) struct Writer {
 
 /// The highest sequence number readers may see, with a way to wait for it.
 #[derive(Debug)]
-struct Visible {
-    last: Mutex<Seq>,
+pub(crate) struct Visible {
+    pub(crate) last: Mutex<Seq>,
     changed: Condvar,
     watch: tokio::sync::watch::Sender<Seq>,
 }
@@ -194,30 +194,30 @@ struct Visible {
 /// so concurrent durable appends share fsyncs.
 #[derive(Debug)]
 pub struct Store {
-    dir: DataDir,
-    db: sled::Db,
+    pub(crate) dir: DataDir,
+    pub(crate) db: sled::Db,
     /// Chunk locations, indexes, counters and the mark (see `keys`).
-    events: sled::Tree,
+    pub(crate) events: sled::Tree,
     /// Blob locations keyed by digest.
-    blobs: sled::Tree,
+    pub(crate) blobs: sled::Tree,
     /// The segment files holding the bytes.
-    segments: Arc<Segments>,
+    pub(crate) segments: Arc<Segments>,
     /// The background flush, for a writer.
-    flusher: Option<Flusher>,
+    pub(crate) flusher: Option<Flusher>,
     /// Whether dropping the store flushes it (not when a test abandons it
     /// to simulate a crash).
-    flush_on_drop: bool,
-    opts: Options,
-    writer: Mutex<Writer>,
-    visible: Visible,
-    recovery: RecoveryReport,
+    pub(crate) flush_on_drop: bool,
+    pub(crate) opts: Options,
+    pub(crate) writer: Mutex<Writer>,
+    pub(crate) visible: Visible,
+    pub(crate) recovery: RecoveryReport,
     /// Held while a snapshot runs, so only one runs at a time.
-    snapshotting: Mutex<()>,
+    pub(crate) snapshotting: Mutex<()>,
     // Declared last so it is dropped last: the lock outlives the database.
-    _lock: DirLock,
+    pub(crate) _lock: DirLock,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these mutexes cannot leave their plain integers
     // half-updated, so a poisoned lock is still safe to use.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -447,14 +447,14 @@ impl Store {
 
     /// Writes whole records to the active segment (the caller holds the
     /// writer and indexes them before releasing it).
-    fn write_records(&self, writer: &mut Writer, bytes: &[u8]) -> Result<Pos> {
+    pub(crate) fn write_records(&self, writer: &mut Writer, bytes: &[u8]) -> Result<Pos> {
         self.segments
             .write(&mut writer.active, bytes)
             .map_err(|e| self.io_error("append to the log's segment files", e))
     }
 
     /// A segment I/O error, naming the disk's free space when it is full.
-    fn io_error(&self, action: &'static str, source: std::io::Error) -> Error {
+    pub(crate) fn io_error(&self, action: &'static str, source: std::io::Error) -> Error {
         if source.kind() == std::io::ErrorKind::StorageFull {
             return Error::DiskFull {
                 dir: self.dir.root().to_path_buf(),
@@ -554,269 +554,11 @@ impl Store {
         self.next_id(IdKind::Episode).map(EpisodeId)
     }
 
-    // ----- blobs -----
-
-    /// Stores `bytes` once, keyed by their digest. The blob becomes durable
-    /// with the next durable append or flush, and always before any event
-    /// appended after this call: put blobs first, then append the events that
-    /// refer to them.
-    pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobRef> {
-        Ok(self.put_blobs(&[bytes])?.remove(0))
-    }
-
-    /// Stores many blobs. Hashing, the presence check and compression run
-    /// on all cores; the writes go to sled in one batch.
-    pub fn put_blobs(&self, items: &[&[u8]]) -> Result<Vec<BlobRef>> {
-        if let Some(big) = items.iter().find(|i| i.len() > MAX_BLOB_BYTES) {
-            return Err(Error::BlobTooLarge {
-                len: big.len(),
-                limit: MAX_BLOB_BYTES,
-            });
-        }
-        let level = self.opts.blob_level;
-        let prepared = prepare_all(items, |bytes| -> Result<Prepared> {
-            let digest = blob::digest(bytes);
-            let stored = self
-                .blobs
-                .contains_key(keys::blob_part(&digest, 0))
-                .map_err(sled_err("look up a blob"))?;
-            Ok(Prepared {
-                blob: BlobRef {
-                    digest,
-                    len: bytes.len() as u64,
-                },
-                value: (!stored).then(|| blob::encode(bytes, level)),
-            })
-        })?;
-        let mut writer = lock(&self.writer);
-        let mut buf = Vec::new();
-        let mut placed = Vec::new();
-        let mut written = std::collections::HashSet::new();
-        for p in &prepared {
-            if let Some(value) = &p.value
-                && written.insert(p.blob.digest)
-                // Another thread may have stored it since the check above.
-                && !self
-                    .blobs
-                    .contains_key(keys::blob_part(&p.blob.digest, 0))
-                    .map_err(sled_err("look up a blob"))?
-            {
-                let start = buf.len() as u64;
-                let len = segment::push_record(&mut buf, RecordKind::Blob, &[&p.blob.digest.0, value]);
-                placed.push((p.blob.digest, start, len));
-            }
-        }
-        if !buf.is_empty() {
-            let at = self.write_records(&mut writer, &buf)?;
-            // One `b` entry per call lists its digests, so that recovery
-            // finds the blobs written from a position on without an item
-            // per blob. It goes first: a location sled kept always has its
-            // `b` entry kept too (sled keeps a prefix of its writes). Plain
-            // inserts, as for events (see `append_with`).
-            let digests: Vec<u8> = placed.iter().flat_map(|(d, _, _)| d.0).collect();
-            self.blobs
-                .insert(keys::blob_at(at), digests)
-                .map_err(sled_err("index blobs"))?;
-            for (digest, offset, len) in placed {
-                let loc = Loc {
-                    segment: at.segment,
-                    offset: at.offset + offset,
-                    len,
-                };
-                self.blobs
-                    .insert(keys::blob_part(&digest, 0), &loc.encode()[..])
-                    .map_err(sled_err("index blobs"))?;
-            }
-            self.segments.advance(&writer.active, at.plus(buf.len() as u64));
-        }
-        drop(writer);
-        Ok(prepared.into_iter().map(|p| p.blob).collect())
-    }
-
-    /// Reads and verifies a blob; `None` if it is not stored.
-    pub fn get_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        let Some(value) = self.raw_blob(digest)? else {
-            return Ok(None);
-        };
-        blob::decode(digest, &value)
-            .map(Some)
-            .map_err(|reason| Error::CorruptBlob {
-                digest: *digest,
-                reason,
-            })
-    }
-
-    /// Whether a blob is stored.
-    pub fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        self.blobs
-            .contains_key(keys::blob_part(digest, 0))
-            .map_err(sled_err("look up a blob"))
-    }
-
     // ----- reads -----
 
     /// The last sequence number visible to readers (0 when empty).
     pub fn last_seq(&self) -> Seq {
         *lock(&self.visible.last)
-    }
-
-    /// The chunk holding `seq`, if any: its first sequence number and bytes.
-    fn chunk_containing(&self, seq: Seq) -> Result<Option<(Seq, Stored)>> {
-        let found = self
-            .events
-            .range(keys::event(Seq(0))..=keys::event(seq))
-            .next_back()
-            .transpose()
-            .map_err(sled_err("read the log"))?;
-        let Some((first, value)) = found.and_then(|(k, v)| keys::seq_of_event_key(&k).map(|first| (first, v))) else {
-            return Ok(None);
-        };
-        Ok(Some((first, self.resolve_chunk(first, value)?)))
-    }
-
-    /// A chunk's bytes from the value its `e` key holds: a location in the
-    /// segments, or (in directories written before segments) the bytes.
-    pub(crate) fn resolve_chunk(&self, first: Seq, value: sled::IVec) -> Result<Stored> {
-        let Some(loc) = Loc::decode(&value) else {
-            return Ok(Stored::Inline(value));
-        };
-        match self.segments.read(loc) {
-            Ok((RecordKind::Chunk, body)) => Ok(Stored::Read(body)),
-            Ok((kind, _)) => Err(Error::Segment(format!(
-                "the index places the chunk starting at event {first} at {loc}, but a {kind:?} record is there; run 'fathom verify'"
-            ))),
-            Err(reason) => Err(Error::Segment(format!(
-                "the chunk starting at event {first} cannot be read: {reason}; run 'fathom verify'"
-            ))),
-        }
-    }
-
-    /// The chunks whose keys lie in `from..=to`, with their bytes.
-    pub(crate) fn chunks(&self, from: Seq, to: Seq) -> impl Iterator<Item = Result<(Seq, Stored)>> + '_ {
-        self.events.range(keys::event(from)..=keys::event(to)).map(move |item| {
-            let (key, value) = item.map_err(sled_err("scan the log"))?;
-            let first = keys::seq_of_event_key(&key)
-                .ok_or_else(|| Error::Internal("event range returned a non-event key".into()))?;
-            Ok((first, self.resolve_chunk(first, value)?))
-        })
-    }
-
-    /// One event.
-    pub fn get(&self, seq: Seq) -> Result<Option<Record>> {
-        let Some((first, bytes)) = self.chunk_containing(seq)? else {
-            return Ok(None);
-        };
-        let layout = chunk::layout(first, &bytes);
-        match layout.slots.into_iter().find(|s| s.seq == seq) {
-            None => Ok(None),
-            Some(slot) => decode_slot(&bytes, slot).map(Some),
-        }
-    }
-
-    /// Events with sequence numbers in `range`, in order. A corrupt event is
-    /// an `Err` item; iteration continues past it.
-    pub fn range(&self, range: RangeInclusive<Seq>) -> impl Iterator<Item = Result<Record>> + '_ {
-        let (from, to) = (*range.start(), *range.end());
-        let start = match self.chunk_containing(from) {
-            Ok(Some((first, _))) => Ok(first),
-            Ok(None) => Ok(from),
-            Err(e) => Err(e),
-        };
-        let (start, error) = match start {
-            Ok(s) => (s, None),
-            Err(e) => (Seq(u64::MAX), Some(Err(e))),
-        };
-        let chunks = self.chunks(start, to.max(start));
-        error.into_iter().chain(chunks.flat_map(move |item| {
-            let records: Vec<Result<Record>> = match item {
-                Err(e) => vec![Err(e)],
-                Ok((first, bytes)) => chunk::layout(first, &bytes)
-                    .slots
-                    .into_iter()
-                    .filter(|s| s.seq >= from && s.seq <= to)
-                    .map(|slot| decode_slot(&bytes, slot))
-                    .collect(),
-            };
-            records
-        }))
-    }
-
-    /// Every event, in order.
-    pub fn iter(&self) -> impl Iterator<Item = Result<Record>> + '_ {
-        self.range(Seq(0)..=Seq(u64::MAX))
-    }
-
-    /// One run's events, in order, found through the run index. A corrupt
-    /// frame in one of the run's chunks is an `Err` item (its owner cannot be
-    /// known); iteration continues past it.
-    pub fn run_events(&self, run: RunId) -> impl Iterator<Item = Result<Record>> + '_ {
-        self.indexed(keys::run_prefix(run), move |r| r.event.run == run)
-    }
-
-    /// One episode's events, in order, with the same rule as `run_events`.
-    pub fn episode_events(&self, episode: EpisodeId) -> impl Iterator<Item = Result<Record>> + '_ {
-        self.indexed(keys::episode_prefix(episode), move |r| {
-            r.event.payload.episode_id() == Some(episode)
-        })
-    }
-
-    fn indexed(
-        &self,
-        prefix: [u8; 9],
-        keep: impl Fn(&Record) -> bool + 'static,
-    ) -> impl Iterator<Item = Result<Record>> + '_ {
-        self.events.scan_prefix(prefix).keys().flat_map(move |key| {
-            let chunk_records = || -> Result<Vec<Result<Record>>> {
-                let key = key.map_err(sled_err("scan an index"))?;
-                let (_, first) = keys::parts_of_index_key(&key)
-                    .ok_or_else(|| Error::Internal("index scan returned a malformed key".into()))?;
-                let value = self
-                    .events
-                    .get(keys::event(first))
-                    .map_err(sled_err("read the log"))?
-                    .ok_or_else(|| {
-                        Error::Internal(format!(
-                            "an index names the chunk at event {first}, which the log does not hold; run 'fathom verify'"
-                        ))
-                    })?;
-                let bytes = self.resolve_chunk(first, value)?;
-                Ok(chunk::layout(first, &bytes)
-                    .slots
-                    .into_iter()
-                    .map(|slot| decode_slot(&bytes, slot))
-                    .filter(|r| r.as_ref().map_or(true, &keep))
-                    .collect())
-            };
-            match chunk_records() {
-                Ok(records) => records,
-                Err(e) => vec![Err(e)],
-            }
-        })
-    }
-
-    /// Every run that has events, in id order.
-    pub fn runs(&self) -> Result<Vec<RunId>> {
-        let mut runs = Vec::new();
-        let mut start = vec![keys::RUN_INDEX];
-        // Skip from run to run instead of walking every index entry.
-        loop {
-            let next = self
-                .events
-                .range(start.clone()..vec![keys::RUN_INDEX + 1])
-                .next()
-                .transpose()
-                .map_err(sled_err("scan the run index"))?;
-            let Some((key, _)) = next else { break };
-            let Some((run, _)) = keys::parts_of_index_key(&key) else {
-                break;
-            };
-            runs.push(RunId(run));
-            if run == u64::MAX {
-                break;
-            }
-            start = keys::run_prefix(RunId(run + 1)).to_vec();
-        }
-        Ok(runs)
     }
 
     // ----- tail -----
@@ -862,63 +604,6 @@ impl Store {
             source,
         })?;
         Ok(sled + segments)
-    }
-
-    /// The stored bytes of one frame, unvalidated: for forensics and for
-    /// fault-injection tests. `None` if the frame cannot be located.
-    pub fn raw_event(&self, seq: Seq) -> Result<Option<Vec<u8>>> {
-        let Some((first, bytes)) = self.chunk_containing(seq)? else {
-            return Ok(None);
-        };
-        Ok(chunk::layout(first, &bytes)
-            .slots
-            .into_iter()
-            .find(|s| s.seq == seq)
-            .and_then(|s| s.frame.ok())
-            .map(|r| bytes[r].to_vec()))
-    }
-
-    /// The stored bytes of one blob value (all parts joined), unvalidated.
-    pub fn raw_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        let Some(first) = self
-            .blobs
-            .get(keys::blob_part(digest, 0))
-            .map_err(sled_err("read a blob"))?
-        else {
-            return Ok(None);
-        };
-        if let Some(loc) = Loc::decode(&first) {
-            return self.blob_record(digest, loc).map(Some);
-        }
-        let mut value = first.to_vec();
-        for part in 1..blob::parts(&first).unwrap_or(1) {
-            match self
-                .blobs
-                .get(keys::blob_part(digest, part))
-                .map_err(sled_err("read a blob"))?
-            {
-                Some(bytes) => value.extend_from_slice(&bytes),
-                // A missing part leaves the value short; decode reports it.
-                None => break,
-            }
-        }
-        Ok(Some(value))
-    }
-
-    /// The value of the blob record at `loc`, checked to be `digest`'s.
-    pub(crate) fn blob_record(&self, digest: &Digest, loc: Loc) -> Result<Vec<u8>> {
-        let damaged = |reason: String| Error::Segment(format!("blob {digest}: {reason}; run 'fathom verify'"));
-        match self.segments.read(loc) {
-            Ok((RecordKind::Blob, mut body)) if body.len() >= 32 => {
-                if body[..32] != digest.0 {
-                    return Err(damaged(format!("the record at {loc} holds another blob")));
-                }
-                body.drain(..32);
-                Ok(body)
-            }
-            Ok((kind, _)) => Err(damaged(format!("the record at {loc} is a {kind:?} record"))),
-            Err(reason) => Err(damaged(reason)),
-        }
     }
 
     /// Crash simulation: closes the store without syncing or flushing
@@ -967,36 +652,6 @@ impl Store {
             }
         }
     }
-
-    /// Fault injection: replaces a stored blob value (all parts). Only tests
-    /// should call this.
-    #[doc(hidden)]
-    pub fn inject_raw_blob(&self, digest: &Digest, value: &[u8]) -> Result<()> {
-        let stored = self
-            .blobs
-            .get(keys::blob_part(digest, 0))
-            .map_err(sled_err("read a blob"))?;
-        if let Some(loc) = stored.as_deref().and_then(Loc::decode) {
-            if value.len() + 32 != loc.len as usize {
-                return Err(Error::Internal("injected blob values must keep their length".into()));
-            }
-            let pos = Pos {
-                segment: loc.segment,
-                offset: loc.offset + segment::RECORD_HEADER_LEN as u64 + 32,
-            };
-            return self.segments.overwrite(pos, value).map_err(|source| Error::Io {
-                action: "overwrite a segment in",
-                path: self.segments.dir().to_path_buf(),
-                source,
-            });
-        }
-        let mut batch = sled::Batch::default();
-        for (part, bytes) in blob::split(value).enumerate() {
-            batch.insert(&keys::blob_part(digest, part as u32)[..], bytes);
-        }
-        self.blobs.apply_batch(batch).map_err(sled_err("overwrite a blob"))?;
-        self.flush()
-    }
 }
 
 impl Drop for Store {
@@ -1007,156 +662,6 @@ impl Drop for Store {
         // Best effort: an explicit close reports errors; a drop cannot.
         if self.flush_on_drop {
             let _ = flush_all(&self.segments, &self.db, &self.events);
-        }
-    }
-}
-
-/// Why a flush failed.
-enum FlushError {
-    Sync(std::io::Error),
-    Sled(Error),
-}
-
-/// Syncs the segments, then records the mark and flushes sled: the mark
-/// sled persists never runs ahead of what the segments hold durably.
-fn flush_all(segments: &Segments, db: &sled::Db, events: &sled::Tree) -> std::result::Result<(), FlushError> {
-    let upto = segments.sync_all().map_err(FlushError::Sync)?;
-    if upto.segment > 0 {
-        let mark = events
-            .get(keys::MARK)
-            .map_err(|e| FlushError::Sled(sled_err("read the mark")(e)))?;
-        if mark.as_deref().and_then(Pos::decode).is_none_or(|m| m < upto) {
-            events
-                .insert(keys::MARK, &upto.encode()[..])
-                .map_err(|e| FlushError::Sled(sled_err("write the mark")(e)))?;
-        }
-    }
-    db.flush()
-        .map_err(|e| FlushError::Sled(sled_err("flush the log index")(e)))?;
-    Ok(())
-}
-
-/// The writer's background flush: every `relaxed_flush_ms`, what relaxed
-/// appends wrote becomes durable and sled's index of it is flushed.
-#[derive(Debug)]
-struct Flusher {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flusher {
-    fn start(segments: Arc<Segments>, db: sled::Db, events: sled::Tree, every: Duration) -> Flusher {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("fathom-flush".into())
-            .spawn(move || {
-                let (m, cv) = &*flag;
-                let mut stopped = lock(m);
-                while !*stopped {
-                    let (guard, _) = cv.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner());
-                    stopped = guard;
-                    if *stopped {
-                        break;
-                    }
-                    drop(stopped);
-                    // A failure is recorded by the segments (a failed sync)
-                    // and reported to the next append or flush.
-                    let _ = flush_all(&segments, &db, &events);
-                    stopped = lock(m);
-                }
-            })
-            .ok();
-        Flusher { stop, handle }
-    }
-
-    fn stop(mut self) {
-        *lock(&self.stop.0) = true;
-        self.stop.1.notify_all();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// A chunk's bytes: read from a segment, or held by sled in directories
-/// written before segments.
-pub(crate) enum Stored {
-    Inline(sled::IVec),
-    Read(Vec<u8>),
-}
-
-impl std::ops::Deref for Stored {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Stored::Inline(v) => v,
-            Stored::Read(v) => v,
-        }
-    }
-}
-
-/// The frames of one chunk being built by an append, and the runs and
-/// episodes they belong to (for the index).
-pub(crate) struct PendingChunk {
-    pub(crate) first: Seq,
-    frames: Vec<Vec<u8>>,
-    bytes: usize,
-    runs: std::collections::BTreeSet<RunId>,
-    episodes: std::collections::BTreeSet<EpisodeId>,
-}
-
-impl PendingChunk {
-    pub(crate) fn new(first: Seq) -> Self {
-        PendingChunk {
-            first,
-            frames: Vec::new(),
-            bytes: 0,
-            runs: Default::default(),
-            episodes: Default::default(),
-        }
-    }
-
-    pub(crate) fn note(&mut self, event: &Event) {
-        self.runs.insert(event.run);
-        if let Some(e) = event.payload.episode_id() {
-            self.episodes.insert(e);
-        }
-    }
-
-    fn push(&mut self, event: &Event, frame: Vec<u8>) {
-        self.note(event);
-        self.bytes += frame.len();
-        self.frames.push(frame);
-    }
-
-    /// Inserts the chunk's `e` entry and then its index entries, one by one
-    /// (see `Store::append_with`).
-    fn insert_index(self, events: &sled::Tree, value: &[u8]) -> Result<()> {
-        let err = sled_err("index a batch");
-        events.insert(keys::event(self.first), value).map_err(err)?;
-        for run in self.runs {
-            events
-                .insert(keys::run_index(run, self.first), &[][..])
-                .map_err(sled_err("index a batch"))?;
-        }
-        for episode in self.episodes {
-            events
-                .insert(keys::episode_index(episode, self.first), &[][..])
-                .map_err(sled_err("index a batch"))?;
-        }
-        Ok(())
-    }
-
-    /// Writes the chunk's `e` entry (its location, or its bytes) and its
-    /// index entries.
-    pub(crate) fn write_index(self, batch: &mut sled::Batch, value: &[u8]) {
-        batch.insert(&keys::event(self.first)[..], value);
-        for run in self.runs {
-            batch.insert(&keys::run_index(run, self.first)[..], &[][..]);
-        }
-        for episode in self.episodes {
-            batch.insert(&keys::episode_index(episode, self.first)[..], &[][..]);
         }
     }
 }
@@ -1172,47 +677,3 @@ impl From<std::path::PathBuf> for DataDir {
         DataDir::new(p)
     }
 }
-
-pub(crate) fn decode_slot(chunk_bytes: &[u8], slot: chunk::Slot) -> Result<Record> {
-    let seq = slot.seq;
-    let range = slot.frame.map_err(|reason| Error::CorruptEvent { seq, reason })?;
-    frame::decode(seq, &chunk_bytes[range])
-        .map(|(_, event)| Record { seq, event })
-        .map_err(|reason| Error::CorruptEvent { seq, reason })
-}
-
-/// Maps `work` over the items, spreading them over the cores when there are
-/// enough bytes to pay for the threads (two 2 KB token arrays are not).
-fn prepare_all<T: Send>(items: &[&[u8]], work: impl Fn(&[u8]) -> Result<T> + Sync) -> Result<Vec<T>> {
-    let total: usize = items.iter().map(|i| i.len()).sum();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    if threads < 2 || items.len() < 2 || total < PARALLEL_MIN_BYTES {
-        return items.iter().map(|i| work(i)).collect();
-    }
-    // Hand out items in an interleaved order so that large pages spread
-    // over the threads rather than landing on one.
-    let work = &work;
-    let mut slots: Vec<Option<Result<T>>> = (0..items.len()).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                scope.spawn(move || {
-                    (t..items.len())
-                        .step_by(threads)
-                        .map(|i| (i, work(items[i])))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (i, r) in h.join().expect("a blob worker panicked") {
-                slots[i] = Some(r);
-            }
-        }
-    });
-    slots.into_iter().map(|s| s.expect("every item was prepared")).collect()
-}
-
-/// Below this many blob bytes in one call, preparing on one thread is faster
-/// than starting workers.
-const PARALLEL_MIN_BYTES: usize = 64 * 1024;

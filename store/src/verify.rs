@@ -10,8 +10,8 @@ use crate::blob::{self, BlobError};
 use crate::chunk;
 use crate::frame::{self, FrameError};
 use crate::keys;
+use crate::reads::Stored;
 use crate::segment::{Loc, RecordKind};
-use crate::store::Stored;
 use crate::{Result, Store, sled_err};
 
 /// One thing wrong with the store.

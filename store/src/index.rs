@@ -59,16 +59,4 @@ impl PendingChunk {
         }
         Ok(())
     }
-
-    /// Writes the chunk's `e` entry (its location, or its bytes) and its
-    /// index entries.
-    pub(crate) fn write_index(self, batch: &mut sled::Batch, value: &[u8]) {
-        batch.insert(&keys::event(self.first)[..], value);
-        for run in self.runs {
-            batch.insert(&keys::run_index(run, self.first)[..], &[][..]);
-        }
-        for episode in self.episodes {
-            batch.insert(&keys::episode_index(episode, self.first)[..], &[][..]);
-        }
-    }
 }

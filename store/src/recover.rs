@@ -200,9 +200,7 @@ fn reindex(found: Found, events: &sled::Tree, blobs: &sled::Tree, report: &mut R
                     pending.note(&event);
                 }
             }
-            let mut batch = sled::Batch::default();
-            pending.write_index(&mut batch, &value);
-            events.apply_batch(batch).map_err(sled_err("re-index the log"))?;
+            pending.insert_index(events, &value)?;
             if !known {
                 report.reindexed += 1;
             }
@@ -490,11 +488,7 @@ fn frame_tail(
                     index.note(e);
                 }
             }
-            let mut batch = sled::Batch::default();
-            index.write_index(&mut batch, &value);
-            events
-                .apply_batch(batch)
-                .map_err(sled_err("write back a chunk's good frames"))?;
+            index.insert_index(events, &value)?;
         }
         report.cut.extend(cut);
         if let Some(i) = last_good {

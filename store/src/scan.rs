@@ -35,7 +35,7 @@ impl Scan {
     /// header, which is checked when `from` is 0 or the header offset).
     pub(crate) fn open(segments: &Segments, number: u64, from: u64) -> Result<Scan, (u64, String)> {
         let file = segments
-            .disk
+            .disk()
             .open(&segments.path(number), OpenMode::Read)
             .map_err(|e| (0, format!("cannot open: {e}")))?;
         let file_len = file.len().map_err(|e| (0, format!("cannot stat: {e}")))?;

@@ -336,7 +336,7 @@ struct SyncState {
 #[derive(Debug)]
 pub(crate) struct Segments {
     dir: PathBuf,
-    pub(crate) disk: Arc<dyn Disk>,
+    disk: Arc<dyn Disk>,
     roll_bytes: u64,
     readers: Mutex<HashMap<u64, Arc<dyn DiskFile>>>,
     sync: Mutex<SyncState>,
